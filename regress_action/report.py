@@ -1,0 +1,168 @@
+"""The report model: one pydantic object that is the JSON artifact, the `compare_models` dict,
+the DB's stored report and the input of the Markdown template.
+
+Imports pydantic and `spec` only (no torch, no SQL, no GitHub). Values keep full precision;
+rounding happens in the template. Non-finite values serialise as the strings "NaN"/"Infinity".
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import ConfigError
+from .spec import OverallStatus, SignificanceMode, Status, TaskSpec
+
+REPORT_SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
+
+
+class MetricResult(_Model):
+    """One metric compared: values, delta, status, and (when computed) paired statistics."""
+
+    name: str
+    higher_is_better: bool
+    kind: Literal["binary", "mean", "ratio", "corpus"]
+    baseline: float | None
+    candidate: float | None
+    delta: float | None
+    rel_delta: float | None
+    tolerance: float
+    status: Status
+    gated: bool = True
+    reason: str = ""
+    # Paired statistics (absent when significance is "off").
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    test: str | None = None
+    n: int | None = None
+    n_fixed: int | None = None
+    n_broken: int | None = None
+    significant: bool | None = None
+
+
+class RunInfo(_Model):
+    """Which model a side of the comparison was."""
+
+    run_id: int | None = None
+    name: str | None = None
+    checkpoint: str | None = None
+    sha256: str | None = None
+    format: str | None = None
+    git_sha: str | None = None
+
+
+class DatasetInfo(_Model):
+    name: str
+    fingerprint: str
+    n: int
+    class_names: list[str] | None = None
+
+
+class StatsInfo(_Model):
+    """How the statistics were computed, so a result can be reproduced."""
+
+    significance: SignificanceMode = "report"
+    alpha: float = 0.05
+    confidence: float = 0.95
+    resamples: int = 2000
+    seed: int = 0
+
+
+class FlipExample(_Model):
+    example_id: int
+    label: int | None = None
+    baseline_prediction: int | None = None
+    candidate_prediction: int | None = None
+    baseline_loss: float | None = None
+    candidate_loss: float | None = None
+    loss_delta: float | None = None
+
+
+class Flips(_Model):
+    """Examples whose outcome changed: classification flips, or lm loss increases."""
+
+    newly_wrong: list[FlipExample] = Field(default_factory=list)
+    newly_right: list[FlipExample] = Field(default_factory=list)
+    loss_increases: list[FlipExample] = Field(default_factory=list)
+
+
+class ClassRow(_Model):
+    label: int
+    name: str | None = None
+    n: int
+    baseline_accuracy: float
+    candidate_accuracy: float
+    delta: float
+
+
+class TrendPoint(_Model):
+    comparison_id: int
+    created_at: datetime
+    status: str
+    commit: str | None = None
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+
+
+class Report(_Model):
+    schema_version: int = REPORT_SCHEMA_VERSION
+    tool_version: str = ""
+    report_name: str = "default"
+    status: OverallStatus
+    regressed_metrics: list[str] = Field(default_factory=list)
+    notes: str = ""
+    comparison_id: int | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    task: TaskSpec
+    dataset: DatasetInfo
+    baseline: RunInfo = Field(default_factory=RunInfo)
+    candidate: RunInfo = Field(default_factory=RunInfo)
+    threshold: float = 0.01
+    stats: StatsInfo = Field(default_factory=StatsInfo)
+    metrics: dict[str, MetricResult]
+    flips: Flips | None = None
+    per_class: list[ClassRow] | None = None
+    trend: list[TrendPoint] = Field(default_factory=list)
+    commit: str | None = None
+    device: str | None = None
+    duration_s: float | None = None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict (what `compare_models` returns)."""
+        result: dict[str, Any] = json.loads(self.model_dump_json())
+        return result
+
+    @classmethod
+    def load(cls, path: Path) -> Report:
+        """Read a JSON artifact; a missing or invalid file is a one-line ConfigError."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read report {str(path)!r}: {exc.strerror or exc}; "
+                "pass the JSON written by `regress-action compare --json-out`"
+            ) from None
+        try:
+            return cls.model_validate_json(text)
+        except ValueError as exc:
+            first = str(exc).splitlines()[0]
+            raise ConfigError(
+                f"report {str(path)!r} is not a regress-action JSON report ({first})"
+            ) from None
+
+
+def report_json_schema() -> dict[str, Any]:
+    """The JSON schema of the artifact (published as regress_action/schemas/report.schema.json)."""
+    return Report.model_json_schema(mode="serialization")
