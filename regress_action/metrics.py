@@ -26,6 +26,7 @@ Transform = Literal["identity", "exp", "bits"]
 ArrayMap = Mapping[str, NDArray[np.float64] | NDArray[np.int64]]
 
 ECE_BINS = 15
+BYTE_VOCAB = 256
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,16 @@ REGISTRY: dict[str, dict[str, MetricSpec]] = {
 }
 
 
-def metrics_for_task(task: str, num_classes: int | None = None) -> dict[str, MetricSpec]:
-    """The metrics a task reports by default (top-5 only with more than 5 classes)."""
+def metrics_for_task(
+    task: str, num_classes: int | None = None, vocab_size: int | None = None
+) -> dict[str, MetricSpec]:
+    """The metrics a task reports: top-5 only with more than 5 classes, bits per byte only for
+    byte-level language models (vocab 256), where one token is one byte."""
     metrics = dict(REGISTRY[task])
     if task == "classification" and (num_classes is None or num_classes <= 5):
         metrics.pop("top5_accuracy")
+    if task == "lm" and vocab_size != BYTE_VOCAB:
+        metrics.pop("bits_per_byte")
     return metrics
 
 
@@ -81,10 +87,13 @@ def all_metric_names() -> list[str]:
 
 
 def select_metrics(
-    task: str, requested: list[str] | tuple[str, ...] | None, num_classes: int | None = None
+    task: str,
+    requested: list[str] | tuple[str, ...] | None,
+    num_classes: int | None = None,
+    vocab_size: int | None = None,
 ) -> dict[str, MetricSpec]:
     """The requested metrics of a task, in registry order; unknown names fail with a hint."""
-    available = metrics_for_task(task, num_classes)
+    available = metrics_for_task(task, num_classes, vocab_size)
     if not requested:
         return available
     for name in requested:

@@ -150,3 +150,28 @@ class RunRecord(RunCreate):
 
     id: int
     created_at: datetime
+
+
+def parse_tolerances(text: str) -> dict[str, MetricTolerance]:
+    """Parse per-metric tolerances: "loss=0.02, perplexity=5%" (absolute, or % of |baseline|).
+
+    Entries are separated by commas, semicolons or newlines; one metric may appear twice to set
+    both ("loss=0.02, loss=1%": the larger of the two applies). Raises ValueError naming the entry.
+    """
+    merged: dict[str, dict[str, float]] = {}
+    for raw in text.replace(";", ",").replace("\n", ",").split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        name, sep, value = (part.strip() for part in entry.partition("="))
+        if not sep or not name or not value:
+            raise ValueError(f"tolerance {entry!r} is not of the form metric=0.02 or metric=5%")
+        key = "rel" if value.endswith("%") else "abs"
+        try:
+            number = float(value.rstrip("%")) / (100.0 if key == "rel" else 1.0)
+        except ValueError:
+            raise ValueError(f"tolerance {entry!r} has no number after '='") from None
+        if not number >= 0:
+            raise ValueError(f"tolerance {entry!r} must be a number ≥ 0")
+        merged.setdefault(name, {})[key] = number
+    return {name: MetricTolerance(**values) for name, values in merged.items()}

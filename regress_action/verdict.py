@@ -109,17 +109,11 @@ def judge_metric(
         improvement = delta if higher_is_better else -delta
         result.status = classify(improvement, tolerance)
         better = "higher" if higher_is_better else "lower"
-        verb = {"improved": "improved", "regressed": "regressed", "neutral": "is within"}[
-            result.status
-        ]
-        limit = "tolerance" if result.status == "neutral" else "beyond the tolerance"
-        result.reason = (
-            f"{name} {verb} {'the tolerance' if result.status == 'neutral' else ''}"
-            .replace("  ", " ")
-            .strip()
-            + f": {_fmt(baseline)} → {_fmt(candidate)} ({delta:+.6g}; {limit} {tolerance:.6g}, "
-            f"{better} is better)"
-        )
+        change = f"{_fmt(baseline)} → {_fmt(candidate)} ({delta:+.6g}, {better} is better)"
+        if result.status == "neutral":
+            result.reason = f"{name} is within the tolerance {tolerance:.6g}: {change}"
+        else:
+            result.reason = f"{name} {result.status} beyond the tolerance {tolerance:.6g}: {change}"
     return result
 
 
@@ -128,6 +122,8 @@ def judge(
     candidate: Mapping[str, float | None],
     config: VerdictConfig,
     specs: Mapping[str, MetricSpec] | None = None,
+    *,
+    log_regressions: bool = True,
 ) -> dict[str, MetricResult]:
     """Compare every metric present on either side, in a stable order, and log regressions."""
     names = list(dict.fromkeys([*baseline, *candidate]))
@@ -139,10 +135,16 @@ def judge(
         )
         for name in names
     }
-    for result in results.values():
-        if result.status in ("regressed", "failed"):
-            log.warning("metric %s", result.reason)
+    if log_regressions:
+        warn_regressions(results.values())
     return results
+
+
+def warn_regressions(results: Iterable[MetricResult]) -> None:
+    """Log one warning per regressed or failed metric, with its readable reason."""
+    for result in results:
+        if result.status in ("regressed", "failed"):
+            log.warning("%s", result.reason)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -1,0 +1,213 @@
+"""Engine + adapters + metric maths, checked against independent pure-Python references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from regress_action.adapters import IGNORE_INDEX, adapter_for
+from regress_action.engine import evaluate_pair
+from regress_action.errors import ConfigError, DataError, ModelOutputError
+from regress_action.metrics import compute, select_metrics
+from regress_action.spec import TaskSpec
+
+CLS = TaskSpec(modality="vision", task="classification", num_classes=7)
+LM = TaskSpec(modality="text", task="lm", vocab_size=256)
+
+
+class Table(nn.Module):
+    """Returns stored logits for the example index carried in the input's first column."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("logits", logits)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        table: torch.Tensor = self.logits
+        return table[x[:, 0].long()]
+
+
+def _softmax(row: list[float]) -> list[float]:
+    top = max(row)
+    exps = [math.exp(v - top) for v in row]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def _reference_classification(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    n, classes = logits.shape
+    rows, ys = logits.tolist(), labels.tolist()
+    correct = losses = top5 = 0.0
+    preds, confs, hits = [], [], []
+    for row, y in zip(rows, ys, strict=True):
+        probs = _softmax(row)
+        pred = max(range(classes), key=lambda k: probs[k])
+        preds.append(pred)
+        confs.append(probs[pred])
+        hits.append(pred == y)
+        correct += pred == y
+        losses += -math.log(probs[y])
+        top5 += y in sorted(range(classes), key=lambda k: -probs[k])[:5]
+    f1s = []
+    for k in range(classes):
+        tp = sum(1 for p, y in zip(preds, ys, strict=True) if p == k and y == k)
+        fp = sum(1 for p, y in zip(preds, ys, strict=True) if p == k and y != k)
+        fn = sum(1 for p, y in zip(preds, ys, strict=True) if p != k and y == k)
+        f1s.append(0.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
+    ece = 0.0
+    for b in range(15):
+        lo, hi = b / 15, (b + 1) / 15
+        members = [i for i, c in enumerate(confs) if lo < c <= hi]
+        if members:
+            acc = sum(hits[i] for i in members) / len(members)
+            conf = sum(confs[i] for i in members) / len(members)
+            ece += len(members) / n * abs(acc - conf)
+    return {
+        "accuracy": correct / n,
+        "loss": losses / n,
+        "top5_accuracy": top5 / n,
+        "macro_f1": sum(f1s) / classes,
+        "ece": ece,
+    }
+
+
+def _index_dataset(labels: torch.Tensor) -> TensorDataset:
+    index = torch.arange(labels.shape[0], dtype=torch.float32).view(-1, 1)
+    return TensorDataset(index, labels)
+
+
+def test_classification_metrics_match_a_reference() -> None:
+    gen = torch.Generator().manual_seed(1)
+    n = 203  # not a multiple of the batch size
+    labels = torch.randint(0, 7, (n,), generator=gen)
+    base_logits = torch.randn(n, 7, generator=gen) * 2
+    cand_logits = base_logits + torch.randn(n, 7, generator=gen)
+    result = evaluate_pair(Table(base_logits), Table(cand_logits), _index_dataset(labels),
+                           adapter_for(CLS), batch_size=32, device="cpu")  # fmt: skip
+    specs = select_metrics("classification", None, 7)
+    assert list(specs) == ["accuracy", "loss", "top5_accuracy", "macro_f1", "ece"]
+    for side, logits in (("baseline", base_logits), ("candidate", cand_logits)):
+        expected = _reference_classification(logits, labels)
+        cols = result.records.side(side)
+        for name, spec in specs.items():
+            assert compute(spec, cols, 7, name) == pytest.approx(expected[name], abs=1e-6), name
+    assert result.records.n == n
+    assert np.array_equal(result.records.example_ids, np.arange(n))
+
+
+def test_both_models_run_once_per_batch() -> None:
+    labels = torch.zeros(100, dtype=torch.long)
+    base, cand = Table(torch.randn(100, 7)), Table(torch.randn(100, 7))
+    evaluate_pair(base, cand, _index_dataset(labels), adapter_for(CLS), batch_size=25)
+    assert base.calls == cand.calls == 4
+
+
+def test_lm_metrics_match_a_reference_with_padding() -> None:
+    gen = torch.Generator().manual_seed(2)
+    n, t, v = 9, 12, 256
+    inputs = torch.randint(0, v, (n, t), generator=gen)
+    targets = torch.randint(0, v, (n, t), generator=gen)
+    targets[0, 5:] = IGNORE_INDEX  # a short example
+    logits = torch.randn(n, t, v, generator=gen)
+
+    class Fixed(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # Recover the example from its input row (rows are distinct).
+            idx = [int((inputs == row).all(dim=1).nonzero()[0]) for row in x]
+            return logits[idx]
+
+    result = evaluate_pair(Fixed(), Fixed(), TensorDataset(inputs, targets), adapter_for(LM),
+                           batch_size=4)  # fmt: skip
+    nll = tokens = correct = 0.0
+    for i in range(n):
+        for j in range(t):
+            y = int(targets[i, j])
+            if y == IGNORE_INDEX:
+                continue
+            probs = _softmax(logits[i, j].tolist())
+            nll -= math.log(probs[y])
+            tokens += 1
+            correct += max(range(v), key=lambda k: probs[k]) == y
+    specs = select_metrics("lm", None, vocab_size=256)
+    cols = result.records.baseline
+    assert compute(specs["loss"], cols) == pytest.approx(nll / tokens, rel=1e-6)
+    assert compute(specs["perplexity"], cols) == pytest.approx(math.exp(nll / tokens), rel=1e-6)
+    assert compute(specs["token_accuracy"], cols) == pytest.approx(correct / tokens)
+    assert compute(specs["bits_per_byte"], cols) == pytest.approx(nll / tokens / math.log(2), rel=1e-6)
+    assert cols["tokens"][0] == 5
+
+
+def test_perplexity_is_not_an_average_of_batch_perplexities() -> None:
+    cols = {"nll_sum": np.array([1.0, 30.0]), "tokens": np.array([1.0, 10.0])}
+    spec = select_metrics("lm", ["perplexity"], vocab_size=256)["perplexity"]
+    assert compute(spec, cols) == pytest.approx(math.exp(31 / 11))
+
+
+def test_wrong_number_of_classes_is_a_model_output_error() -> None:
+    labels = torch.zeros(10, dtype=torch.long)
+    with pytest.raises(ModelOutputError, match=r"num_classes=7.*\(10, 5\)|\(10, 5\).*num_classes=7"):
+        evaluate_pair(Table(torch.randn(10, 5)), Table(torch.randn(10, 7)),
+                      _index_dataset(labels), adapter_for(CLS))  # fmt: skip
+
+
+def test_wrong_vocab_is_a_model_output_error() -> None:
+    x = torch.zeros(4, 8, dtype=torch.long)
+
+    class Small(nn.Module):
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(inputs.shape[0], inputs.shape[1], 100)
+
+    with pytest.raises(ModelOutputError, match="vocab_size=256"):
+        evaluate_pair(Small(), Small(), TensorDataset(x, x), adapter_for(LM))
+
+
+def test_a_model_that_crashes_on_the_input_is_a_model_output_error() -> None:
+    labels = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ModelOutputError, match="baseline model failed"):
+        evaluate_pair(nn.Linear(3, 7), nn.Linear(1, 7), _index_dataset(labels), adapter_for(CLS))
+
+
+def test_empty_dataset_is_a_data_error() -> None:
+    empty = TensorDataset(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(DataError, match="no examples"):
+        evaluate_pair(Table(torch.zeros(1, 7)), Table(torch.zeros(1, 7)), empty, adapter_for(CLS))
+
+
+def test_unknown_metric_fails_with_a_hint() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'perplexity'"):
+        select_metrics("lm", ["perplexty"], vocab_size=256)
+
+
+def test_unavailable_cuda_is_a_config_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    labels = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        evaluate_pair(Table(torch.zeros(2, 7)), Table(torch.zeros(2, 7)), _index_dataset(labels),
+                      adapter_for(CLS), device="cuda")  # fmt: skip
+
+
+def test_model_outputs_in_tuples_mappings_and_objects_are_accepted() -> None:
+    labels = torch.randint(0, 7, (6,))
+    logits = torch.randn(6, 7)
+
+    class Wrapped(nn.Module):
+        def __init__(self, kind: str) -> None:
+            super().__init__()
+            self.kind = kind
+
+        def forward(self, x: torch.Tensor) -> object:
+            out = logits[x[:, 0].long()]
+            return {"logits": out} if self.kind == "dict" else (out, None)
+
+    result = evaluate_pair(Wrapped("dict"), Wrapped("tuple"), _index_dataset(labels),
+                           adapter_for(CLS))  # fmt: skip
+    assert np.array_equal(result.records.baseline["prediction"],
+                          result.records.candidate["prediction"])  # fmt: skip

@@ -1,0 +1,146 @@
+"""The verdict rules (DESIGN §4) and the original spec's scenarios, on metric values."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+
+from regress_action.errors import ConfigError
+from regress_action.spec import MetricTolerance, VerdictConfig, parse_tolerances
+from regress_action.verdict import (
+    classify,
+    holm,
+    judge,
+    judge_metric,
+    notes,
+    overall_status,
+    regressed_metrics,
+)
+
+
+def test_accuracy_070_to_075_is_improved_by_005() -> None:
+    result = judge_metric("accuracy", 0.70, 0.75, VerdictConfig())
+    assert result.status == "improved"
+    assert result.delta == pytest.approx(0.05)
+    assert result.rel_delta == pytest.approx(0.05 / 0.70)
+    assert result.higher_is_better is True
+
+
+def test_accuracy_080_to_072_is_regressed_and_logs_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="regress_action"):
+        results = judge({"accuracy": 0.80}, {"accuracy": 0.72}, VerdictConfig())
+    assert results["accuracy"].status == "regressed"
+    assert results["accuracy"].delta == pytest.approx(-0.08)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "accuracy regressed" in warnings[0].getMessage()
+
+
+def test_loss_050_to_051_with_threshold_002_is_neutral() -> None:
+    result = judge_metric("loss", 0.50, 0.51, VerdictConfig(threshold=0.02))
+    assert result.status == "neutral"
+    assert result.delta == pytest.approx(0.01)
+
+
+def test_accuracy_loss_and_perplexity_together() -> None:
+    results = judge(
+        {"accuracy": 0.70, "loss": 1.20, "perplexity": 3.32},
+        {"accuracy": 0.75, "loss": 1.25, "perplexity": 3.49},
+        VerdictConfig(),
+    )
+    assert [r.status for r in results.values()] == ["improved", "regressed", "regressed"]
+    assert overall_status(results.values()) == "regressed"
+    assert regressed_metrics(results.values()) == ["loss", "perplexity"]
+    assert notes(results.values()) == "accuracy: +0.05, loss: +0.05, perplexity: +0.17"
+
+
+@pytest.mark.parametrize("metric", ["loss", "perplexity", "ece", "bits_per_byte"])
+def test_lower_is_better_metrics_going_down_are_improved(metric: str) -> None:
+    assert judge_metric(metric, 0.5, 0.4, VerdictConfig()).status == "improved"
+    assert judge_metric(metric, 0.4, 0.5, VerdictConfig()).status == "regressed"
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "top5_accuracy", "macro_f1", "token_accuracy"])
+def test_higher_is_better_metrics_going_up_are_improved(metric: str) -> None:
+    assert judge_metric(metric, 0.4, 0.5, VerdictConfig()).status == "improved"
+    assert judge_metric(metric, 0.5, 0.4, VerdictConfig()).status == "regressed"
+
+
+def test_a_change_equal_to_the_tolerance_is_neutral_despite_float_rounding() -> None:
+    # 0.71 - 0.70 == 0.010000000000000009 in binary floating point.
+    assert judge_metric("accuracy", 0.70, 0.71, VerdictConfig()).status == "neutral"
+    assert judge_metric("accuracy", 0.70, 0.6899, VerdictConfig()).status == "regressed"
+
+
+def test_classify_is_strict_on_both_sides() -> None:
+    assert classify(0.02, 0.01) == "improved"
+    assert classify(-0.02, 0.01) == "regressed"
+    assert classify(0.0, 0.0) == "neutral"
+    assert classify(1e-9, 0.0) == "improved"
+
+
+def test_relative_and_absolute_tolerances_take_the_larger() -> None:
+    config = VerdictConfig(tolerances={"perplexity": MetricTolerance(abs=0.1, rel=0.05)})
+    # 5 % of 10 = 0.5 > 0.1: a rise of 0.4 is within it.
+    assert judge_metric("perplexity", 10.0, 10.4, config).status == "neutral"
+    assert judge_metric("perplexity", 10.0, 10.6, config).status == "regressed"
+    # 5 % of 1 = 0.05 < 0.1: the absolute part applies.
+    assert judge_metric("perplexity", 1.0, 1.08, config).status == "neutral"
+    assert config.tolerance_for("accuracy", 0.9) == 0.01
+
+
+def test_missing_candidate_fails_and_missing_baseline_is_new() -> None:
+    results = judge({"accuracy": 0.8, "loss": 0.4}, {"loss": 0.4, "ece": 0.1}, VerdictConfig())
+    assert results["accuracy"].status == "failed"
+    assert results["ece"].status == "new" and results["ece"].gated is False
+    assert overall_status(results.values()) == "regressed"
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_values_are_reported_and_fail(bad: float) -> None:
+    result = judge_metric("loss", 0.5, bad, VerdictConfig())
+    assert result.status == "failed"
+    assert result.candidate is not None and not math.isfinite(result.candidate)
+    assert result.delta is None
+
+
+def test_ungated_regression_does_not_fail_the_overall_status() -> None:
+    results = judge({"accuracy": 0.8, "loss": 0.4}, {"accuracy": 0.7, "loss": 0.3},
+                    VerdictConfig(gate=("loss",)))  # fmt: skip
+    assert results["accuracy"].status == "regressed" and not results["accuracy"].gated
+    assert overall_status(results.values()) == "improved"
+
+
+def test_zero_baseline_has_no_relative_delta() -> None:
+    result = judge_metric("accuracy", 0.0, 0.5, VerdictConfig())
+    assert result.rel_delta is None and result.status == "improved"
+
+
+def test_unknown_metric_name_suggests_the_closest() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'accuracy'"):
+        judge_metric("acuracy", 0.1, 0.2, VerdictConfig())
+
+
+def test_notes_read_like_the_spec() -> None:
+    results = judge({"accuracy": 0.80, "loss": 0.52}, {"accuracy": 0.84, "loss": 0.50},
+                    VerdictConfig())  # fmt: skip
+    assert notes(results.values()) == "accuracy: +0.04, loss: -0.02"
+
+
+def test_holm_by_hand() -> None:
+    # p sorted: 0.01 (x3), 0.02 (x2), 0.04 (x1) -> 0.03, 0.04, 0.04 (monotone).
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.9, 0.8]) == [1.0, 1.0]
+    assert holm([]) == []
+
+
+def test_parse_tolerances() -> None:
+    parsed = parse_tolerances("loss=0.02, perplexity=5%\nloss=1%")
+    assert parsed["loss"] == MetricTolerance(abs=0.02, rel=0.01)
+    assert parsed["perplexity"] == MetricTolerance(rel=0.05)
+    for bad in ("loss", "loss=", "=1", "loss=abc", "loss=-1"):
+        with pytest.raises(ValueError, match="tolerance"):
+            parse_tolerances(bad)
