@@ -1,16 +1,33 @@
 """Orchestration: one comparison from run ids to a recorded, rendered report.
 
-Receives its collaborators (the ExperimentDB, the evaluator) as parameters so tests can pass
-fakes. Imports torch only lazily, inside the default evaluator.
+Receives its collaborators (the ExperimentDB) as parameters so tests can pass their own.
+The torch layer (data, models, engine) is imported inside the functions that evaluate, so that
+`regress-action --help`, `runs list` and `publish` never import torch.
+Order: evaluate → verdict → ExperimentDB (one transaction) → JSON artifact → Markdown; output
+paths are checked before the (slow) evaluation so a bad path cannot waste a run or leave a
+recorded comparison without its files.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .report import Report
-from .spec import VerdictConfig
+from .compare import ReportContext, build_report, metric_specs
+from .errors import ConfigError
+from .files import write_atomic
+from .render import render_markdown
+from .report import DatasetInfo, Report, RunInfo
+from .spec import CheckpointFormat, EvalConfig, RunCreate, RunRecord, TaskSpec, VerdictConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from .adapters import Adapter
+    from .data import EvalSet
+    from .store import ExperimentDB
 
 
 @dataclass(frozen=True)
@@ -37,3 +54,201 @@ class CompareRequest:
 class CompareOutcome:
     report: Report
     markdown: str
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where a finished report goes: the ExperimentDB and the artifact files."""
+
+    db: ExperimentDB | None = None
+    json_path: Path | None = None
+    markdown_path: Path | None = None
+    trend_limit: int = 10
+
+
+def check_output_path(path: Path | None, what: str) -> None:
+    """Fail before evaluating when an output file could not be written."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a directory; pass a file path")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{what} {str(path)!r} is not writable; choose another path")
+
+
+def run_info(run: RunRecord) -> RunInfo:
+    return RunInfo(
+        run_id=run.id,
+        name=run.name,
+        checkpoint=run.source.checkpoint,
+        sha256=run.source.sha256,
+        format=run.source.format,
+        git_sha=run.git_sha,
+    )
+
+
+def dataset_info(eval_set: EvalSet) -> DatasetInfo:
+    return DatasetInfo(
+        name=eval_set.name,
+        fingerprint=eval_set.fingerprint,
+        n=eval_set.n,
+        class_names=eval_set.class_names,
+    )
+
+
+def check_task_fits(eval_set: EvalSet, task: TaskSpec) -> None:
+    """The eval set must be of the runs' task, with the same classes / vocabulary."""
+    data_task = eval_set.task
+    if (data_task.task, data_task.num_classes, data_task.vocab_size) != (
+        task.task,
+        task.num_classes,
+        task.vocab_size,
+    ):
+        raise ConfigError(
+            f"dataset {eval_set.name!r} is a {_describe(data_task)} eval set, but the models "
+            f"are registered for {_describe(task)}; pick a matching dataset or runs"
+        )
+
+
+def _describe(task: TaskSpec) -> str:
+    if task.task == "lm":
+        return f"lm (vocab_size={task.vocab_size})"
+    return f"classification (num_classes={task.num_classes})"
+
+
+def evaluate_models(
+    baseline: torch.nn.Module,
+    candidate: torch.nn.Module,
+    eval_cfg: EvalConfig,
+    task: TaskSpec,
+    context: ReportContext,
+    adapter: Adapter | None = None,
+) -> Report:
+    """Load the eval set, run both models in one pass and build the report (not yet recorded)."""
+    from .adapters import adapter_for
+    from .data import load_eval_set
+    from .engine import evaluate_pair
+
+    metric_specs(task, context.verdict)  # unknown metric names fail before any work
+    eval_set = load_eval_set(
+        eval_cfg.dataset,
+        task=task,
+        max_examples=eval_cfg.max_examples,
+        name=eval_cfg.dataset_name,
+    )
+    check_task_fits(eval_set, task)
+    result = evaluate_pair(
+        baseline,
+        candidate,
+        eval_set.dataset,
+        adapter or adapter_for(task),
+        batch_size=eval_cfg.batch_size,
+        device=eval_cfg.device,
+        bf16=eval_cfg.bf16,
+        progress=eval_cfg.progress,
+    )
+    context = ReportContext(
+        task=task,
+        dataset=dataset_info(eval_set),
+        verdict=context.verdict,
+        baseline=context.baseline,
+        candidate=context.candidate,
+        report_name=context.report_name,
+        commit=context.commit,
+        device=result.device,
+    )
+    return build_report(result.records, context, result.duration_s)
+
+
+def finish(report: Report, outputs: Outputs) -> CompareOutcome:
+    """Record the comparison (one transaction), attach the trend, then write JSON + Markdown."""
+    db = outputs.db
+    if db is not None and report.baseline.run_id is not None:
+        assert report.candidate.run_id is not None
+        report.comparison_id = db.create_comparison(
+            report.baseline.run_id, report.candidate.run_id, report.notes, report=report
+        )
+        report.trend = db.trend(report.report_name, report.dataset.name, outputs.trend_limit)
+    markdown = render_markdown(report)
+    if outputs.json_path is not None:
+        write_atomic(outputs.json_path, report.to_json() + "\n")
+    if outputs.markdown_path is not None:
+        write_atomic(outputs.markdown_path, markdown)
+    return CompareOutcome(report=report, markdown=markdown)
+
+
+def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
+    """Compare two registered runs on a dataset, record the result and write the artifacts."""
+    from .models import load_model
+
+    check_output_path(request.json_path, "--json-out")
+    check_output_path(request.markdown_path, "--markdown-out")
+    baseline_run = db.get_run(request.baseline_run_id)
+    candidate_run = db.get_run(request.candidate_run_id)
+    if baseline_run.task != candidate_run.task:
+        raise ConfigError(
+            f"run {baseline_run.id} is {_describe(baseline_run.task)} but run {candidate_run.id} "
+            f"is {_describe(candidate_run.task)}; compare runs of the same task"
+        )
+    baseline = load_model(baseline_run.source, allow_pickle=request.allow_pickle)
+    candidate = load_model(candidate_run.source, allow_pickle=request.allow_pickle)
+    eval_cfg = EvalConfig(
+        dataset=request.dataset,
+        batch_size=request.batch_size,
+        max_examples=request.max_examples,
+        device=request.device,
+    )
+    context = ReportContext(
+        task=baseline_run.task,
+        dataset=DatasetInfo(name=request.dataset, fingerprint="", n=0),
+        verdict=request.verdict,
+        baseline=run_info(baseline_run),
+        candidate=run_info(candidate_run),
+        report_name=request.report_name,
+        commit=request.commit,
+    )
+    report = evaluate_models(baseline, candidate, eval_cfg, baseline_run.task, context)
+    outputs = Outputs(
+        db=db if request.record else None,
+        json_path=request.json_path,
+        markdown_path=request.markdown_path,
+        trend_limit=request.trend_limit,
+    )
+    return finish(report, outputs)
+
+
+@dataclass(frozen=True)
+class CheckpointRequest:
+    """A checkpoint to register as a run."""
+
+    checkpoint: str
+    task: TaskSpec
+    name: str | None = None
+    factory: str | None = None
+    factory_kwargs: dict[str, Any] = field(default_factory=dict)
+    format: CheckpointFormat | None = None
+    git_sha: str | None = None
+    allow_pickle: bool = False
+
+
+def register_checkpoint(db: ExperimentDB, request: CheckpointRequest) -> RunRecord:
+    """Hash the checkpoint, check that it loads safely, and register it as a run."""
+    from .models import load_model, make_source
+
+    source = make_source(
+        request.checkpoint,
+        factory=request.factory,
+        factory_kwargs=request.factory_kwargs,
+        format=request.format,
+    )
+    load_model(source, allow_pickle=request.allow_pickle)  # refuse unloadable / unsafe files now
+    run = RunCreate(
+        name=request.name or Path(request.checkpoint).stem,
+        task=request.task,
+        source=source,
+        git_sha=request.git_sha,
+    )
+    return db.add_run(run)

@@ -1,0 +1,96 @@
+"""From paired records to a Report: metric values, verdict, statistics, flips, per-class.
+
+Imports numpy and the torch-free modules (`metrics`, `verdict`, `stats`, `analysis`, `report`);
+never torch, SQL, GitHub or templates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import __version__
+from .analysis import flips, per_class
+from .errors import ConfigError
+from .metrics import MetricSpec, compute, select_metrics, unknown_metric_message
+from .records import PairedRecords
+from .report import DatasetInfo, Report, RunInfo, StatsInfo
+from .spec import TaskSpec, VerdictConfig
+from .stats import paired_statistics
+from .verdict import (
+    apply_significance,
+    judge,
+    notes,
+    overall_status,
+    regressed_metrics,
+    warn_regressions,
+)
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What a report says besides the metrics: task, data, runs and presentation."""
+
+    task: TaskSpec
+    dataset: DatasetInfo
+    verdict: VerdictConfig = field(default_factory=VerdictConfig)
+    baseline: RunInfo = field(default_factory=RunInfo)
+    candidate: RunInfo = field(default_factory=RunInfo)
+    report_name: str = "default"
+    commit: str | None = None
+    device: str | None = None
+
+
+def metric_specs(task: TaskSpec, verdict: VerdictConfig) -> dict[str, MetricSpec]:
+    """The metrics to report for `task`; fails early on unknown metric or gate names."""
+    specs = select_metrics(task.task, verdict.metrics, task.num_classes, task.vocab_size)
+    for name in [*(verdict.gate or ()), *verdict.tolerances]:
+        if name not in specs:
+            raise ConfigError(unknown_metric_message(name, task.task, list(specs)))
+    return specs
+
+
+def build_report(records: PairedRecords, context: ReportContext, duration_s: float) -> Report:
+    verdict = context.verdict
+    specs = metric_specs(context.task, verdict)
+    num_classes = context.task.num_classes
+    baseline = {name: compute(s, records.baseline, num_classes, name) for name, s in specs.items()}
+    candidate = {
+        name: compute(s, records.candidate, num_classes, name) for name, s in specs.items()
+    }
+    results = judge(baseline, candidate, verdict, specs, log_regressions=False)
+    if verdict.significance != "off":
+        stats = paired_statistics(
+            records,
+            specs,
+            confidence=verdict.confidence,
+            resamples=verdict.resamples,
+            seed=verdict.seed,
+        )
+        apply_significance(results, stats, verdict)
+    warn_regressions(results.values())
+    classification = context.task.task == "classification"
+    return Report(
+        tool_version=__version__,
+        report_name=context.report_name,
+        status=overall_status(results.values()),
+        regressed_metrics=regressed_metrics(results.values()),
+        notes=notes(results.values()),
+        task=context.task,
+        dataset=context.dataset,
+        baseline=context.baseline,
+        candidate=context.candidate,
+        threshold=verdict.threshold,
+        stats=StatsInfo(
+            significance=verdict.significance,
+            alpha=verdict.alpha,
+            confidence=verdict.confidence,
+            resamples=verdict.resamples,
+            seed=verdict.seed,
+        ),
+        metrics=results,
+        flips=flips(records),
+        per_class=per_class(records, context.dataset.class_names) if classification else None,
+        commit=context.commit,
+        device=context.device,
+        duration_s=duration_s,
+    )

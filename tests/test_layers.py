@@ -1,0 +1,123 @@
+"""The layer arrows of DESIGN §2, checked by scanning imports (ast) and by importing."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "regress_action"
+
+TORCH_LAYER = {"adapters", "engine", "data", "builtin_data", "models", "zoo", "train", "demo"}
+# Modules that must never import torch, anywhere (not even inside a function).
+TORCH_FREE = {
+    "errors", "spec", "records", "metrics", "verdict", "stats", "analysis", "compare",
+    "report", "render", "store", "store_schema", "github", "gha", "settings", "files",
+}  # fmt: skip
+# Modules that may import torch only lazily, inside a function (CLI start-up speed).
+LAZY_TORCH = {"__init__", "cli", "app", "action", "api"}
+ONLY_IN = {"github": {"github"}, "sqlalchemy": {"store", "store_schema"}, "jinja2": {"render"}}
+ENGINE_MUST_NOT = {"store", "store_schema", "render", "github", "gha", "settings", "action",
+                   "app", "cli", "sqlalchemy", "jinja2"}  # fmt: skip
+
+
+def _imports(path: Path, top_level_only: bool) -> set[str]:
+    """Absolute top-level names and package-relative module names a file imports.
+
+    `if TYPE_CHECKING:` blocks are skipped: they never run.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt], depth: int) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    if node.module:
+                        found.add(node.module.split(".")[0])
+                    else:
+                        found.update(alias.name for alias in node.names)
+                elif node.module:
+                    found.add(node.module.split(".")[0])
+            is_def = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            if is_def and top_level_only:
+                continue
+            for child in ("body", "orelse", "finalbody", "handlers"):
+                inner = getattr(node, child, None)
+                if isinstance(inner, list):
+                    visit([n for n in inner if isinstance(n, ast.stmt | ast.ExceptHandler)], depth + 1)  # type: ignore[misc]
+
+    visit(tree.body, 0)
+    return found
+
+
+def _modules() -> dict[str, Path]:
+    return {path.stem: path for path in PACKAGE.glob("*.py")}
+
+
+def test_every_module_is_classified() -> None:
+    known = TORCH_LAYER | TORCH_FREE | LAZY_TORCH | {"__main__"}
+    unknown = set(_modules()) - known
+    assert not unknown, f"classify these modules in tests/test_layers.py: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_FREE))
+def test_torch_free_modules_never_import_torch(name: str) -> None:
+    path = _modules().get(name)
+    if path is None:
+        pytest.skip(f"{name}.py does not exist")
+    assert "torch" not in _imports(path, top_level_only=False)
+    assert not (_imports(path, top_level_only=False) & (TORCH_LAYER | {"api"}))
+
+
+@pytest.mark.parametrize("name", sorted(LAZY_TORCH))
+def test_entry_modules_import_torch_only_lazily(name: str) -> None:
+    top = _imports(_modules()[name], top_level_only=True)
+    assert "torch" not in top
+    assert not top & (TORCH_LAYER | {"api"}), top & TORCH_LAYER
+
+
+@pytest.mark.parametrize("library", sorted(ONLY_IN))
+def test_libraries_stay_in_their_module(library: str) -> None:
+    offenders = {
+        name
+        for name, path in _modules().items()
+        if library in _imports(path, top_level_only=False) and name not in ONLY_IN[library]
+    }
+    assert not offenders
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_LAYER))
+def test_engine_layer_knows_nothing_of_sql_github_or_templates(name: str) -> None:
+    path = _modules().get(name)
+    if path is None:
+        pytest.skip(f"{name}.py does not exist")
+    assert not _imports(path, top_level_only=False) & ENGINE_MUST_NOT
+
+
+def test_importing_the_package_and_cli_does_not_import_torch() -> None:
+    code = (
+        "import sys, regress_action, regress_action.cli, regress_action.app; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_help_does_not_import_torch() -> None:
+    code = (
+        "import sys, contextlib, io\n"
+        "from regress_action.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
