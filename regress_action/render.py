@@ -1,0 +1,409 @@
+"""Markdown rendering of a `Report`: the job summary, the PR comment and `--markdown-out`.
+
+Owns the view model handed to the Jinja2 templates (shipped as `regress_action.templates`,
+loaded through importlib.resources, never from the cwd), the number formatting and escaping
+filters, and the truncation that keeps a comment under GitHub's 65,536-character limit.
+Imports jinja2, pydantic and the contract modules only: no torch, SQLAlchemy or PyGithub.
+
+Chart choice: Mermaid's xychart draws several bar series on top of each other, so the chart
+uses one x category per metric *and side* ("accuracy · base", "accuracy · cand") with the
+baseline and candidate in two series (two colours), zero where the other side stands. Only
+metrics whose two values lie in [0, 1] are charted (accuracies, F1, ECE) on a fixed 0–1 axis;
+unbounded metrics (loss, perplexity, bits per byte) are named under the chart instead, since a
+shared axis would flatten every other bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from dataclasses import dataclass, replace
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+
+import jinja2
+
+from .report import FlipExample, MetricResult, Report, TrendPoint, report_json_schema
+
+MAX_COMMENT_CHARS = 65_536
+FLIP_ROWS = 10
+PER_CLASS_ROWS = 100
+TREND_POINTS = 10
+TEXT_CHARS = 120  # user text (names, reasons) is clipped to this many characters
+
+STATUS_MARKS = {"improved": "🟢", "regressed": "🔴", "neutral": "⚪", "new": "🆕", "failed": "⚠️"}
+OVERALL_MARKS = {"regressed": "❌", "improved": "✅", "neutral": "➖"}
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "report.schema.json"
+
+
+def _sig(magnitude: float, digits: int) -> str:
+    """A positive finite number to `digits` significant digits, fixed or scientific."""
+    mantissa, exponent_text = f"{magnitude:.{digits - 1}e}".split("e")
+    exponent = int(exponent_text)
+    if exponent >= 9 or exponent < -4:
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        return f"{mantissa}e{exponent:+03d}"
+    if exponent >= digits - 1:  # never drop integer digits: 123456.7 -> 123,457
+        return f"{magnitude:,.0f}"
+    return f"{float(mantissa + 'e' + exponent_text):.{digits - 1 - exponent}f}"
+
+
+def _number(value: float | None, digits: int, signed: bool) -> str:
+    if value is None:
+        return "—"
+    if math.isnan(value):
+        return "NaN"
+    sign = "−" if value < 0 else ("+" if signed else "")
+    if math.isinf(value):
+        return f"{sign}inf"
+    if value == 0:  # also negative zero
+        return "0"
+    return sign + _sig(abs(value), digits)
+
+
+def fmt_value(value: float | None) -> str:
+    """A metric value: 4 significant digits, e.g. 0.7500, 2.346, 123,457, 1.2e-05, NaN."""
+    return _number(value, 4, signed=False)
+
+
+def fmt_delta(value: float | None) -> str:
+    """A signed delta, 3 significant digits; a nonzero delta never shows as 0 (+1.2e-05)."""
+    return _number(value, 3, signed=True)
+
+
+def fmt_percent(value: float | None) -> str:
+    """A relative delta (a fraction) as a signed percentage: 0.0714 -> +7.14%."""
+    return "—" if value is None else _number(value * 100, 3, signed=True) + "%"
+
+
+def fmt_plain(value: float) -> str:
+    """A setting such as a tolerance, as written: 0.01, 0.5, 1e-05."""
+    return _number(value, 6, signed=False) if not math.isfinite(value) else f"{value:.6g}"
+
+
+def fmt_p(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return "<0.0001" if value < 1e-4 else _number(value, 2, signed=False)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
+_MD_ESCAPES = str.maketrans(
+    {c: "\\" + c for c in "\\`*_[]|~#"} | {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+)
+
+
+def clip(text: str, limit: int = TEXT_CHARS) -> str:
+    text = _CONTROL.sub(" ", text).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def md_escape(text: object, limit: int = TEXT_CHARS) -> str:
+    """User text made inert anywhere inline, table cells included: no HTML, links, emphasis,
+    code or cell breaks (Markdown punctuation backslash-escaped, HTML specials as entities)."""
+    return clip(str(text), limit).translate(_MD_ESCAPES)
+
+
+def code_span(text: object) -> str:
+    """User text as an inline code span (outside tables): everything in it is inert."""
+    inner = clip(str(text)).replace("`", "'")
+    if not inner:
+        return "—"
+    return f"` {inner} `" if inner.startswith(" ") or inner.endswith(" ") else f"`{inner}`"
+
+
+def short(text: object, length: int) -> str:
+    return str(text)[:length]
+
+
+def mermaid_label(text: object) -> str:
+    """A Mermaid label: only characters that cannot end the quote, the fence or inject HTML."""
+    return re.sub(r"[^\w .:#+/-]", "_", clip(str(text), 30))
+
+
+def mermaid_number(value: float) -> str:
+    """Plain decimal (Mermaid's parser has no exponent notation)."""
+    return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
+
+
+@dataclass(frozen=True)
+class Detail:
+    """How much detail goes in: truncation lowers these step by step."""
+
+    trend: bool = True
+    per_class_rows: int = PER_CLASS_ROWS
+    flip_rows: int = FLIP_ROWS
+    reasons: bool = True
+    chart: bool = True
+
+
+# Truncation order: trend, per-class (shrunk, then dropped), flips (shrunk, then dropped),
+# reasons and statistics notes, the chart. The heading, table and run lines always stay.
+TRUNCATION_STEPS = (
+    Detail(),
+    Detail(trend=False),
+    Detail(trend=False, per_class_rows=20),
+    Detail(trend=False, per_class_rows=0),
+    Detail(trend=False, per_class_rows=0, flip_rows=3),
+    Detail(trend=False, per_class_rows=0, flip_rows=0),
+    Detail(trend=False, per_class_rows=0, flip_rows=0, reasons=False),
+    Detail(trend=False, per_class_rows=0, flip_rows=0, reasons=False, chart=False),
+)
+
+
+@dataclass(frozen=True)
+class Chart:
+    labels: list[str]
+    baseline: list[str]
+    candidate: list[str]
+    skipped: list[str]
+
+
+@dataclass(frozen=True)
+class Trend:
+    headline: str | None
+    points: list[TrendPoint]
+    values: list[float | None]
+    chart_labels: list[str]  # the points with a finite headline value, for the line chart
+    chart_values: list[str]
+
+
+@dataclass(frozen=True)
+class View:
+    """Everything the template shows; formatting is left to the template's filters."""
+
+    report: Report
+    metrics: list[MetricResult]
+    summary: str
+    has_stats: bool
+    ci_label: str
+    tests: list[str]
+    chart: Chart | None
+    trend: Trend | None
+    loss_increases: list[FlipExample]  # largest first, whatever order the engine gave
+    detail: Detail
+    notice: str | None = None
+
+
+def status_cell(metric: MetricResult) -> str:
+    text = f"{STATUS_MARKS.get(metric.status, '')} {metric.status}"
+    if metric.significant is False and metric.status in ("improved", "regressed"):
+        text += " (n.s.)"
+    if not metric.gated and metric.status != "new":
+        text += " (not gated)"
+    return text
+
+
+def _summary(metrics: list[MetricResult]) -> str:
+    gated = [m for m in metrics if m.gated]
+    bad = [m for m in gated if m.status in ("regressed", "failed")]
+    improved = [m for m in metrics if m.status == "improved"]
+
+    def names(items: list[MetricResult]) -> str:
+        return ", ".join(
+            md_escape(m.name) + (" (failed)" if m.status == "failed" else "") for m in items
+        )
+
+    if bad:
+        verb = "regressed or failed" if any(m.status == "failed" for m in bad) else "regressed"
+        return f"{len(bad)} of {len(gated)} gated metrics {verb}: {names(bad)}."
+    if improved:
+        count = f"{len(improved)} of {len(metrics)}"
+        return f"{count} metrics improved: {names(improved)}; none regressed."
+    return f"No gated metric changed beyond its tolerance ({len(gated)} gated)."
+
+
+def _has_stats(metric: MetricResult) -> bool:
+    return any(v is not None for v in (metric.test, metric.p_value, metric.ci_low, metric.ci_high))
+
+
+def _chart(metrics: list[MetricResult]) -> Chart | None:
+    def unit(value: float | None) -> bool:
+        return value is not None and 0.0 <= value <= 1.0  # False for NaN
+
+    charted = [m for m in metrics if unit(m.baseline) and unit(m.candidate)]
+    if not charted:
+        return None
+    labels, baseline, candidate = [], [], []
+    for m in charted:
+        labels += [f"{mermaid_label(m.name)} · base", f"{mermaid_label(m.name)} · cand"]
+        baseline += [mermaid_number(m.baseline or 0.0), "0"]
+        candidate += ["0", mermaid_number(m.candidate or 0.0)]
+    skipped = [md_escape(m.name) for m in metrics if m not in charted]
+    return Chart(labels, baseline, candidate, skipped)
+
+
+def _trend(report: Report) -> Trend | None:
+    points = sorted(report.trend, key=lambda p: p.created_at)[-TREND_POINTS:]
+    if not points:
+        return None
+    keys = [name for p in points for name in p.metrics]
+    headline = next((name for name in report.metrics if name in keys), keys[0] if keys else None)
+    values = [p.metrics.get(headline) if headline else None for p in points]
+    finite = [(p, v) for p, v in zip(points, values, strict=True) if _finite(v)]
+    labels = [f"#{p.comparison_id}" for p, _ in finite] if len(finite) >= 2 else []
+    chart_values = [mermaid_number(v or 0.0) for _, v in finite] if labels else []
+    return Trend(headline, points, values, labels, chart_values)
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _largest_loss_increases(report: Report) -> list[FlipExample]:
+    items = report.flips.loss_increases if report.flips else []
+
+    def key(example: FlipExample) -> float:
+        delta = example.loss_delta
+        return math.inf if delta is None or math.isnan(delta) else -delta
+
+    return sorted(items, key=key)
+
+
+def build_view(report: Report, detail: Detail = TRUNCATION_STEPS[0]) -> View:
+    metrics = list(report.metrics.values())
+    has_stats = any(_has_stats(m) for m in metrics)
+    return View(
+        report=report,
+        metrics=metrics,
+        summary=_summary(metrics),
+        has_stats=has_stats,
+        ci_label=f"{report.stats.confidence * 100:g}% CI",
+        tests=sorted({m.test for m in metrics if m.test}),
+        chart=_chart(metrics) if detail.chart else None,
+        trend=_trend(report) if detail.trend else None,
+        loss_increases=_largest_loss_increases(report),
+        detail=detail,
+    )
+
+
+def _load_template(name: str) -> str:
+    # The templates ship as package data of `regress_action.templates` (a separate package
+    # mapped from the top-level templates/ folder), so read them through importlib.resources:
+    # this works from a wheel, a zip and an editable install alike.
+    return files("regress_action.templates").joinpath(name).read_text(encoding="utf-8")
+
+
+def _class_name(label: int | None, names: list[str] | None) -> str:
+    if label is None:
+        return "—"
+    if names and 0 <= label < len(names):
+        return f"{label} ({md_escape(names[label])})"
+    return str(label)
+
+
+@cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_load_template),
+        autoescape=False,  # Markdown, not HTML: user text goes through the `md` filter
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(
+        value=fmt_value,
+        delta=fmt_delta,
+        percent=fmt_percent,
+        pvalue=fmt_p,
+        plain=fmt_plain,
+        md=md_escape,
+        code=code_span,
+        short=short,
+        mermaid_label=mermaid_label,
+        mermaid_number=mermaid_number,
+        status_cell=status_cell,
+        class_name=_class_name,
+    )
+    env.globals.update(STATUS_MARKS=STATUS_MARKS, OVERALL_MARKS=OVERALL_MARKS)
+    return env
+
+
+def _render(view: View) -> str:
+    text = environment().get_template("report.md.j2").render(view=view)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def comment_length(text: str) -> int:
+    """Length in UTF-16 code units: never less than the code-point count GitHub checks, so a
+    text within this length is within the limit whichever way emoji are counted."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _notice(max_chars: int, hint: str | None) -> str:
+    limit = (
+        "GitHub's 65,536-character comment limit"
+        if max_chars == MAX_COMMENT_CHARS
+        else f"the {max_chars:,}-character limit"
+    )
+    where = hint or "the JSON report artifact"
+    return f"_Report truncated to fit {limit}; the full report is in {where}._"
+
+
+def render_markdown(
+    report: Report, *, max_chars: int | None = None, full_report_hint: str | None = None
+) -> str:
+    """The report as Markdown; with `max_chars`, detail sections are dropped until it fits.
+
+    `full_report_hint` is trusted Markdown (e.g. a link to the run's artifact) naming where the
+    full report is; it appears only when the text was truncated. The heading and the delta table
+    are always kept; a `max_chars` too small even for those cuts the text at a line boundary.
+    """
+    full = _render(build_view(report))
+    if max_chars is None or comment_length(full) <= max_chars:
+        return full
+    notice = _notice(max_chars, full_report_hint)
+    for detail in TRUNCATION_STEPS[1:]:
+        text = _render(replace(build_view(report, detail), notice=notice))
+        if comment_length(text) <= max_chars:
+            return text
+    bare = _render(build_view(report, TRUNCATION_STEPS[-1]))
+    return _hard_cut(bare, notice, max_chars)
+
+
+def _hard_cut(text: str, notice: str, max_chars: int) -> str:
+    """Whole lines of `text` that fit before the notice; only for an absurdly small limit."""
+    tail = "\n\n" + notice + "\n"
+    budget = max_chars - comment_length(tail)
+    kept: list[str] = []
+    for line in text.splitlines(keepends=True):
+        budget -= comment_length(line)
+        if budget < 0:
+            break
+        kept.append(line)
+    if kept:
+        return "".join(kept).rstrip("\n") + tail
+    while comment_length(notice) > max_chars:
+        notice = notice[:-1]
+    return notice
+
+
+def schema_text() -> str:
+    """The published JSON schema of the report artifact, exactly as committed."""
+    return json.dumps(report_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def write_schema(path: Path = SCHEMA_PATH) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(schema_text(), encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m regress_action.render")
+    parser.add_argument("--write-schema", action="store_true", help=f"regenerate {SCHEMA_PATH}")
+    parser.add_argument("report", nargs="?", type=Path, help="a JSON report to print as Markdown")
+    args = parser.parse_args(argv)
+    if args.write_schema:
+        print(write_schema())
+    if args.report is not None:
+        print(render_markdown(Report.load(args.report)), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
