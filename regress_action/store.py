@@ -1,0 +1,382 @@
+"""The ExperimentDB: registered runs and recorded comparisons, on SQLAlchemy Core (no ORM).
+
+Owns the database URL rules, the connection set-up per backend and every read and write of
+runs, comparisons and their per-metric rows. The tables and upgrades live in `store_schema`.
+Imports SQLAlchemy, pydantic, `errors`, `spec`, `report`; never torch, PyGithub or jinja2.
+
+- URLs and connection set-up per backend (WAL, busy timeout, BEGIN IMMEDIATE, advisory lock):
+  see `store_schema`. `ExperimentDB(None)` reads REGRESS_DB, else `sqlite:///regress.db`.
+- One transaction per comparison (the comparison row and all its metric rows, or nothing).
+- Floats keep full precision (8-byte REAL / float8). Non-finite values (NaN, +-inf): SQLite turns
+  NaN into NULL, so on both backends a non-finite float column is stored as NULL and its exact
+  value ("NaN", "Infinity", "-Infinity") in the row's `nonfinite` JSON column; reads restore it.
+  The numeric column then never poisons SQL aggregates, and the stored report JSON keeps the
+  values as the strings "NaN" / "Infinity" too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import sqlalchemy.exc
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Connection, RowMapping, select
+
+from .errors import StoreError
+from .report import MetricResult, Report, TrendPoint
+from .spec import ModelSource, OverallStatus, RunCreate, RunRecord, TaskSpec
+from .store_schema import (
+    FLOAT_METRIC_COLUMNS,
+    WRITE_OPTION,
+    comparison_metrics,
+    comparisons,
+    ensure_schema,
+    first_line,
+    make_engine,
+    mask_password,
+    resolve_url,
+    runs,
+)
+
+_OVERALL_STATUSES: tuple[OverallStatus, ...] = ("improved", "neutral", "regressed")
+_NONFINITE_TEXT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+class ComparisonRecord(BaseModel):
+    """A recorded comparison as read back: the row, its metric rows and the stored report."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    created_at: datetime
+    baseline_run_id: int
+    candidate_run_id: int
+    report_name: str
+    dataset: str
+    fingerprint: str
+    n_examples: int
+    threshold: float
+    status: str
+    notes: str
+    commit: str | None
+    report: dict[str, Any] | None
+    metrics: list[MetricResult]
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite's DATETIME drops the zone (we always write UTC); PostgreSQL returns session time.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _encode_metric(metric: MetricResult, comparison_id: int, position: int) -> dict[str, Any]:
+    row = metric.model_dump()
+    nonfinite: dict[str, str] = {}
+    for column in FLOAT_METRIC_COLUMNS:
+        value = row[column]
+        if value is not None and not math.isfinite(value):
+            nonfinite[column] = _NONFINITE_TEXT[repr(float(value))]
+            row[column] = None
+    row.update(
+        comparison_id=comparison_id,
+        position=position,
+        nonfinite=json.dumps(nonfinite) if nonfinite else None,
+    )
+    return row
+
+
+def _decode_metric(row: RowMapping) -> MetricResult:
+    values = {key: row[key] for key in MetricResult.model_fields}
+    for column, value in json.loads(row["nonfinite"] or "{}").items():
+        values[column] = float(value)  # float() reads "NaN", "Infinity", "-Infinity"
+    return MetricResult.model_validate(values)
+
+
+class ExperimentDB:
+    """Runs and comparisons in SQLite or PostgreSQL; creates / upgrades the schema on open."""
+
+    def __init__(self, url: str | Path | None = None) -> None:
+        self._url = resolve_url(url)
+        self._display = mask_password(self._url)
+        self._engine = make_engine(self._url, self._display)
+        try:
+            with self._db_errors():
+                ensure_schema(self._engine, self._display)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    @property
+    def url_display(self) -> str:
+        return self._display
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- connections -------------------------------------------------------------------
+
+    @contextmanager
+    def _db_errors(self) -> Iterator[None]:
+        """Turn an unreachable / locked / unwritable database into a one-line StoreError."""
+        try:
+            yield
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            raise StoreError(
+                f"cannot use database {self._display}: {first_line(exc, self._url)}; "
+                "check --db / REGRESS_DB (the path must be writable, the server reachable)"
+            ) from None
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._db_errors(), self._engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One transaction: committed when the block ends, rolled back on any exception."""
+        with self._db_errors(), self._engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+
+    # --- runs ----------------------------------------------------------------------------
+
+    def add_run(self, run: RunCreate) -> RunRecord:
+        created_at = datetime.now(UTC)
+        try:
+            factory_kwargs = json.dumps(run.source.factory_kwargs, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(
+                f"factory_kwargs of run {run.name!r} are not JSON ({exc}); "
+                "pass only strings, numbers, booleans, lists and objects"
+            ) from None
+        values = {
+            "name": run.name,
+            "created_at": created_at,
+            "task": run.task.model_dump_json(),
+            "checkpoint": run.source.checkpoint,
+            "format": run.source.format,
+            "sha256": run.source.sha256,
+            "factory": run.source.factory,
+            "factory_kwargs": factory_kwargs,
+            "git_sha": run.git_sha,
+        }
+        with self._write() as conn:
+            run_id = conn.execute(runs.insert().values(values).returning(runs.c.id)).scalar_one()
+        return RunRecord(id=run_id, created_at=created_at, **run.model_dump())
+
+    def get_run(self, run_id: int) -> RunRecord:
+        with self._read() as conn:
+            row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+        if row is None:
+            raise StoreError(
+                f"unknown run id {run_id} in {self._display}; "
+                "`regress-action runs list` shows the registered runs"
+            )
+        return self._run_record(row)
+
+    def list_runs(self) -> list[RunRecord]:
+        with self._read() as conn:
+            rows = conn.execute(select(runs).order_by(runs.c.id)).mappings().all()
+        return [self._run_record(row) for row in rows]
+
+    @staticmethod
+    def _run_record(row: RowMapping) -> RunRecord:
+        source = ModelSource(
+            checkpoint=row["checkpoint"],
+            format=row["format"],
+            sha256=row["sha256"],
+            factory=row["factory"],
+            factory_kwargs=json.loads(row["factory_kwargs"]),
+        )
+        return RunRecord(
+            id=row["id"],
+            created_at=_utc(row["created_at"]),
+            name=row["name"],
+            task=TaskSpec.model_validate_json(row["task"]),
+            source=source,
+            git_sha=row["git_sha"],
+        )
+
+    # --- comparisons -----------------------------------------------------------------------
+
+    def create_comparison(
+        self,
+        baseline_run_id: int,
+        candidate_run_id: int,
+        notes: str,
+        *,
+        report: Report | None = None,
+        dataset: str = "",
+        fingerprint: str = "",
+        n_examples: int = 0,
+        threshold: float = 0.01,
+        status: str = "neutral",
+        report_name: str = "default",
+        commit: str | None = None,
+        metrics: Iterable[MetricResult] = (),
+    ) -> int:
+        """Record one comparison and its metric rows in one transaction; returns its id.
+
+        With `report`, the dataset, fingerprint, size, threshold, status, report name, commit
+        and metrics come from it, empty `notes` fall back to its notes, and it is stored as
+        JSON with `comparison_id` set. Unknown run ids: StoreError, nothing written.
+        """
+        values: dict[str, Any] = {
+            "created_at": datetime.now(UTC),
+            "baseline_run_id": baseline_run_id,
+            "candidate_run_id": candidate_run_id,
+            "report_name": report_name,
+            "dataset": dataset,
+            "fingerprint": fingerprint,
+            "n_examples": n_examples,
+            "threshold": threshold,
+            "status": status,
+            "notes": notes,
+            "commit": commit,
+        }
+        if report is not None:
+            values.update(_report_values(report, notes))
+            metrics = report.metrics.values()
+        metric_list = list(metrics)
+        self._check_comparison_values(values)
+        with self._write() as conn:
+            self._check_runs_exist(conn, (baseline_run_id, candidate_run_id))
+            comparison_id: int = conn.execute(
+                comparisons.insert().values(values).returning(comparisons.c.id)
+            ).scalar_one()
+            if report is not None:
+                stored = report.model_copy(update={"comparison_id": comparison_id})
+                conn.execute(
+                    comparisons.update()
+                    .where(comparisons.c.id == comparison_id)
+                    .values(report_json=stored.model_dump_json())
+                )
+            if metric_list:
+                rows = [_encode_metric(m, comparison_id, i) for i, m in enumerate(metric_list)]
+                conn.execute(comparison_metrics.insert(), rows)
+        return comparison_id
+
+    def _check_comparison_values(self, values: dict[str, Any]) -> None:
+        if values["status"] not in _OVERALL_STATUSES:
+            raise StoreError(
+                f"unknown comparison status {values['status']!r}; "
+                f"use one of {', '.join(_OVERALL_STATUSES)}"
+            )
+        if not math.isfinite(values["threshold"]):
+            raise StoreError(f"threshold {values['threshold']!r} is not finite; pass e.g. 0.01")
+
+    def _check_runs_exist(self, conn: Connection, run_ids: Sequence[int]) -> None:
+        found = set(conn.execute(select(runs.c.id).where(runs.c.id.in_(run_ids))).scalars())
+        for run_id in run_ids:
+            if run_id not in found:
+                raise StoreError(
+                    f"unknown run id {run_id} in {self._display}; "
+                    "`regress-action runs list` shows the registered runs"
+                )
+
+    def get_comparison(self, comparison_id: int) -> ComparisonRecord:
+        query = select(comparisons).where(comparisons.c.id == comparison_id)
+        records = self._comparison_records(query)
+        if not records:
+            raise StoreError(
+                f"unknown comparison id {comparison_id} in {self._display}; "
+                "`regress-action comparisons list` shows the recorded comparisons"
+            )
+        return records[0]
+
+    def list_comparisons(
+        self, *, limit: int = 50, report_name: str | None = None, dataset: str | None = None
+    ) -> list[ComparisonRecord]:
+        """The most recent comparisons, newest first, optionally of one report name / dataset."""
+        query = select(comparisons).order_by(comparisons.c.id.desc()).limit(limit)
+        if report_name is not None:
+            query = query.where(comparisons.c.report_name == report_name)
+        if dataset is not None:
+            query = query.where(comparisons.c.dataset == dataset)
+        return self._comparison_records(query)
+
+    def _comparison_records(self, query: Any) -> list[ComparisonRecord]:
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+            metrics = self._metrics_of(conn, [row["id"] for row in rows])
+        return [_comparison_record(row, metrics.get(row["id"], [])) for row in rows]
+
+    @staticmethod
+    def _metrics_of(conn: Connection, ids: list[int]) -> dict[int, list[MetricResult]]:
+        result: dict[int, list[MetricResult]] = {}
+        if not ids:
+            return result
+        query = (
+            select(comparison_metrics)
+            .where(comparison_metrics.c.comparison_id.in_(ids))
+            .order_by(comparison_metrics.c.comparison_id, comparison_metrics.c.position)
+        )
+        for row in conn.execute(query).mappings():
+            result.setdefault(row["comparison_id"], []).append(_decode_metric(row))
+        return result
+
+    def trend(
+        self, report_name: str, dataset: str, limit: int = 10, before_id: int | None = None
+    ) -> list[TrendPoint]:
+        """The last `limit` comparisons of this report name and dataset (ids below `before_id`
+        when given), oldest first, each with the candidate value of every metric."""
+        query = (
+            select(comparisons)
+            .where(comparisons.c.report_name == report_name, comparisons.c.dataset == dataset)
+            .order_by(comparisons.c.id.desc())
+            .limit(limit)
+        )
+        if before_id is not None:
+            query = query.where(comparisons.c.id < before_id)
+        points = [
+            TrendPoint(
+                comparison_id=record.id,
+                created_at=record.created_at,
+                status=record.status,
+                commit=record.commit,
+                metrics={metric.name: metric.candidate for metric in record.metrics},
+            )
+            for record in self._comparison_records(query)
+        ]
+        return points[::-1]
+
+
+def _comparison_record(row: RowMapping, metrics: list[MetricResult]) -> ComparisonRecord:
+    values = {key: row[key] for key in ComparisonRecord.model_fields if key in row}
+    values.update(
+        created_at=_utc(row["created_at"]),
+        report=json.loads(row["report_json"]) if row["report_json"] else None,
+        metrics=metrics,
+    )
+    return ComparisonRecord.model_validate(values)
+
+
+def _report_values(report: Report, notes: str) -> dict[str, Any]:
+    return {
+        "report_name": report.report_name,
+        "dataset": report.dataset.name,
+        "fingerprint": report.dataset.fingerprint,
+        "n_examples": report.dataset.n,
+        "threshold": report.threshold,
+        "status": report.status,
+        "notes": notes or report.notes,
+        "commit": report.commit,
+    }
