@@ -39,13 +39,20 @@ KINDS: dict[str, MetricKind] = {
 class PairedStats(Protocol):
     """What the statistics module computes for one metric (see `stats.MetricStats`)."""
 
-    test: str
-    p_value: float
-    ci_low: float
-    ci_high: float
-    n: int
-    n_fixed: int | None
-    n_broken: int | None
+    @property
+    def test(self) -> str: ...
+    @property
+    def p_value(self) -> float: ...
+    @property
+    def ci_low(self) -> float: ...
+    @property
+    def ci_high(self) -> float: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def n_fixed(self) -> int | None: ...
+    @property
+    def n_broken(self) -> int | None: ...
 
 
 def _beyond(improvement: float, tolerance: float) -> bool:

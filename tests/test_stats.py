@@ -1,0 +1,387 @@
+"""Paired statistics: reference values (statsmodels, scipy), slow-loop bootstrap references,
+degenerate inputs, and A/A calibration / power of the `gate` mode."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import proportion_confint
+
+from regress_action import metrics, stats
+from regress_action.metrics import CLASSIFICATION_METRICS, LM_METRICS
+from regress_action.records import PairedRecords
+from regress_action.spec import VerdictConfig
+from regress_action.stats import MetricStats, mcnemar, mcnemar_p, paired_statistics
+from regress_action.verdict import apply_significance, holm, judge
+
+K = 10
+
+
+def classification_side(rng, label, p_correct, confidence_shift=0.0):
+    """One model's records given per-example P(correct) (a shared latent difficulty)."""
+    n = label.size
+    correct = rng.random(n) < p_correct
+    wrong = (label + rng.integers(1, K, n)) % K
+    confidence = np.clip(0.35 + 0.6 * p_correct + 0.08 * rng.standard_normal(n), 0.1, 1.0)
+    confidence = np.clip(confidence + confidence_shift, 0.1, 1.0)
+    true_prob = np.where(correct, confidence, (1 - confidence) / (K - 1))
+    return {
+        "label": label,
+        "prediction": np.where(correct, label, wrong),
+        "correct": correct.astype(np.float64),
+        "loss": -np.log(np.maximum(true_prob, 1e-6)),
+        "confidence": confidence,
+        "top5_correct": (correct | (rng.random(n) < 0.5)).astype(np.float64),
+    }
+
+
+def classification_records(rng, n, drop=0.0, confidence_shift=0.0):
+    label = rng.integers(0, K, n)
+    p_correct = rng.beta(1.33, 0.33, n)  # mean 0.8; shared difficulty, ~20 % discordant
+    base = classification_side(rng, label, p_correct)
+    cand = classification_side(rng, label, p_correct * (1 - drop), confidence_shift)
+    return PairedRecords("classification", np.arange(n), base, cand, K)
+
+
+def lm_records(rng, n, scale=1.0):
+    tokens = rng.integers(5, 60, n).astype(np.float64)
+    hardness = rng.gamma(4.0, 0.8, n)
+    sides = []
+    for factor in (1.0, scale):
+        nll = tokens * hardness * factor * rng.lognormal(0, 0.2, n)
+        sides.append(
+            {
+                "nll_sum": nll,
+                "tokens": tokens,
+                "correct_tokens": rng.binomial(tokens.astype(np.int64), 0.4).astype(float),
+                "bytes": tokens * 4.0,
+            }
+        )
+    return PairedRecords("lm", np.arange(n), sides[0], sides[1])
+
+
+def identical(records):
+    return PairedRecords(
+        records.task, records.example_ids, records.baseline, records.baseline, records.num_classes
+    )
+
+
+# --- McNemar and Holm against statsmodels ------------------------------------------------------
+
+TABLES = [(50, 0, 0, 50), (10, 3, 0, 7), (100, 7, 19, 30), (0, 1, 0, 0), (5, 40, 41, 2)]
+TABLES += [(400, b, c, 90) for b in range(0, 60, 7) for c in range(0, 60, 11)]
+
+
+def outcomes(table):
+    """0/1 arrays for a 2×2 table [[both right, base right only], [cand right only, both wrong]]."""
+    both, base_only, cand_only, neither = table
+    base = np.repeat([1.0, 1.0, 0.0, 0.0], table)
+    cand = np.repeat([1.0, 0.0, 1.0, 0.0], table)
+    assert base.size == both + base_only + cand_only + neither
+    return base, cand
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_mcnemar_p_equals_statsmodels_exact(table):
+    base, cand = outcomes(table)
+    result = mcnemar(base, cand)
+    expected = sm_mcnemar(np.array(table).reshape(2, 2), exact=True).pvalue
+    assert result.p_value == pytest.approx(expected, abs=1e-12)
+    assert (result.n_broken, result.n_fixed) == (table[1], table[2])
+    assert result.test == "mcnemar_exact" and result.n == sum(table)
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_mcnemar_ci_is_conditional_clopper_pearson_and_dual_to_the_test(table):
+    base, cand = outcomes(table)
+    result = mcnemar(base, cand, confidence=0.95)
+    fixed, broken, n = table[2], table[1], sum(table)
+    if fixed + broken == 0:
+        assert (result.ci_low, result.ci_high) == (0.0, 0.0)
+        return
+    low, high = proportion_confint(fixed, fixed + broken, alpha=0.05, method="beta")
+    scale = (fixed + broken) / n
+    assert result.ci_low == pytest.approx((2 * low - 1) * scale, abs=1e-12)
+    assert result.ci_high == pytest.approx((2 * high - 1) * scale, abs=1e-12)
+    assert result.ci_low <= (fixed - broken) / n <= result.ci_high
+    # Both invert the equal-tailed binomial test: 0 is outside the CI iff p < alpha.
+    assert (result.ci_low > 0 or result.ci_high < 0) == (result.p_value < 0.05)
+
+
+def test_mcnemar_p_without_discordant_pairs_is_one():
+    assert mcnemar_p(0, 0) == 1.0
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 12, 40])
+def test_holm_equals_statsmodels(m):
+    rng = np.random.default_rng(m)
+    for _ in range(20):
+        p = rng.random(m) ** 3
+        p[rng.random(m) < 0.2] = 1.0
+        if m > 2:
+            p[1] = p[0]  # ties
+        expected = multipletests(p, method="holm")[1]
+        np.testing.assert_allclose(holm(list(p)), expected, rtol=0, atol=1e-12)
+
+
+# --- mean metrics: t-test and permutation test ------------------------------------------------
+
+
+def test_large_n_mean_uses_paired_t_equal_to_scipy():
+    rng = np.random.default_rng(3)
+    records = classification_records(rng, 3000)
+    result = paired_statistics(records, {"loss": CLASSIFICATION_METRICS["loss"]})["loss"]
+    expected = sps.ttest_rel(records.candidate["loss"], records.baseline["loss"]).pvalue
+    assert result.test == "paired_t"
+    assert result.p_value == pytest.approx(expected, rel=1e-9)
+    delta = records.candidate["loss"].mean() - records.baseline["loss"].mean()
+    assert result.ci_low <= delta <= result.ci_high
+
+
+@pytest.mark.parametrize("n", [6, 9])
+def test_small_n_permutation_is_exact_and_equals_scipy(n):
+    rng = np.random.default_rng(n)
+    base, cand = rng.exponential(1.0, n), rng.exponential(1.3, n)
+    p = stats.mean_test_p(cand - base, 2000, rng)
+    expected = sps.permutation_test(
+        (cand, base),
+        lambda x, y: np.mean(x - y),
+        permutation_type="samples",
+        n_resamples=np.inf,
+    ).pvalue
+    assert p == ("paired_permutation", pytest.approx(expected, abs=1e-12))
+
+
+def test_monte_carlo_permutation_is_close_to_scipy():
+    rng = np.random.default_rng(5)
+    diff = rng.normal(0.15, 1.0, 200)
+    name, p = stats.mean_test_p(diff, 20000, np.random.default_rng(0))
+    expected = sps.permutation_test(
+        (diff,), np.mean, permutation_type="samples", n_resamples=20000, random_state=1
+    ).pvalue
+    assert name == "paired_permutation"
+    assert p == pytest.approx(expected, abs=0.01)
+
+
+def test_constant_shift_is_certain_and_zero_shift_is_not():
+    assert stats.mean_test_p(np.full(2000, 0.1), 100, np.random.default_rng(0)) == ("paired_t", 0)
+    assert stats.mean_test_p(np.zeros(2000), 100, np.random.default_rng(0))[1] == 1.0
+
+
+# --- bootstrap: identical sides, real differences, determinism, slow-loop reference ------------
+
+
+@pytest.mark.parametrize("n", [300, 20_000])  # multinomial and Poisson weights
+def test_identical_models_give_p_one_and_a_zero_ci(n):
+    rng = np.random.default_rng(1)
+    for records, specs in [
+        (identical(classification_records(rng, n)), CLASSIFICATION_METRICS),
+        (identical(lm_records(rng, n)), LM_METRICS),
+    ]:
+        result = paired_statistics(records, specs, resamples=200)
+        assert set(result) == set(specs)
+        for stat in result.values():
+            assert (stat.p_value, stat.ci_low, stat.ci_high, stat.n) == (1.0, 0.0, 0.0, n)
+
+
+def test_large_lm_difference_is_significant_and_ci_holds_the_delta():
+    records = lm_records(np.random.default_rng(2), 2000, scale=1.05)
+    result = paired_statistics(records, LM_METRICS, resamples=500)
+    for name in ("loss", "perplexity", "bits_per_byte"):
+        stat = result[name]
+        delta = metrics.compute(LM_METRICS[name], records.candidate) - metrics.compute(
+            LM_METRICS[name], records.baseline
+        )
+        assert stat.test == "paired_bootstrap_log_ratio"
+        assert stat.p_value < 0.01
+        assert 0 < stat.ci_low <= delta <= stat.ci_high
+
+
+def test_large_corpus_difference_is_significant():
+    rng = np.random.default_rng(4)
+    records = classification_records(rng, 3000, drop=0.1, confidence_shift=0.1)
+    result = paired_statistics(records, CLASSIFICATION_METRICS, resamples=500)
+    for name, sign in [("macro_f1", -1), ("ece", 1), ("accuracy", -1)]:
+        stat = result[name]
+        assert stat.p_value < 0.01
+        assert (stat.ci_high < 0) if sign < 0 else (stat.ci_low > 0)
+
+
+def test_deterministic_given_seed():
+    records = classification_records(np.random.default_rng(6), 500)
+    first = paired_statistics(records, CLASSIFICATION_METRICS, resamples=300, seed=7)
+    assert paired_statistics(records, CLASSIFICATION_METRICS, resamples=300, seed=7) == first
+    other = paired_statistics(records, CLASSIFICATION_METRICS, resamples=300, seed=8)
+    assert other["ece"] != first["ece"]
+
+
+def reference_weights(records, specs, resamples, seed):
+    """The weight rows `paired_statistics` draws, mapped back to example order."""
+    plan = stats._BootstrapPlan()
+    if "ece" in specs:
+        plan.add_ece("ece", records)
+    order = plan.order(records.n)
+    rows = np.concatenate(
+        list(stats.weight_chunks(np.random.default_rng(seed), records.n, resamples))
+    )
+    weights = np.empty_like(rows)
+    weights[:, order] = rows
+    return weights
+
+
+def slow_delta(spec, name, records, weights):
+    """A metric's delta recomputed by `metrics.compute` on one weighted resample."""
+    sides = []
+    # Multinomial counts and the table's Poisson weights are both whole numbers: expand them.
+    index = np.repeat(np.arange(records.n), weights.astype(np.int64))
+    for side in (records.baseline, records.candidate):
+        cols = {key: value[index] for key, value in side.items()}
+        sides.append(metrics.compute(spec, cols, records.num_classes, name))
+    return sides[1] - sides[0]
+
+
+@pytest.mark.parametrize("poisson", [False, True])
+def test_vectorised_bootstrap_equals_a_slow_loop(monkeypatch, poisson):
+    if poisson:  # force the Poisson path at a small n
+        monkeypatch.setattr(stats, "MULTINOMIAL_MAX_N", 10)
+    rng = np.random.default_rng(9)
+    resamples, seed, alpha = 150, 3, 0.1
+    for records, specs in [
+        (classification_records(rng, 80, drop=0.05), {"ece": CLASSIFICATION_METRICS["ece"]}),
+        (lm_records(rng, 60, scale=1.02), LM_METRICS),
+    ]:
+        result = paired_statistics(records, specs, confidence=0.9, resamples=resamples, seed=seed)
+        weights = reference_weights(records, specs, resamples, seed)
+        for name, spec in specs.items():
+            delta = np.array([slow_delta(spec, name, records, w) for w in weights])
+            low, high = np.quantile(delta, [alpha / 2, 1 - alpha / 2])
+            assert result[name].ci_low == pytest.approx(low, rel=1e-9, abs=1e-12)
+            assert result[name].ci_high == pytest.approx(high, rel=1e-9, abs=1e-12)
+            assert result[name].p_value == stats.bootstrap_p(delta)
+
+
+def test_macro_f1_bootstrap_equals_a_slow_loop():
+    records = classification_records(np.random.default_rng(10), 120, drop=0.05)
+    resamples, seed = 200, 4
+    result = paired_statistics(
+        records, {"macro_f1": CLASSIFICATION_METRICS["macro_f1"]}, resamples=resamples, seed=seed
+    )["macro_f1"]
+    label, pred_b = records.baseline["label"], records.baseline["prediction"]
+    pred_c = records.candidate["prediction"]
+    cells, counts = np.unique((label * K + pred_b) * K + pred_c, return_counts=True)
+    draws = np.random.default_rng([seed, 2]).multinomial(records.n, counts / records.n, resamples)
+    delta = []
+    for row in draws:
+        code = np.repeat(cells, row)
+        labels, base, cand = code // (K * K), (code // K) % K, code % K
+        delta.append(metrics.macro_f1(labels, cand, K) - metrics.macro_f1(labels, base, K))
+    low, high = np.quantile(delta, [0.025, 0.975])
+    assert (result.ci_low, result.ci_high) == (pytest.approx(low), pytest.approx(high))
+    assert result.p_value == stats.bootstrap_p(np.array(delta))
+
+
+def test_poisson_weights_have_poisson_moments():
+    weights = stats.poisson_weights(np.random.default_rng(0), 100_000, 5)
+    assert weights.mean() == pytest.approx(1.0, abs=0.005)
+    assert weights.var() == pytest.approx(1.0, abs=0.01)
+    assert np.mean(weights == 0) == pytest.approx(math.exp(-1), abs=0.003)
+
+
+def test_multinomial_weights_are_draw_counts():
+    weights = stats.multinomial_weights(np.random.default_rng(0), 50, 30)
+    assert weights.shape == (30, 50)
+    np.testing.assert_array_equal(weights.sum(axis=1), 50)
+
+
+# --- degenerate inputs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_tiny_eval_sets_give_no_evidence(n):
+    rng = np.random.default_rng(0)
+    for records, specs in [
+        (classification_records(rng, n), CLASSIFICATION_METRICS),
+        (lm_records(rng, n), LM_METRICS),
+    ]:
+        result = paired_statistics(records, specs)
+        assert set(result) == set(specs)
+        assert all(s.p_value == 1.0 and s.n == n for s in result.values())
+
+
+def test_metrics_without_their_columns_are_skipped():
+    records = classification_records(np.random.default_rng(0), 50)
+    del records.candidate["top5_correct"]
+    assert "top5_accuracy" not in paired_statistics(records, CLASSIFICATION_METRICS)
+
+
+# --- calibration and power of the gate ----------------------------------------------------------
+
+GATE = VerdictConfig(significance="gate", threshold=0.0, alpha=0.05)
+
+
+def gate_regressed(records, specs, resamples=200, seed=0):
+    values = {
+        side: {name: metrics.compute(spec, cols, K, name) for name, spec in specs.items()}
+        for side, cols in (("baseline", records.baseline), ("candidate", records.candidate))
+    }
+    results = judge(values["baseline"], values["candidate"], GATE, specs)
+    apply_significance(results, paired_statistics(records, specs, resamples=resamples), GATE)
+    return {name for name, r in results.items() if r.status == "regressed"}
+
+
+def mcnemar_counts(rng, sims, n, drop):
+    """Vectorised: (n_fixed, n_broken) of `sims` simulated comparisons (shared difficulty)."""
+    p_correct = rng.beta(1.33, 0.33, (sims, n))
+    base = rng.random((sims, n)) < p_correct
+    cand = rng.random((sims, n)) < p_correct * (1 - drop)
+    return (cand & ~base).sum(axis=1), (base & ~cand).sum(axis=1)
+
+
+def gate_flags(n_fixed, n_broken, n):
+    """`gate` status of accuracy for each simulated comparison, through the real verdict."""
+    spec = {"accuracy": CLASSIFICATION_METRICS["accuracy"]}
+    flagged = []
+    for fixed, broken in zip(n_fixed.tolist(), n_broken.tolist(), strict=True):
+        stat = MetricStats("mcnemar_exact", mcnemar_p(fixed, broken), 0.0, 0.0, n, fixed, broken)
+        results = judge({"accuracy": 0.8}, {"accuracy": 0.8 + (fixed - broken) / n}, GATE, spec)
+        apply_significance(results, {"accuracy": stat}, GATE)
+        flagged.append(results["accuracy"].status == "regressed")
+    return np.array(flagged)
+
+
+def test_aa_gate_false_regressions_at_most_alpha_vectorised():
+    n_fixed, n_broken = mcnemar_counts(np.random.default_rng(11), 1000, 2000, drop=0.0)
+    rate = gate_flags(n_fixed, n_broken, 2000).mean()
+    assert rate <= GATE.alpha
+
+
+def test_gate_detects_a_two_point_accuracy_drop_at_n_5000():
+    n = 5000
+    n_fixed, n_broken = mcnemar_counts(np.random.default_rng(12), 400, n, drop=0.025)
+    assert ((n_broken - n_fixed) / n).mean() == pytest.approx(0.02, abs=0.002)
+    assert gate_flags(n_fixed, n_broken, n).mean() >= 0.8
+
+
+def test_aa_gate_false_regressions_at_most_alpha_full_path():
+    # Every classification metric, gated and Holm-adjusted, through paired_statistics.
+    rng = np.random.default_rng(13)
+    flagged = [
+        bool(gate_regressed(classification_records(rng, 400), CLASSIFICATION_METRICS, seed=i))
+        for i in range(200)
+    ]
+    assert np.mean(flagged) <= GATE.alpha
+
+
+def test_gate_power_full_path():
+    rng = np.random.default_rng(14)
+    specs = {name: CLASSIFICATION_METRICS[name] for name in ("accuracy", "loss", "macro_f1")}
+    detected = [
+        "accuracy" in gate_regressed(classification_records(rng, 5000, drop=0.025), specs)
+        for _ in range(50)
+    ]
+    assert np.mean(detected) >= 0.8
