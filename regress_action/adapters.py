@@ -20,8 +20,10 @@ IGNORE_INDEX = -100  # the target padding value, as torch's cross_entropy expect
 
 
 class Adapter(Protocol):
-    task: str
-    num_classes: int | None
+    @property
+    def task(self) -> str: ...
+    @property
+    def num_classes(self) -> int | None: ...
 
     def records(self, output: Any, target: torch.Tensor, side: str) -> dict[str, torch.Tensor]:
         """Per-example columns for one batch (each a 1-D tensor of the batch size)."""
@@ -35,8 +37,10 @@ def logits_of(output: Any, side: str) -> torch.Tensor:
         return output
     if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
         return output[0]
-    if isinstance(output, dict) and isinstance(output.get("logits"), torch.Tensor):
-        return output["logits"]
+    if isinstance(output, dict):
+        candidate = output.get("logits")
+        if isinstance(candidate, torch.Tensor):
+            return candidate
     logits = getattr(output, "logits", None)
     if isinstance(logits, torch.Tensor):
         return logits
@@ -92,7 +96,11 @@ class LMAdapter:
 
     def records(self, output: Any, target: torch.Tensor, side: str) -> dict[str, torch.Tensor]:
         logits = logits_of(output, side)
-        if logits.ndim != 3 or logits.shape[2] != self.vocab_size or logits.shape[:2] != target.shape:
+        if (
+            logits.ndim != 3
+            or logits.shape[2] != self.vocab_size
+            or logits.shape[:2] != target.shape
+        ):
             raise ModelOutputError(
                 f"the {side} model returned logits of shape {tuple(logits.shape)} for targets of "
                 f"shape {tuple(target.shape)}; expected (batch, seq, {self.vocab_size}) for "

@@ -74,9 +74,7 @@ def compare_models(
     )
     if eval_cfg.dataset_name is None and not isinstance(eval_cfg.dataset, str | Path):
         eval_cfg = eval_cfg.model_copy(update={"dataset_name": eval_cfg.display_name()})
-    report = evaluate_models(
-        baseline_model, candidate_model, eval_cfg, task_spec, context, adapter
-    )
+    report = evaluate_models(baseline_model, candidate_model, eval_cfg, task_spec, context, adapter)
     outputs = Outputs(
         db=store,
         json_path=Path(json_path) if json_path else None,

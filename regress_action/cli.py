@@ -163,7 +163,9 @@ def _add_runs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     runs = sub.add_parser("runs", help="register and list model runs")
     runs_sub = runs.add_subparsers(dest="runs_command", required=True, metavar="{add,list}")
     add = runs_sub.add_parser("add", help="register a checkpoint; prints the new run id")
-    add.add_argument("checkpoint", help="a .safetensors, .pt (state dict), .pt2 or TorchScript file")
+    add.add_argument(
+        "checkpoint", help="a .safetensors, .pt (state dict), .pt2 or TorchScript file"
+    )
     add.add_argument("--task", choices=["lm", "classification"], required=True)
     add.add_argument("--modality", choices=["text", "vision"])
     add.add_argument("--num-classes", type=_positive_int)
@@ -300,14 +302,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_runs_add(args: argparse.Namespace) -> int:
     from .app import CheckpointRequest, register_checkpoint
 
-    modality = args.modality or ("text" if args.task == "lm" else "vision")
-    vocab_size = args.vocab_size or (256 if args.task == "lm" else None)
+    defaults = (
+        {"modality": "text", "vocab_size": 256} if args.task == "lm" else {"modality": "vision"}
+    )
+    given = {"modality": args.modality, "vocab_size": args.vocab_size}
     try:
-        task = TaskSpec(
-            modality=modality,
-            task=args.task,
-            num_classes=args.num_classes,
-            vocab_size=vocab_size,
+        task = TaskSpec.model_validate(
+            {
+                **defaults,
+                **{key: value for key, value in given.items() if value is not None},
+                "task": args.task,
+                "num_classes": args.num_classes,
+            }
         )
     except ValidationError as exc:
         raise ConfigError(f"task: {_first_error(exc)}; pass --num-classes N") from None
@@ -372,7 +378,7 @@ def _comparison_summary(row: object) -> dict[str, object]:
         "notes",
     )
     summary = {name: getattr(row, name) for name in fields}
-    summary["created_at"] = summary["created_at"].isoformat()  # type: ignore[attr-defined]
+    summary["created_at"] = str(summary["created_at"])
     return summary
 
 
@@ -393,7 +399,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     with _open_db(args) as db:
-        return run_demo(db, args.workdir)
+        return run_demo(db, args.workdir, args.db)
 
 
 def cmd_action(args: argparse.Namespace) -> int:

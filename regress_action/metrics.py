@@ -134,9 +134,11 @@ def compute(
         return apply_transform(num / den, spec.transform) if den > 0 else math.nan
     if name == "macro_f1":
         assert num_classes is not None
-        return float(macro_f1(cols["label"], cols["prediction"], num_classes))
+        labels = np.asarray(cols["label"], dtype=np.int64)
+        return macro_f1(labels, np.asarray(cols["prediction"], dtype=np.int64), num_classes)
     if name == "ece":
-        return float(ece(cols["correct"], cols["confidence"]))
+        correct = np.asarray(cols["correct"], dtype=np.float64)
+        return ece(correct, np.asarray(cols["confidence"], dtype=np.float64))
     raise ValueError(f"no corpus function for metric {name!r}")
 
 
@@ -152,7 +154,9 @@ def macro_f1(labels: NDArray[np.int64], predictions: NDArray[np.int64], num_clas
     return float(f1[:num_classes].mean())
 
 
-def ece(correct: NDArray[np.float64], confidence: NDArray[np.float64], bins: int = ECE_BINS) -> float:
+def ece(
+    correct: NDArray[np.float64], confidence: NDArray[np.float64], bins: int = ECE_BINS
+) -> float:
     """Expected calibration error with equal-width confidence bins (torchmetrics' L1 norm)."""
     correct = np.asarray(correct, dtype=np.float64)
     confidence = np.asarray(confidence, dtype=np.float64)
@@ -160,7 +164,6 @@ def ece(correct: NDArray[np.float64], confidence: NDArray[np.float64], bins: int
     if n == 0:
         return math.nan
     index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
-    count = np.bincount(index, minlength=bins).astype(np.float64)
     acc_sum = np.bincount(index, weights=correct, minlength=bins)
     conf_sum = np.bincount(index, weights=confidence, minlength=bins)
     return float(np.abs(conf_sum - acc_sum).sum() / n)

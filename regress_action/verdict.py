@@ -86,7 +86,8 @@ def judge_metric(
     kind = spec.kind if spec else KINDS.get(name, "mean")
     if higher_is_better is None:
         raise ConfigError(unknown_metric_message(name, "any", sorted(DIRECTIONS)))
-    tolerance = config.tolerance_for(name, baseline if _finite(baseline) else 0.0)
+    reference = baseline if baseline is not None and math.isfinite(baseline) else 0.0
+    tolerance = config.tolerance_for(name, reference)
     result = MetricResult(
         name=name,
         higher_is_better=higher_is_better,

@@ -140,7 +140,9 @@ def test_lm_metrics_match_a_reference_with_padding() -> None:
     assert compute(specs["loss"], cols) == pytest.approx(nll / tokens, rel=1e-6)
     assert compute(specs["perplexity"], cols) == pytest.approx(math.exp(nll / tokens), rel=1e-6)
     assert compute(specs["token_accuracy"], cols) == pytest.approx(correct / tokens)
-    assert compute(specs["bits_per_byte"], cols) == pytest.approx(nll / tokens / math.log(2), rel=1e-6)
+    assert compute(specs["bits_per_byte"], cols) == pytest.approx(
+        nll / tokens / math.log(2), rel=1e-6
+    )
     assert cols["tokens"][0] == 5
 
 
@@ -152,7 +154,9 @@ def test_perplexity_is_not_an_average_of_batch_perplexities() -> None:
 
 def test_wrong_number_of_classes_is_a_model_output_error() -> None:
     labels = torch.zeros(10, dtype=torch.long)
-    with pytest.raises(ModelOutputError, match=r"num_classes=7.*\(10, 5\)|\(10, 5\).*num_classes=7"):
+    with pytest.raises(
+        ModelOutputError, match=r"num_classes=7.*\(10, 5\)|\(10, 5\).*num_classes=7"
+    ):
         evaluate_pair(Table(torch.randn(10, 5)), Table(torch.randn(10, 7)),
                       _index_dataset(labels), adapter_for(CLS))  # fmt: skip
 

@@ -32,7 +32,7 @@ def _imports(path: Path, top_level_only: bool) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found: set[str] = set()
 
-    def visit(nodes: list[ast.stmt], depth: int) -> None:
+    def visit(nodes: list[ast.stmt | ast.ExceptHandler]) -> None:
         for node in nodes:
             if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
                 continue
@@ -52,9 +52,9 @@ def _imports(path: Path, top_level_only: bool) -> set[str]:
             for child in ("body", "orelse", "finalbody", "handlers"):
                 inner = getattr(node, child, None)
                 if isinstance(inner, list):
-                    visit([n for n in inner if isinstance(n, ast.stmt | ast.ExceptHandler)], depth + 1)  # type: ignore[misc]
+                    visit([n for n in inner if isinstance(n, ast.stmt | ast.ExceptHandler)])
 
-    visit(tree.body, 0)
+    visit(tree.body)
     return found
 
 
