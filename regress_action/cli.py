@@ -14,7 +14,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import ValidationError
 
@@ -59,6 +59,15 @@ def _probability(text: str) -> float:
     return value
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
 def _name_list(text: str) -> list[str]:
     return [part.strip() for part in text.replace("\n", ",").split(",") if part.strip()]
 
@@ -74,6 +83,13 @@ def _json_object(text: str) -> dict[str, object]:
 
 
 # ---------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (naming the option) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _add_db(parser: argparse.ArgumentParser) -> None:
@@ -228,11 +244,21 @@ def _add_action(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="post or update the PR comment from an existing JSON report (fork-safe workflows)",
     )
     publish.add_argument("--report", type=Path, required=True, help="the JSON report artifact")
+    publish.add_argument("--report-name", help="sticky comment name (default: the report's)")
+    publish.add_argument("--comment", choices=["update", "create", "off"], default="update")
+    publish.add_argument(
+        "--fail-on-regression",
+        type=_boolean,
+        default=True,
+        metavar="BOOL",
+        help="exit 1 when the report regressed (default true)",
+    )
+    publish.add_argument("--pr-number", type=_positive_int, help="default: from the event")
     publish.set_defaults(handler=cmd_publish)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="regress-action",
         description="Catch ML model regressions: compare a baseline and a candidate model on "
         "the same eval set, record the verdict, and report it.",
@@ -411,7 +437,13 @@ def cmd_action(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from .action import publish
 
-    return publish(args.report)
+    return publish(
+        args.report,
+        report_name=args.report_name,
+        comment=args.comment,
+        fail_on_regression=args.fail_on_regression,
+        pr_number=args.pr_number,
+    )
 
 
 # ---------------------------------------------------------------- entry point

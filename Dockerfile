@@ -1,0 +1,31 @@
+# The regress-action container: a Docker action runs this image with the workspace mounted at
+# /github/workspace (the working directory) and the inputs as INPUT_* variables.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/regress-action
+
+# CPU-only torch first, in its own layer: it is the largest and changes least. With torch
+# already installed, the package's "torch>=2.3" requirement needs no CUDA download.
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+
+# Then the package's other dependencies, read from pyproject.toml alone, so editing the source
+# does not invalidate this layer.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print(chr(10).join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Then the package (templates ship inside it as regress_action.templates). No USER: the runner
+# mounts the workspace owned by the runner's user and the action must be able to write there.
+COPY README.md ./
+COPY regress_action ./regress_action
+COPY templates ./templates
+RUN pip install . \
+    && regress-action --version
+
+ENTRYPOINT ["regress-action", "action"]

@@ -1,0 +1,326 @@
+"""Typed settings for the GitHub Action: its inputs (`INPUT_*`), the runner's environment
+(`GITHUB_*`) and the GitHub client's tuning (`REGRESS_ACTION_GITHUB_*`).
+
+Owns input parsing and validation (lists, tolerances, JSON kwargs, run-id-or-checkpoint rules) and
+turns a pydantic ValidationError into one ConfigError naming the input by its action.yml name.
+Imports pydantic, pydantic-settings, `errors` and `spec` only (no torch, no PyGithub).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Self, TypeVar
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from .errors import ConfigError
+from .spec import MetricTolerance, SignificanceMode, TaskSpec
+
+CommentMode = Literal["update", "create", "off"]
+DEFAULT_DB_URL = "sqlite:///regress-action.db"
+_REPORT_NAME = re.compile(r"[A-Za-z0-9_.:/()+@ -]{1,100}")
+
+
+def _input(name: str, **kwargs: Any) -> Any:
+    """A field read from `INPUT_<NAME>`.
+
+    The runner upper-cases the input name and keeps hyphens (`fail-on-regression` becomes
+    `INPUT_FAIL-ON-REGRESSION`, which bash cannot read but Python can); the underscore spelling is
+    accepted too, for `docker run -e` and shells.
+    """
+    upper = name.upper()
+    return Field(
+        validation_alias=AliasChoices(f"INPUT_{upper}", f"INPUT_{upper.replace('-', '_')}"),
+        json_schema_extra={"input": name},
+        **kwargs,
+    )
+
+
+def split_list(value: str) -> tuple[str, ...]:
+    """`"a, b\\nc"` -> `("a", "b", "c")`: commas, semicolons or newlines separate items."""
+    return tuple(item.strip() for item in re.split(r"[,;\n]", value) if item.strip())
+
+
+def parse_tolerances(value: str) -> dict[str, MetricTolerance]:
+    """Per-metric tolerances, as `metric=SPEC` items or a JSON object.
+
+    SPEC is an absolute number (`loss=0.02`), a percentage of |baseline| (`perplexity=5%`), or
+    both separated by `|` (`loss=0.02|5%`: the larger applies). Items are separated by commas,
+    semicolons or newlines. JSON: `{"loss": 0.02, "perplexity": "5%", "ece": {"abs": 0.01}}`.
+    """
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            raw: Any = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg} at char {exc.pos})") from None
+        if not isinstance(raw, dict):
+            raise ValueError("the JSON must be an object of metric -> tolerance")
+        return {str(k): _tolerance(str(k), v) for k, v in raw.items()}
+    result: dict[str, MetricTolerance] = {}
+    for item in split_list(text):
+        metric, sep, spec = item.partition("=")
+        if not sep or not metric.strip() or not spec.strip():
+            raise ValueError(f"{item!r} is not metric=value (e.g. loss=0.02 or perplexity=5%)")
+        result[metric.strip()] = _tolerance(metric.strip(), spec.strip())
+    return result
+
+
+def _tolerance(metric: str, spec: Any) -> MetricTolerance:
+    if isinstance(spec, dict):
+        return MetricTolerance.model_validate(spec)
+    if isinstance(spec, int | float) and not isinstance(spec, bool):
+        return MetricTolerance(abs=float(spec))
+    parts: dict[str, float] = {}
+    for token in str(spec).split("|"):
+        token = token.strip()
+        key = "rel" if token.endswith("%") else "abs"
+        try:
+            number = float(token.removesuffix("%"))
+        except ValueError:
+            raise ValueError(
+                f"{metric}: {token!r} is neither a number (0.02) nor a percentage (5%)"
+            ) from None
+        if number < 0 or key in parts:
+            raise ValueError(f"{metric}: give at most one absolute and one % value, both ≥ 0")
+        parts[key] = number / 100 if key == "rel" else number
+    return MetricTolerance(**parts)
+
+
+class ActionInputs(BaseSettings):
+    """The action's inputs. Every field carries its action.yml name; empty strings mean unset
+    (the runner passes an input the workflow did not set as an empty string)."""
+
+    model_config = SettingsConfigDict(
+        env_ignore_empty=True,
+        extra="ignore",
+        case_sensitive=False,
+        # Lists, tolerances and kwargs have friendly string forms parsed by the validators below,
+        # not pydantic-settings' default JSON decoding of complex fields.
+        enable_decoding=False,
+    )
+
+    baseline_run_id: int | None = _input("baseline-run-id", default=None, ge=1)
+    candidate_run_id: int | None = _input("candidate-run-id", default=None, ge=1)
+    baseline_checkpoint: str | None = _input("baseline-checkpoint", default=None)
+    candidate_checkpoint: str | None = _input("candidate-checkpoint", default=None)
+    model_factory: str | None = _input("model-factory", default=None)
+    model_kwargs: dict[str, Any] = _input("model-kwargs", default_factory=dict)
+    task: Literal["lm", "classification"] | None = _input("task", default=None)
+    modality: Literal["text", "vision"] | None = _input("modality", default=None)
+    num_classes: int | None = _input("num-classes", default=None, ge=2)
+    vocab_size: int | None = _input("vocab-size", default=None, ge=2)
+    allow_pickle: bool = _input("allow-pickle", default=False)
+    dataset: str | None = _input("dataset", default=None)
+    threshold: float = _input("threshold", default=0.01, ge=0, allow_inf_nan=False)
+    metrics: tuple[str, ...] | None = _input("metrics", default=None)
+    gate: tuple[str, ...] | None = _input("gate", default=None)
+    metric_tolerances: dict[str, MetricTolerance] = _input(
+        "metric-tolerances", default_factory=dict
+    )
+    significance: SignificanceMode = _input("significance", default="report")
+    alpha: float = _input("alpha", default=0.05, gt=0, lt=1)
+    db_url: str = _input("db-url", default=DEFAULT_DB_URL, min_length=1)
+    github_token: SecretStr | None = _input("github-token", default=None)
+    comment: CommentMode = _input("comment", default="update")
+    report_name: str = _input("report-name", default="default")
+    fail_on_regression: bool = _input("fail-on-regression", default=True)
+    json_path: Path | None = _input("json-path", default=None)
+    markdown_path: Path | None = _input("markdown-path", default=None)
+    device: str = _input("device", default="auto")
+    batch_size: int = _input("batch-size", default=64, ge=1)
+    max_examples: int | None = _input("max-examples", default=None, ge=1)
+
+    @field_validator("metrics", "gate", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return split_list(value) or None
+        return value
+
+    @field_validator("metric_tolerances", mode="before")
+    @classmethod
+    def _tolerances(cls, value: Any) -> Any:
+        return parse_tolerances(value) if isinstance(value, str) else value
+
+    @field_validator("model_kwargs", mode="before")
+    @classmethod
+    def _kwargs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg} at char {exc.pos})") from None
+            if not isinstance(value, dict):
+                raise ValueError('must be a JSON object such as {"hidden": 64}')
+        return value
+
+    @field_validator("comment", "significance", "task", "modality", "device", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("report_name")
+    @classmethod
+    def _marker_safe(cls, value: str) -> str:
+        # The name goes inside an HTML comment marker: "--" or ">" would end the comment early.
+        value = value.strip()
+        if not _REPORT_NAME.fullmatch(value) or "--" in value:
+            raise ValueError("use 1-100 letters, digits, spaces or _ . : / ( ) + @ - (no '--')")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in {"auto", "cpu", "cuda"} or re.fullmatch(r"cuda:\d+", value):
+            return value
+        raise ValueError("use auto, cpu, cuda or cuda:N")
+
+    @model_validator(mode="after")
+    def _runs_given(self) -> Self:
+        for side in ("baseline", "candidate"):
+            run_id = getattr(self, f"{side}_run_id")
+            checkpoint = getattr(self, f"{side}_checkpoint")
+            if (run_id is None) == (checkpoint is None):
+                raise ValueError(
+                    f"inputs {side}-run-id / {side}-checkpoint: set exactly one of them "
+                    f"(a run id from the ExperimentDB, or a checkpoint path to register)"
+                )
+        if self.dataset is None:
+            raise ValueError("input dataset is required: a built-in name (lm_tiny, vision_tiny) "
+                             "or a path in the workspace")  # fmt: skip
+        return self
+
+    def task_spec(self) -> TaskSpec | None:
+        """The task for checkpoints registered on the fly, or None to let the engine infer it."""
+        if self.task is None:
+            return None
+        modality = self.modality or ("text" if self.task == "lm" else "vision")
+        try:
+            return TaskSpec(
+                modality=modality,
+                task=self.task,
+                num_classes=self.num_classes,
+                vocab_size=self.vocab_size,
+            )
+        except ValidationError as exc:
+            message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ConfigError(
+                f"inputs task / modality / num-classes / vocab-size: {message}"
+            ) from None
+
+    def resolved_json_path(self) -> Path:
+        return self.json_path or Path("regress-action") / f"{_slug(self.report_name)}.json"
+
+    def resolved_markdown_path(self) -> Path:
+        return self.markdown_path or Path("regress-action") / f"{_slug(self.report_name)}.md"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "default"
+
+
+class RunnerEnv(BaseSettings):
+    """What the runner tells every step through `GITHUB_*` variables (none is required locally)."""
+
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", case_sensitive=False)
+
+    github_api_url: str = "https://api.github.com"  # GHES sets https://HOST/api/v3
+    github_server_url: str = "https://github.com"
+    github_repository: str | None = None
+    github_event_name: str | None = None
+    github_event_path: Path | None = None
+    github_sha: str | None = None
+    github_output: Path | None = None
+    github_step_summary: Path | None = None
+    github_workspace: Path | None = None
+    github_run_id: str | None = None
+
+    def run_url(self) -> str | None:
+        if self.github_repository and self.github_run_id:
+            repo_url = f"{self.github_server_url}/{self.github_repository}"
+            return f"{repo_url}/actions/runs/{self.github_run_id}"
+        return None
+
+
+class ClientTuning(BaseSettings):
+    """Timeouts, retries and throttling of the GitHub client (`REGRESS_ACTION_GITHUB_*`).
+
+    Production defaults keep PyGithub's polite throttling but bound every wait, so a step never
+    hangs; the test-suite sets the waits to 0.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="REGRESS_ACTION_GITHUB_", env_ignore_empty=True, extra="ignore"
+    )
+
+    timeout: int = Field(default=20, ge=1)
+    retries: int = Field(default=3, ge=0, le=10)
+    backoff_factor: float = Field(default=1.0, ge=0)
+    secondary_rate_wait: float = Field(default=30.0, ge=0)
+    max_rate_limit_wait: float = Field(default=120.0, ge=0)
+    seconds_between_requests: float = Field(default=0.25, ge=0)
+    seconds_between_writes: float = Field(default=1.0, ge=0)
+
+
+def input_names() -> dict[str, str]:
+    """action.yml input name -> ActionInputs field name."""
+    names: dict[str, str] = {}
+    for field_name, info in ActionInputs.model_fields.items():
+        extra = info.json_schema_extra
+        assert isinstance(extra, dict)
+        names[str(extra["input"])] = field_name
+    return names
+
+
+_S = TypeVar("_S", bound=BaseSettings)
+
+
+def load(cls: type[_S]) -> _S:
+    """Read settings from the environment; a bad value is one ConfigError naming the input."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        raise ConfigError(_describe(cls, exc)) from None
+    except SettingsError as exc:  # raised before validation, e.g. an undecodable value
+        raise ConfigError(str(exc)) from None
+
+
+def load_inputs() -> ActionInputs:
+    return load(ActionInputs)
+
+
+def _describe(cls: type[BaseSettings], exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "bool_parsing":
+        message = "use true or false"
+    loc = [str(part) for part in error["loc"]]
+    if not loc:  # a model-level rule; its message names the inputs itself
+        return message
+    got = error.get("input")
+    shown = "" if got is None or isinstance(got, Mapping) else f" (got {str(got)[:80]!r})"
+    return f"{_source_name(cls, loc[0])}: {message}{shown}"
+
+
+def _source_name(cls: type[BaseSettings], loc: str) -> str:
+    """The name the user wrote: `input fail-on-regression`, or an environment variable."""
+    key = loc.lower().removeprefix("input_")
+    if cls is ActionInputs:
+        for name, field_name in input_names().items():
+            if key in {name, name.replace("-", "_"), field_name}:
+                return f"input {name}"
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    variable = loc if loc.upper().startswith(prefix.upper()) and prefix else prefix + loc
+    return f"environment variable {variable.upper()}"

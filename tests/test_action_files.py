@@ -1,0 +1,123 @@
+"""The action's files: action.yml and the example workflows validate against GitHub's schemas,
+the Dockerfile is hadolint-clean and shaped as DESIGN.md §6 asks, and action.yml's inputs and
+outputs match the settings and what the entrypoint writes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+from regress_action.action import OUTPUT_NAMES, Publication, report_outputs
+from regress_action.settings import ActionInputs, input_names
+from tests.report_factory import make_report
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+WORKFLOWS = sorted((ROOT / "docs" / "workflows").glob("*.yml"))
+
+
+def load_yaml(path: Path) -> Any:
+    return YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (pip install -e '.[dev]')")
+    return found
+
+
+def check_schema(schema: str, *files: Path) -> None:
+    result = subprocess.run(
+        [tool("check-jsonschema"), "--builtin-schema", schema, *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_action_yml_validates() -> None:
+    check_schema("vendor.github-actions", ROOT / "action.yml")
+
+
+def test_example_workflows_validate() -> None:
+    names = {path.name for path in WORKFLOWS}
+    assert {"regress.yml", "regress-fork-pr.yml", "regress-fork-comment.yml"} <= names
+    check_schema("vendor.github-workflows", *WORKFLOWS)
+
+
+def test_dockerfile_is_hadolint_clean() -> None:
+    result = subprocess.run(
+        [tool("hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_shape() -> None:
+    lines = [
+        line.strip()
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    text = "\n".join(lines)
+    assert lines[0].startswith("FROM python:3.11-slim")
+    assert not any(line.upper().startswith("USER") for line in lines)  # DESIGN.md §6
+    assert "download.pytorch.org/whl/cpu" in text and "torch==2.13.0" in text
+    assert "pip install ." in text
+    assert lines[-1] == 'ENTRYPOINT ["regress-action", "action"]'
+    # Caching: torch, then the dependencies, before the source is copied.
+    order = [text.index(s) for s in ("torch==", "requirements.txt", "COPY regress_action")]
+    assert order == sorted(order)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", "tests", "**/__pycache__"} <= set(ignored)
+
+
+def test_action_runs_the_dockerfile() -> None:
+    action = load_yaml(ROOT / "action.yml")
+    assert action["runs"] == {"using": "docker", "image": "Dockerfile"}
+    assert action["branding"]["icon"] and action["branding"]["color"]
+
+
+def test_every_input_maps_to_a_setting_with_the_same_default() -> None:
+    declared: dict[str, Any] = load_yaml(ROOT / "action.yml")["inputs"]
+    names = input_names()
+    assert set(declared) == set(names)
+    for name, spec in declared.items():
+        assert name == name.lower() and "_" not in name, f"{name}: inputs are kebab-case"
+        info = ActionInputs.model_fields[names[name]]
+        default = info.get_default(call_default_factory=True)
+        if name == "github-token":
+            assert spec["default"] == "${{ github.token }}" and default is None
+        elif "default" in spec:
+            assert spec.get("required", False) is False
+            parsed = ActionInputs.model_validate(
+                {f"INPUT_{name.upper()}": spec["default"], **_required()}
+            )
+            assert getattr(parsed, names[name]) == default, name
+        else:
+            # No default in action.yml: None (or empty) in the settings, never a hidden value.
+            assert not info.is_required() and default in (None, {}, ()), name
+
+
+def test_required_inputs_match() -> None:
+    declared = load_yaml(ROOT / "action.yml")["inputs"]
+    required = {name for name, spec in declared.items() if spec.get("required")}
+    assert required == {"dataset"}  # the run ids are "one of id or checkpoint", checked in code
+
+
+def test_outputs_are_exactly_those_the_entrypoint_writes() -> None:
+    declared = set(load_yaml(ROOT / "action.yml")["outputs"])
+    written = set(report_outputs(Publication(make_report(), "", "default"))) | {"comment-url"}
+    assert declared == set(OUTPUT_NAMES) == written
+
+
+def _required() -> dict[str, str]:
+    return {"INPUT_BASELINE-RUN-ID": "1", "INPUT_CANDIDATE-RUN-ID": "2", "INPUT_DATASET": "x"}
