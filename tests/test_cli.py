@@ -1,0 +1,249 @@
+"""The CLI end to end, as a user runs it: real processes, real checkpoints, a real SQLite file.
+
+Both modalities run through `runs add` + `compare` on the built-in datasets; every bad input
+exits 2 with one line on stderr, no traceback, no new comparison row and no report file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from regress_action.models import save_checkpoint
+from regress_action.store import ExperimentDB
+from regress_action.zoo import tiny_cnn, tiny_lm
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Workspace:
+    root: Path
+    db: str
+    runs: dict[str, int]
+
+    def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "REGRESS_DB": self.db}
+        result = subprocess.run(
+            [sys.executable, "-m", "regress_action", *args],
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def comparisons(self) -> int:
+        with ExperimentDB(self.db) as db:
+            return len(db.list_comparisons(limit=1000))
+
+
+def _add(ws: Workspace, path: Path, *args: str) -> int:
+    out = ws.run("runs", "add", str(path), *args, check=True)
+    return int(out.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    root = tmp_path_factory.mktemp("cli")
+    workspace = Workspace(root, f"sqlite:///{root / 'regress.db'}", {})
+    for seed, name in ((0, "lm_a"), (1, "lm_b")):
+        torch.manual_seed(seed)
+        save_checkpoint(tiny_lm(), root / f"{name}.safetensors", "safetensors")
+        workspace.runs[name] = _add(workspace, root / f"{name}.safetensors", "--task", "lm",
+                                    "--factory", "regress_action.zoo:tiny_lm")  # fmt: skip
+    for seed, name in ((0, "cnn_a"), (1, "cnn_b")):
+        torch.manual_seed(seed)
+        save_checkpoint(tiny_cnn(), root / f"{name}.pt", "state_dict")
+        workspace.runs[name] = _add(
+            workspace, root / f"{name}.pt", "--task", "classification", "--num-classes", "10",
+            "--factory", "regress_action.zoo:tiny_cnn",
+        )  # fmt: skip
+    yield workspace
+
+
+def test_runs_are_numbered_from_one_and_listed(ws: Workspace) -> None:
+    assert ws.runs == {"lm_a": 1, "lm_b": 2, "cnn_a": 3, "cnn_b": 4}
+    listing = json.loads(ws.run("runs", "list", "--json", check=True).stdout)
+    assert [run["name"] for run in listing] == ["lm_a", "lm_b", "cnn_a", "cnn_b"]
+    assert listing[2]["source"]["format"] == "state_dict"
+
+
+@pytest.mark.parametrize(
+    ("dataset", "base", "cand", "metrics"),
+    [
+        ("lm_tiny", "lm_a", "lm_b", ["loss", "perplexity", "token_accuracy", "bits_per_byte"]),
+        ("vision_tiny", "cnn_a", "cnn_b", ["accuracy", "loss", "top5_accuracy", "macro_f1", "ece"]),
+    ],
+)
+def test_compare_prints_the_json_report_and_records_it(
+    ws: Workspace, dataset: str, base: str, cand: str, metrics: list[str]
+) -> None:
+    out_json, out_md = ws.root / f"{dataset}.json", ws.root / f"{dataset}.md"
+    result = ws.run("compare", "--baseline-run-id", str(ws.runs[base]), "--candidate-run-id",
+                    str(ws.runs[cand]), "--dataset", dataset, "--max-examples", "200",
+                    "--json-out", str(out_json), "--markdown-out", str(out_md), check=True)  # fmt: skip
+    report = json.loads(result.stdout)
+    assert list(report["metrics"]) == metrics
+    assert report["dataset"]["name"] == dataset and report["dataset"]["n"] == 200
+    assert report["baseline"]["run_id"] == ws.runs[base]
+    assert json.loads(out_json.read_text()) == report
+    assert "| Metric |" in out_md.read_text()
+    shown = json.loads(
+        ws.run("comparisons", "show", str(report["comparison_id"]), check=True).stdout
+    )
+    assert shown["metrics"] == report["metrics"]
+    listing = ws.run("comparisons", "list", check=True).stdout
+    assert report["notes"] in listing
+
+
+def test_the_original_script_line_works(ws: Workspace) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "run_regression_test.py"), "--baseline-run-id",
+         "1", "--candidate-run-id", "2", "--dataset", "lm_tiny", "--max-examples", "32"],
+        cwd=ws.root, env={**os.environ, "REGRESS_DB": ws.db}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["status"] in ("improved", "neutral", "regressed")
+
+
+def test_fail_on_regression_exits_1_only_when_asked(ws: Workspace) -> None:
+    args = ["compare", "--baseline-run-id", "1", "--candidate-run-id", "1", "--dataset",
+            "lm_tiny", "--max-examples", "16", "--no-record", "--significance", "off"]  # fmt: skip
+    same = ws.run(*args, "--fail-on-regression")
+    assert same.returncode == 0 and json.loads(same.stdout)["status"] == "neutral"
+    # Any change at all regresses with a zero threshold; random models differ.
+    regress = ["compare", "--baseline-run-id", "2", "--candidate-run-id", "1", "--dataset",
+               "lm_tiny", "--max-examples", "16", "--no-record", "--threshold", "0"]  # fmt: skip
+    first = ws.run(*regress)
+    report = json.loads(first.stdout)
+    if report["status"] != "regressed":  # then the other direction regresses
+        regress[2], regress[4] = regress[4], regress[2]
+    assert ws.run(*regress).returncode == 0
+    assert ws.run(*regress, "--fail-on-regression").returncode == 1
+
+
+def _assert_bad_input(
+    ws: Workspace, result: subprocess.CompletedProcess[str], *needles: str
+) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _compare(
+    ws: Workspace, base: int, cand: int, dataset: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return ws.run("compare", "--baseline-run-id", str(base), "--candidate-run-id", str(cand),
+                  "--dataset", dataset, "--json-out", str(ws.root / "bad.json"), *extra)  # fmt: skip
+
+
+def test_unknown_run_id(ws: Workspace) -> None:
+    before = ws.comparisons()
+    _assert_bad_input(ws, _compare(ws, 1, 99, "lm_tiny"), "unknown run id 99", "runs list")
+    assert ws.comparisons() == before and not (ws.root / "bad.json").exists()
+
+
+def test_unknown_dataset_suggests_the_closest(ws: Workspace) -> None:
+    _assert_bad_input(ws, _compare(ws, 1, 2, "lm_tiy"), "did you mean 'lm_tiny'")
+
+
+def test_dataset_of_another_task(ws: Workspace) -> None:
+    _assert_bad_input(ws, _compare(ws, 1, 2, "vision_tiny"), "vision_tiny")
+
+
+def test_negative_threshold(ws: Workspace) -> None:
+    _assert_bad_input(ws, _compare(ws, 1, 2, "lm_tiny", "--threshold", "-0.1"), "--threshold")
+
+
+def test_unreachable_database(ws: Workspace) -> None:
+    url = "postgresql+psycopg://user:s3cret@127.0.0.1:9/none"
+    result = _compare(ws, 1, 2, "lm_tiny", "--db", url)
+    _assert_bad_input(ws, result, "127.0.0.1:9", "REGRESS_DB")
+    assert "s3cret" not in result.stderr
+
+
+def test_empty_dataset(ws: Workspace) -> None:
+    (ws.root / "empty.jsonl").write_text("")
+    before = ws.comparisons()
+    _assert_bad_input(ws, _compare(ws, 1, 2, str(ws.root / "empty.jsonl")), "empty.jsonl")
+    assert ws.comparisons() == before
+
+
+def test_missing_checkpoint(ws: Workspace) -> None:
+    result = ws.run("runs", "add", "nope.safetensors", "--task", "lm", "--factory", "x:y")
+    _assert_bad_input(ws, result, "nope.safetensors")
+
+
+def test_corrupt_checkpoint(ws: Workspace) -> None:
+    (ws.root / "corrupt.safetensors").write_bytes(b"\x00garbage" * 10)
+    result = ws.run("runs", "add", "corrupt.safetensors", "--task", "lm", "--factory",
+                    "regress_action.zoo:tiny_lm")  # fmt: skip
+    _assert_bad_input(ws, result, "corrupt.safetensors")
+
+
+def test_checksum_mismatch(ws: Workspace) -> None:
+    path = ws.root / "changing.safetensors"
+    torch.manual_seed(5)
+    save_checkpoint(tiny_lm(), path, "safetensors")
+    run_id = _add(ws, path, "--task", "lm", "--factory", "regress_action.zoo:tiny_lm")
+    torch.manual_seed(6)
+    save_checkpoint(tiny_lm(), path, "safetensors")
+    before = ws.comparisons()
+    _assert_bad_input(ws, _compare(ws, 1, run_id, "lm_tiny"), "changing.safetensors", "runs add")
+    assert ws.comparisons() == before
+
+
+def test_pickled_checkpoint_needs_opt_in(ws: Workspace) -> None:
+    path = ws.root / "whole.pt"
+    torch.save(tiny_lm(), path)
+    _assert_bad_input(ws, ws.run("runs", "add", str(path), "--task", "lm"), "--allow-pickle")
+    run_id = _add(ws, path, "--task", "lm", "--allow-pickle")
+    _assert_bad_input(ws, _compare(ws, 1, run_id, "lm_tiny"), "--allow-pickle")
+    allowed = _compare(ws, 1, run_id, "lm_tiny", "--allow-pickle", "--max-examples", "8")
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_model_with_the_wrong_number_of_classes(ws: Workspace) -> None:
+    path = ws.root / "five.safetensors"
+    save_checkpoint(tiny_cnn(num_classes=5), path, "safetensors")
+    run_id = _add(ws, path, "--task", "classification", "--num-classes", "10", "--factory",
+                  "regress_action.zoo:tiny_cnn", "--factory-kwargs", '{"num_classes": 5}')  # fmt: skip
+    _assert_bad_input(ws, _compare(ws, ws.runs["cnn_a"], run_id, "vision_tiny"), "num_classes=10")
+
+
+def test_model_with_the_wrong_vocabulary(ws: Workspace) -> None:
+    path = ws.root / "vocab100.safetensors"
+    save_checkpoint(tiny_lm(vocab_size=100), path, "safetensors")
+    run_id = _add(ws, path, "--task", "lm", "--factory", "regress_action.zoo:tiny_lm",
+                  "--factory-kwargs", '{"vocab_size": 100}')  # fmt: skip
+    _assert_bad_input(ws, _compare(ws, 1, run_id, "lm_tiny"), "model")
+
+
+def test_unwritable_report_path_fails_before_evaluating(ws: Workspace) -> None:
+    (ws.root / "a_dir").mkdir(exist_ok=True)
+    before = ws.comparisons()
+    result = ws.run("compare", "--baseline-run-id", "1", "--candidate-run-id", "2",
+                    "--dataset", "lm_tiny", "--json-out", str(ws.root / "a_dir"))  # fmt: skip
+    _assert_bad_input(ws, result, "--json-out")
+    assert ws.comparisons() == before
+
+
+def test_help_and_version(ws: Workspace) -> None:
+    assert "compare" in ws.run("--help", check=True).stdout
+    assert ws.run("--version", check=True).stdout.startswith("regress-action ")
