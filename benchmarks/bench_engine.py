@@ -5,7 +5,8 @@
     same pre-built batches (the reference), for a classifier big enough that the forward pass
     dominates; with statistics off and with the default statistics;
 (b) peak RSS growth per eval example (child processes evaluating n and 4n examples of a lazily
-    generated dataset, so the data itself takes no memory);
+    generated dataset with a tiny model, so neither data nor activations grow with n: what grows
+    is the per-example records);
 (c) `import regress_action` and `regress-action --help` wall time, and whether torch got imported.
 
     python benchmarks/bench_engine.py [--examples 4096] [--repeats 3]
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -34,7 +36,7 @@ DIM = 3 * 32 * 32
 
 
 class Synthetic(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Images generated from the index on access: the dataset holds no memory of its own."""
+    """Small inputs computed from the index on access: the dataset holds no memory of its own."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -43,8 +45,12 @@ class Synthetic(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return self.n
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        gen = torch.Generator().manual_seed(i)
-        return torch.rand(3, 32, 32, generator=gen), torch.tensor(i % 10)
+        return torch.full((16,), float(i % 97) / 97.0), torch.tensor(i % 10)
+
+
+def small(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
 
 
 def mlp(seed: int, width: int) -> nn.Module:
@@ -94,27 +100,43 @@ def overhead(examples: int, repeats: int, width: int) -> dict[str, Any]:
 
 
 CHILD = """
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {here!r})
-from bench_engine import Synthetic, mlp, TASK
+from bench_engine import Synthetic, small, TASK
 from regress_action.adapters import adapter_for
 from regress_action.engine import evaluate_pair
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
 n = int(sys.argv[1])
-evaluate_pair(mlp(0, 64), mlp(1, 64), Synthetic(n), adapter_for(TASK), batch_size=256, device="cpu")
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+evaluate_pair(small(0), small(1), Synthetic(64), adapter_for(TASK), device="cpu")  # warm-up
+before = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:  # resets the peak (VmHWM) to the current RSS
+    f.write("5")
+result = evaluate_pair(small(0), small(1), Synthetic(n), adapter_for(TASK), batch_size=256,
+                       device="cpu")
+print(status("VmHWM:") - before)
 """
 
 
 def memory_per_example(n: int) -> dict[str, Any]:
+    """Peak RSS growth of one evaluation, at n and 4n examples; the slope is per example."""
     code = CHILD.format(here=str(Path(__file__).parent))
-    peaks = {}
+    growth = {}
     for count in (n, 4 * n):
-        out = subprocess.run([sys.executable, "-c", code, str(count)], capture_output=True,
-                             text=True, check=True)  # fmt: skip
-        peaks[count] = int(out.stdout.strip().splitlines()[-1]) * 1024  # ru_maxrss is KiB
-    growth = (peaks[4 * n] - peaks[n]) / (3 * n)
-    return {"examples": [n, 4 * n], "peak_rss_bytes": list(peaks.values()),
-            "bytes_per_example": growth}  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(count)], capture_output=True, text=True, check=True
+        )
+        growth[count] = int(out.stdout.strip().splitlines()[-1])
+    slope = (growth[4 * n] - growth[n]) / (3 * n)
+    return {
+        "examples": [n, 4 * n],
+        "peak_growth_bytes": list(growth.values()),
+        "bytes_per_example": slope,
+    }
 
 
 def startup() -> dict[str, Any]:
@@ -129,8 +151,10 @@ def startup() -> dict[str, Any]:
     script = Path(sys.executable).with_name("regress-action")
     torch_loaded = subprocess.run(
         [sys.executable, "-c", "import sys, regress_action.cli; print('torch' in sys.modules)"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     return {
         "python_bare_s": timed([sys.executable, "-c", "pass"]),
         "import_regress_action_s": timed([sys.executable, "-c", "import regress_action"]),
@@ -143,15 +167,16 @@ def startup() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=4096)
-    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument("--width", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    logging.getLogger("regress_action").setLevel(logging.ERROR)  # no per-metric warnings
     report = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "overhead": overhead(args.examples, args.repeats, args.width),
-        "memory": memory_per_example(2000),
+        "memory": memory_per_example(50_000),
         "startup": startup(),
     }
     print(json.dumps(report, indent=2))

@@ -14,7 +14,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("regress_action")
 Handler = Callable[[argparse.Namespace], int]
+if TYPE_CHECKING:  # argparse's class is not subscriptable at run time
+    Subparsers = argparse._SubParsersAction[Any]
 
 
 # ---------------------------------------------------------------- argument types
@@ -131,7 +133,7 @@ def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="seed of the resampling")
 
 
-def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_compare(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "compare",
         help="compare two registered runs on an eval set",
@@ -175,7 +177,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_runs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_runs(sub: Subparsers) -> None:
     runs = sub.add_parser("runs", help="register and list model runs")
     runs_sub = runs.add_subparsers(dest="runs_command", required=True, metavar="{add,list}")
     add = runs_sub.add_parser("add", help="register a checkpoint; prints the new run id")
@@ -202,7 +204,7 @@ def _add_runs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing.set_defaults(handler=cmd_runs_list)
 
 
-def _add_comparisons(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_comparisons(sub: Subparsers) -> None:
     comparisons = sub.add_parser("comparisons", help="list and show recorded comparisons")
     comp_sub = comparisons.add_subparsers(
         dest="comparisons_command", required=True, metavar="{list,show}"
@@ -221,7 +223,7 @@ def _add_comparisons(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     show.set_defaults(handler=cmd_comparisons_show)
 
 
-def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_demo(sub: Subparsers) -> None:
     demo = sub.add_parser(
         "demo",
         help="train tiny models on the built-in data, compare them and print the reports",
@@ -233,7 +235,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo.set_defaults(handler=cmd_demo)
 
 
-def _add_action(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_action(sub: Subparsers) -> None:
     action = sub.add_parser(
         "action",
         help="the GitHub Action entrypoint (reads INPUT_* and GITHUB_* from the environment)",

@@ -65,13 +65,16 @@ def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMan
 
 
 def _to_numpy(chunks: dict[str, list[torch.Tensor]]) -> Columns:
+    """Concatenate and convert one column at a time, releasing its batch tensors first, so the
+    peak stays near one copy of the records rather than three."""
     columns: Columns = {}
-    for name, parts in chunks.items():
-        tensor = torch.cat(parts).cpu()
+    for name in list(chunks):
+        tensor = torch.cat(chunks.pop(name)).cpu()
         if name in ("label", "prediction"):
             columns[name] = tensor.to(torch.int64).numpy()
         else:
             columns[name] = tensor.to(torch.float64).numpy()
+        del tensor
     return columns
 
 
@@ -110,11 +113,17 @@ def evaluate_pair(
             n += int(target.shape[0])
     if n == 0:
         raise DataError("the eval set has no examples; pass a dataset with at least one example")
+    # Labels are the same targets on both sides: keep one array, shared.
+    chunks["candidate"].pop("label", None)
+    baseline_columns = _to_numpy(chunks["baseline"])
+    candidate_columns = _to_numpy(chunks["candidate"])
+    if "label" in baseline_columns:
+        candidate_columns["label"] = baseline_columns["label"]
     records = PairedRecords(
         task=adapter.task,
         example_ids=np.arange(n, dtype=np.int64),
-        baseline=_to_numpy(chunks["baseline"]),
-        candidate=_to_numpy(chunks["candidate"]),
+        baseline=baseline_columns,
+        candidate=candidate_columns,
         num_classes=adapter.num_classes,
     )
     return EngineResult(records, str(target_device), time.perf_counter() - started)

@@ -61,15 +61,27 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     for seed, name in ((0, "lm_a"), (1, "lm_b")):
         torch.manual_seed(seed)
         save_checkpoint(tiny_lm(), root / f"{name}.safetensors", "safetensors")
-        workspace.runs[name] = _add(workspace, root / f"{name}.safetensors", "--task", "lm",
-                                    "--factory", "regress_action.zoo:tiny_lm")  # fmt: skip
+        workspace.runs[name] = _add(
+            workspace,
+            root / f"{name}.safetensors",
+            "--task",
+            "lm",
+            "--factory",
+            "regress_action.zoo:tiny_lm",
+        )
     for seed, name in ((0, "cnn_a"), (1, "cnn_b")):
         torch.manual_seed(seed)
         save_checkpoint(tiny_cnn(), root / f"{name}.pt", "state_dict")
         workspace.runs[name] = _add(
-            workspace, root / f"{name}.pt", "--task", "classification", "--num-classes", "10",
-            "--factory", "regress_action.zoo:tiny_cnn",
-        )  # fmt: skip
+            workspace,
+            root / f"{name}.pt",
+            "--task",
+            "classification",
+            "--num-classes",
+            "10",
+            "--factory",
+            "regress_action.zoo:tiny_cnn",
+        )
     yield workspace
 
 
@@ -91,9 +103,22 @@ def test_compare_prints_the_json_report_and_records_it(
     ws: Workspace, dataset: str, base: str, cand: str, metrics: list[str]
 ) -> None:
     out_json, out_md = ws.root / f"{dataset}.json", ws.root / f"{dataset}.md"
-    result = ws.run("compare", "--baseline-run-id", str(ws.runs[base]), "--candidate-run-id",
-                    str(ws.runs[cand]), "--dataset", dataset, "--max-examples", "200",
-                    "--json-out", str(out_json), "--markdown-out", str(out_md), check=True)  # fmt: skip
+    result = ws.run(
+        "compare",
+        "--baseline-run-id",
+        str(ws.runs[base]),
+        "--candidate-run-id",
+        str(ws.runs[cand]),
+        "--dataset",
+        dataset,
+        "--max-examples",
+        "200",
+        "--json-out",
+        str(out_json),
+        "--markdown-out",
+        str(out_md),
+        check=True,
+    )
     report = json.loads(result.stdout)
     assert list(report["metrics"]) == metrics
     assert report["dataset"]["name"] == dataset and report["dataset"]["n"] == 200
@@ -110,23 +135,60 @@ def test_compare_prints_the_json_report_and_records_it(
 
 def test_the_original_script_line_works(ws: Workspace) -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "run_regression_test.py"), "--baseline-run-id",
-         "1", "--candidate-run-id", "2", "--dataset", "lm_tiny", "--max-examples", "32"],
-        cwd=ws.root, env={**os.environ, "REGRESS_DB": ws.db}, capture_output=True, text=True,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "run_regression_test.py"),
+            "--baseline-run-id",
+            "1",
+            "--candidate-run-id",
+            "2",
+            "--dataset",
+            "lm_tiny",
+            "--max-examples",
+            "32",
+        ],
+        cwd=ws.root,
+        env={**os.environ, "REGRESS_DB": ws.db},
+        capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["status"] in ("improved", "neutral", "regressed")
 
 
 def test_fail_on_regression_exits_1_only_when_asked(ws: Workspace) -> None:
-    args = ["compare", "--baseline-run-id", "1", "--candidate-run-id", "1", "--dataset",
-            "lm_tiny", "--max-examples", "16", "--no-record", "--significance", "off"]  # fmt: skip
+    args = [
+        "compare",
+        "--baseline-run-id",
+        "1",
+        "--candidate-run-id",
+        "1",
+        "--dataset",
+        "lm_tiny",
+        "--max-examples",
+        "16",
+        "--no-record",
+        "--significance",
+        "off",
+    ]
     same = ws.run(*args, "--fail-on-regression")
     assert same.returncode == 0 and json.loads(same.stdout)["status"] == "neutral"
     # Any change at all regresses with a zero threshold; random models differ.
-    regress = ["compare", "--baseline-run-id", "2", "--candidate-run-id", "1", "--dataset",
-               "lm_tiny", "--max-examples", "16", "--no-record", "--threshold", "0"]  # fmt: skip
+    regress = [
+        "compare",
+        "--baseline-run-id",
+        "2",
+        "--candidate-run-id",
+        "1",
+        "--dataset",
+        "lm_tiny",
+        "--max-examples",
+        "16",
+        "--no-record",
+        "--threshold",
+        "0",
+    ]
     first = ws.run(*regress)
     report = json.loads(first.stdout)
     if report["status"] != "regressed":  # then the other direction regresses
@@ -149,8 +211,18 @@ def _assert_bad_input(
 def _compare(
     ws: Workspace, base: int, cand: int, dataset: str, *extra: str
 ) -> subprocess.CompletedProcess[str]:
-    return ws.run("compare", "--baseline-run-id", str(base), "--candidate-run-id", str(cand),
-                  "--dataset", dataset, "--json-out", str(ws.root / "bad.json"), *extra)  # fmt: skip
+    return ws.run(
+        "compare",
+        "--baseline-run-id",
+        str(base),
+        "--candidate-run-id",
+        str(cand),
+        "--dataset",
+        dataset,
+        "--json-out",
+        str(ws.root / "bad.json"),
+        *extra,
+    )
 
 
 def test_unknown_run_id(ws: Workspace) -> None:
@@ -192,8 +264,15 @@ def test_missing_checkpoint(ws: Workspace) -> None:
 
 def test_corrupt_checkpoint(ws: Workspace) -> None:
     (ws.root / "corrupt.safetensors").write_bytes(b"\x00garbage" * 10)
-    result = ws.run("runs", "add", "corrupt.safetensors", "--task", "lm", "--factory",
-                    "regress_action.zoo:tiny_lm")  # fmt: skip
+    result = ws.run(
+        "runs",
+        "add",
+        "corrupt.safetensors",
+        "--task",
+        "lm",
+        "--factory",
+        "regress_action.zoo:tiny_lm",
+    )
     _assert_bad_input(ws, result, "corrupt.safetensors")
 
 
@@ -222,26 +301,80 @@ def test_pickled_checkpoint_needs_opt_in(ws: Workspace) -> None:
 def test_model_with_the_wrong_number_of_classes(ws: Workspace) -> None:
     path = ws.root / "five.safetensors"
     save_checkpoint(tiny_cnn(num_classes=5), path, "safetensors")
-    run_id = _add(ws, path, "--task", "classification", "--num-classes", "10", "--factory",
-                  "regress_action.zoo:tiny_cnn", "--factory-kwargs", '{"num_classes": 5}')  # fmt: skip
+    run_id = _add(
+        ws,
+        path,
+        "--task",
+        "classification",
+        "--num-classes",
+        "10",
+        "--factory",
+        "regress_action.zoo:tiny_cnn",
+        "--factory-kwargs",
+        '{"num_classes": 5}',
+    )
     _assert_bad_input(ws, _compare(ws, ws.runs["cnn_a"], run_id, "vision_tiny"), "num_classes=10")
 
 
 def test_model_with_the_wrong_vocabulary(ws: Workspace) -> None:
     path = ws.root / "vocab100.safetensors"
     save_checkpoint(tiny_lm(vocab_size=100), path, "safetensors")
-    run_id = _add(ws, path, "--task", "lm", "--factory", "regress_action.zoo:tiny_lm",
-                  "--factory-kwargs", '{"vocab_size": 100}')  # fmt: skip
+    run_id = _add(
+        ws,
+        path,
+        "--task",
+        "lm",
+        "--factory",
+        "regress_action.zoo:tiny_lm",
+        "--factory-kwargs",
+        '{"vocab_size": 100}',
+    )
     _assert_bad_input(ws, _compare(ws, 1, run_id, "lm_tiny"), "model")
 
 
 def test_unwritable_report_path_fails_before_evaluating(ws: Workspace) -> None:
     (ws.root / "a_dir").mkdir(exist_ok=True)
     before = ws.comparisons()
-    result = ws.run("compare", "--baseline-run-id", "1", "--candidate-run-id", "2",
-                    "--dataset", "lm_tiny", "--json-out", str(ws.root / "a_dir"))  # fmt: skip
+    result = ws.run(
+        "compare",
+        "--baseline-run-id",
+        "1",
+        "--candidate-run-id",
+        "2",
+        "--dataset",
+        "lm_tiny",
+        "--json-out",
+        str(ws.root / "a_dir"),
+    )
     _assert_bad_input(ws, result, "--json-out")
     assert ws.comparisons() == before
+
+
+def test_the_report_carries_the_trend_of_its_series(ws: Workspace) -> None:
+    args = [
+        "compare",
+        "--baseline-run-id",
+        "1",
+        "--candidate-run-id",
+        "2",
+        "--dataset",
+        "lm_tiny",
+        "--max-examples",
+        "16",
+        "--report-name",
+        "trend-series",
+        "--significance",
+        "off",
+    ]
+    first = json.loads(ws.run(*args, check=True).stdout)
+    second = json.loads(ws.run(*args, check=True).stdout)
+    assert [p["comparison_id"] for p in second["trend"]] == [
+        first["comparison_id"],
+        second["comparison_id"],
+    ]
+    assert (
+        second["trend"][-1]["metrics"]["perplexity"] == second["metrics"]["perplexity"]["candidate"]
+    )
 
 
 def test_help_and_version(ws: Workspace) -> None:

@@ -95,8 +95,9 @@ def test_a_json_report_and_markdown_are_written(tmp_path: Path) -> None:
 
 def _register_two(db: ExperimentDB) -> None:
     for name in ("base", "cand"):
-        source = ModelSource(checkpoint=f"{name}.safetensors", format="safetensors",
-                             sha256="0" * 64, factory="m:f")  # fmt: skip
+        source = ModelSource(
+            checkpoint=f"{name}.safetensors", format="safetensors", sha256="0" * 64, factory="m:f"
+        )
         db.add_run(RunCreate(name=name, task=TASK, source=source))
 
 
@@ -104,8 +105,12 @@ def test_db_comparison_row_has_run_ids_and_notes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     with ExperimentDB(url) as db:
         _register_two(db)
-    result = _compare(Scripted(80, run_id=1), Scripted(84, run_id=2), db=url,
-                      verdict=VerdictConfig(metrics=("accuracy",)))  # fmt: skip
+    result = _compare(
+        Scripted(80, run_id=1),
+        Scripted(84, run_id=2),
+        db=url,
+        verdict=VerdictConfig(metrics=("accuracy",)),
+    )
     with ExperimentDB(url) as db:
         row = db.get_comparison(result["comparison_id"])  # type: ignore[arg-type]
     assert (row.baseline_run_id, row.candidate_run_id) == (1, 2)
@@ -122,8 +127,13 @@ def test_recording_without_run_ids_is_a_config_error(tmp_path: Path) -> None:
 
 def test_unknown_run_id_fails_before_evaluating(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="unknown run id 1"):
-        _compare(Scripted(80), Scripted(84), db=f"sqlite:///{tmp_path / 'db.sqlite'}",
-                 baseline_run_id=1, candidate_run_id=2)  # fmt: skip
+        _compare(
+            Scripted(80),
+            Scripted(84),
+            db=f"sqlite:///{tmp_path / 'db.sqlite'}",
+            baseline_run_id=1,
+            candidate_run_id=2,
+        )
 
 
 def test_statistics_are_attached_to_every_metric() -> None:

@@ -89,8 +89,14 @@ def test_classification_metrics_match_a_reference() -> None:
     labels = torch.randint(0, 7, (n,), generator=gen)
     base_logits = torch.randn(n, 7, generator=gen) * 2
     cand_logits = base_logits + torch.randn(n, 7, generator=gen)
-    result = evaluate_pair(Table(base_logits), Table(cand_logits), _index_dataset(labels),
-                           adapter_for(CLS), batch_size=32, device="cpu")  # fmt: skip
+    result = evaluate_pair(
+        Table(base_logits),
+        Table(cand_logits),
+        _index_dataset(labels),
+        adapter_for(CLS),
+        batch_size=32,
+        device="cpu",
+    )
     specs = select_metrics("classification", None, 7)
     assert list(specs) == ["accuracy", "loss", "top5_accuracy", "macro_f1", "ece"]
     for side, logits in (("baseline", base_logits), ("candidate", cand_logits)):
@@ -123,8 +129,9 @@ def test_lm_metrics_match_a_reference_with_padding() -> None:
             idx = [int((inputs == row).all(dim=1).nonzero()[0]) for row in x]
             return logits[idx]
 
-    result = evaluate_pair(Fixed(), Fixed(), TensorDataset(inputs, targets), adapter_for(LM),
-                           batch_size=4)  # fmt: skip
+    result = evaluate_pair(
+        Fixed(), Fixed(), TensorDataset(inputs, targets), adapter_for(LM), batch_size=4
+    )
     nll = tokens = correct = 0.0
     for i in range(n):
         for j in range(t):
@@ -157,8 +164,12 @@ def test_wrong_number_of_classes_is_a_model_output_error() -> None:
     with pytest.raises(
         ModelOutputError, match=r"num_classes=7.*\(10, 5\)|\(10, 5\).*num_classes=7"
     ):
-        evaluate_pair(Table(torch.randn(10, 5)), Table(torch.randn(10, 7)),
-                      _index_dataset(labels), adapter_for(CLS))  # fmt: skip
+        evaluate_pair(
+            Table(torch.randn(10, 5)),
+            Table(torch.randn(10, 7)),
+            _index_dataset(labels),
+            adapter_for(CLS),
+        )
 
 
 def test_wrong_vocab_is_a_model_output_error() -> None:
@@ -194,8 +205,13 @@ def test_unavailable_cuda_is_a_config_error() -> None:
         pytest.skip("this machine has CUDA")
     labels = torch.zeros(2, dtype=torch.long)
     with pytest.raises(ConfigError, match="CUDA is not available"):
-        evaluate_pair(Table(torch.zeros(2, 7)), Table(torch.zeros(2, 7)), _index_dataset(labels),
-                      adapter_for(CLS), device="cuda")  # fmt: skip
+        evaluate_pair(
+            Table(torch.zeros(2, 7)),
+            Table(torch.zeros(2, 7)),
+            _index_dataset(labels),
+            adapter_for(CLS),
+            device="cuda",
+        )
 
 
 def test_model_outputs_in_tuples_mappings_and_objects_are_accepted() -> None:
@@ -211,7 +227,9 @@ def test_model_outputs_in_tuples_mappings_and_objects_are_accepted() -> None:
             out = logits[x[:, 0].long()]
             return {"logits": out} if self.kind == "dict" else (out, None)
 
-    result = evaluate_pair(Wrapped("dict"), Wrapped("tuple"), _index_dataset(labels),
-                           adapter_for(CLS))  # fmt: skip
-    assert np.array_equal(result.records.baseline["prediction"],
-                          result.records.candidate["prediction"])  # fmt: skip
+    result = evaluate_pair(
+        Wrapped("dict"), Wrapped("tuple"), _index_dataset(labels), adapter_for(CLS)
+    )
+    assert np.array_equal(
+        result.records.baseline["prediction"], result.records.candidate["prediction"]
+    )

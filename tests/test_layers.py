@@ -22,8 +22,10 @@ TORCH_FREE = {
 # Modules that may import torch only lazily, inside a function (CLI start-up speed).
 LAZY_TORCH = {"__init__", "cli", "app", "action", "api"}
 ONLY_IN = {"github": {"github"}, "sqlalchemy": {"store", "store_schema"}, "jinja2": {"render"}}
-ENGINE_MUST_NOT = {".store", ".store_schema", ".render", ".github", ".gha", ".settings",
-                   ".action", ".app", ".cli", ".compare", "sqlalchemy", "jinja2", "github"}  # fmt: skip
+ENGINE_MUST_NOT = {
+    ".store", ".store_schema", ".render", ".github", ".gha", ".settings", ".action", ".app",
+    ".cli", ".compare", "sqlalchemy", "jinja2", "github",
+}  # fmt: skip
 
 
 def _imports(path: Path, top_level_only: bool) -> set[str]:

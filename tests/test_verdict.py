@@ -108,8 +108,11 @@ def test_non_finite_values_are_reported_and_fail(bad: float) -> None:
 
 
 def test_ungated_regression_does_not_fail_the_overall_status() -> None:
-    results = judge({"accuracy": 0.8, "loss": 0.4}, {"accuracy": 0.7, "loss": 0.3},
-                    VerdictConfig(gate=("loss",)))  # fmt: skip
+    results = judge(
+        {"accuracy": 0.8, "loss": 0.4},
+        {"accuracy": 0.7, "loss": 0.3},
+        VerdictConfig(gate=("loss",)),
+    )
     assert results["accuracy"].status == "regressed" and not results["accuracy"].gated
     assert overall_status(results.values()) == "improved"
 
@@ -125,8 +128,9 @@ def test_unknown_metric_name_suggests_the_closest() -> None:
 
 
 def test_notes_read_like_the_spec() -> None:
-    results = judge({"accuracy": 0.80, "loss": 0.52}, {"accuracy": 0.84, "loss": 0.50},
-                    VerdictConfig())  # fmt: skip
+    results = judge(
+        {"accuracy": 0.80, "loss": 0.52}, {"accuracy": 0.84, "loss": 0.50}, VerdictConfig()
+    )
     assert notes(results.values()) == "accuracy: +0.04, loss: -0.02"
 
 
