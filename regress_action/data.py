@@ -107,12 +107,30 @@ def fingerprint_dataset(dataset: Dataset[Any], n: int) -> str:
     the machine's (little-endian everywhere this runs).
     """
     digest = hashlib.sha256(_FINGERPRINT_VERSION)
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        _fingerprint_tensors(digest, dataset.tensors, n)
+        return digest.hexdigest()
     for index in range(n):
         for tensor in _as_pair(dataset[index], index):
             flat = tensor.detach().cpu().contiguous().reshape(-1)
             digest.update(f"{flat.dtype}{tuple(tensor.shape)}\n".encode())
             digest.update(flat.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _fingerprint_tensors(digest: Any, tensors: tuple[torch.Tensor, ...], n: int) -> None:
+    """The same digest as the per-item loop, fed from row views of whole tensors
+    (no per-example indexing or copies)."""
+    rows = []
+    for tensor in tensors:
+        flat = tensor[:n].detach().cpu().contiguous()
+        header = f"{flat.dtype}{tuple(flat.shape[1:])}\n".encode()
+        data = flat.reshape(n, -1).view(torch.uint8).numpy()
+        rows.append((header, data))
+    for index in range(n):
+        for header, data in rows:
+            digest.update(header)
+            digest.update(data[index])
 
 
 # ---------------------------------------------------------------- sources

@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .adapters import Adapter
 from .errors import ConfigError, DataError, ModelOutputError
@@ -49,7 +49,19 @@ def _show_progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
 
-def _batches(loader: DataLoader[Any], progress: bool) -> Iterator[Any]:
+def _loader(dataset: Dataset[Any], batch_size: int) -> Iterable[Any]:
+    """Batches in dataset order. A TensorDataset (every built-in and file eval set) is sliced
+    directly: the same batches a DataLoader would collate, without per-example indexing."""
+    if isinstance(dataset, TensorDataset):
+        tensors = dataset.tensors
+        return [
+            tuple(tensor[start : start + batch_size] for tensor in tensors)
+            for start in range(0, len(dataset), batch_size)
+        ]
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def _batches(loader: Iterable[Any], progress: bool) -> Iterator[Any]:
     if not progress:
         yield from loader
         return
@@ -99,7 +111,7 @@ def evaluate_pair(
     started = time.perf_counter()
     baseline = baseline.to(target_device).eval()
     candidate = candidate.to(target_device).eval()
-    loader: DataLoader[Any] = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = _loader(dataset, batch_size)
     chunks: dict[str, dict[str, list[torch.Tensor]]] = {"baseline": {}, "candidate": {}}
     non_blocking = target_device.type == "cuda"
     n = 0
