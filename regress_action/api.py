@@ -6,10 +6,12 @@ only when `compare_models` is first used.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .app import Outputs, evaluate_models, finish
+from .app import Outputs, check_output_path, evaluate_models, finish, run_info
 from .compare import ReportContext
 from .errors import ConfigError
 from .report import DatasetInfo, RunInfo
@@ -52,40 +54,53 @@ def compare_models(
     if adapter is not None and adapter.task != task_spec.task:
         raise ConfigError(f"adapter for {adapter.task!r} does not fit task {task_spec.task!r}")
     adapter_for(task_spec)  # validates the task's sizes
-    baseline_id = baseline_run_id or getattr(baseline_model, "run_id", None)
-    candidate_id = candidate_run_id or getattr(candidate_model, "run_id", None)
-    store = _open_db(db)
-    if store is not None:
-        if baseline_id is None or candidate_id is None:
-            raise ConfigError(
-                "recording a comparison needs baseline_run_id and candidate_run_id (or a "
-                "`run_id` attribute on each model); register checkpoints with "
-                "`regress-action runs add`"
-            )
-        store.get_run(int(baseline_id))  # unknown ids fail before the evaluation
-        store.get_run(int(candidate_id))
-    context = ReportContext(
-        task=task_spec,
-        dataset=DatasetInfo(name=eval_cfg.display_name(), fingerprint="", n=0),
-        verdict=verdict,
-        baseline=RunInfo(run_id=baseline_id),
-        candidate=RunInfo(run_id=candidate_id),
-        report_name=comparison_name or "default",
-    )
-    if eval_cfg.dataset_name is None and not isinstance(eval_cfg.dataset, str | Path):
-        eval_cfg = eval_cfg.model_copy(update={"dataset_name": eval_cfg.display_name()})
-    report = evaluate_models(baseline_model, candidate_model, eval_cfg, task_spec, context, adapter)
     outputs = Outputs(
-        db=store,
         json_path=Path(json_path) if json_path else None,
         markdown_path=Path(markdown_path) if markdown_path else None,
     )
-    return finish(report, outputs).report.to_dict()
+    check_output_path(outputs.json_path, "json_path")
+    check_output_path(outputs.markdown_path, "markdown_path")
+    baseline = RunInfo(run_id=baseline_run_id or getattr(baseline_model, "run_id", None))
+    candidate = RunInfo(run_id=candidate_run_id or getattr(candidate_model, "run_id", None))
+    with ExitStack() as stack:
+        store = _open_db(db, stack)
+        if store is not None:
+            baseline, candidate = _registered(store, baseline, candidate)
+        context = ReportContext(
+            task=task_spec,
+            dataset=DatasetInfo(name=eval_cfg.display_name(), fingerprint="", n=0),
+            verdict=verdict,
+            baseline=baseline,
+            candidate=candidate,
+            report_name=comparison_name or "default",
+        )
+        if eval_cfg.dataset_name is None and not isinstance(eval_cfg.dataset, str | Path):
+            eval_cfg = eval_cfg.model_copy(update={"dataset_name": eval_cfg.display_name()})
+        report = evaluate_models(
+            baseline_model, candidate_model, eval_cfg, task_spec, context, adapter
+        )
+        outputs = replace(outputs, db=store)
+        return finish(report, outputs).report.to_dict()
 
 
-def _open_db(db: ExperimentDB | str | None) -> ExperimentDB | None:
+def _registered(
+    store: ExperimentDB, baseline: RunInfo, candidate: RunInfo
+) -> tuple[RunInfo, RunInfo]:
+    """The runs' recorded details; unknown or missing ids fail before the evaluation."""
+    if baseline.run_id is None or candidate.run_id is None:
+        raise ConfigError(
+            "recording a comparison needs baseline_run_id and candidate_run_id (or a `run_id` "
+            "attribute on each model); register checkpoints with `regress-action runs add`"
+        )
+    return run_info(store.get_run(int(baseline.run_id))), run_info(
+        store.get_run(int(candidate.run_id))
+    )
+
+
+def _open_db(db: ExperimentDB | str | None, stack: ExitStack) -> ExperimentDB | None:
+    """The caller's ExperimentDB as is, or one opened from a URL (closed with `stack`)."""
     if db is None or not isinstance(db, str):
         return db
     from .store import ExperimentDB
 
-    return ExperimentDB(db)
+    return stack.enter_context(ExperimentDB(db))

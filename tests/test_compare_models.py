@@ -118,6 +118,7 @@ def test_db_comparison_row_has_run_ids_and_notes(tmp_path: Path) -> None:
     assert row.status == "improved" and row.dataset == "scripted"
     assert row.report is not None and row.report["comparison_id"] == result["comparison_id"]
     assert [m.name for m in row.metrics] == ["accuracy"]
+    assert (result["baseline"]["name"], result["candidate"]["name"]) == ("base", "cand")  # type: ignore[index]
 
 
 def test_recording_without_run_ids_is_a_config_error(tmp_path: Path) -> None:
