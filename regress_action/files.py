@@ -12,6 +12,12 @@ from pathlib import Path
 from .errors import ConfigError
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def write_atomic(path: Path, text: str) -> Path:
     """Write `text` to `path` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
@@ -23,6 +29,9 @@ def write_atomic(path: Path, text: str) -> Path:
             f"cannot write {str(path)!r}: {exc.strerror or exc}; choose a writable path"
         ) from None
     try:
+        # mkstemp creates the file 0600; a report must be readable like any other file the
+        # user writes (the action runs as root, the next workflow step as the runner's user).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
             handle.flush()

@@ -144,3 +144,9 @@ def test_statistics_are_attached_to_every_metric() -> None:
     assert (accuracy["n_fixed"], accuracy["n_broken"], accuracy["n"]) == (30, 0, N)
     assert accuracy["p_value"] < 1e-6 and accuracy["ci_low"] > 0
     assert result["flips"]["newly_right"][0]["example_id"] == 60  # type: ignore[index]
+
+
+def test_report_files_are_readable_by_others(tmp_path: Path) -> None:
+    # The action runs as root; the next workflow step (artifact upload) as the runner's user.
+    _compare(Scripted(80), Scripted(84), json_path=tmp_path / "r.json")
+    assert (tmp_path / "r.json").stat().st_mode & 0o044 == 0o044
