@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, ModelOutputError
+from .errors import ConfigError, DataError, ModelOutputError
 from .metrics import BYTE_VOCAB
 from .spec import TaskSpec
 
@@ -66,6 +66,12 @@ class ClassificationAdapter:
                 f"the {side} model returned logits of shape {tuple(logits.shape)}, but the task "
                 f"has num_classes={self.num_classes}; expected (batch, {self.num_classes}). "
                 "Check the model or the task's num_classes"
+            )
+        if bool(((target < 0) | (target >= self.num_classes)).any()):
+            bad = target[(target < 0) | (target >= self.num_classes)][0]
+            raise DataError(
+                f"the eval set has label {int(bad)}, outside 0..{self.num_classes - 1} for "
+                f"num_classes={self.num_classes}; fix the labels or the task's num_classes"
             )
         logits = logits.float()
         log_probs = F.log_softmax(logits, dim=1)

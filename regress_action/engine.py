@@ -109,14 +109,51 @@ def evaluate_pair(
     """Run both models over `dataset` in one pass and return their paired records."""
     target_device = resolve_device(device)
     started = time.perf_counter()
-    baseline = baseline.to(target_device).eval()
-    candidate = candidate.to(target_device).eval()
-    loader = _loader(dataset, batch_size)
+    with _evaluating(baseline, target_device), _evaluating(candidate, target_device):
+        records = _one_pass(
+            baseline, candidate, dataset, adapter, _Pass(target_device, batch_size, bf16, progress)
+        )
+    return EngineResult(records, str(target_device), time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    device: torch.device
+    batch_size: int
+    bf16: bool
+    progress: bool | None
+
+
+@contextlib.contextmanager
+def _evaluating(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Eval mode on `device` for the pass; the caller's mode and device come back afterwards
+    (a training script comparing mid-training must not lose dropout / batch-norm updates)."""
+    training = model.training
+    first = next(model.parameters(), None)
+    home = first.device if first is not None else None
+    model.to(device).eval()
+    try:
+        yield
+    finally:
+        model.train(training)
+        if home is not None and home != device:
+            model.to(home)
+
+
+def _one_pass(
+    baseline: torch.nn.Module,
+    candidate: torch.nn.Module,
+    dataset: Dataset[Any],
+    adapter: Adapter,
+    run: _Pass,
+) -> PairedRecords:
+    target_device, bf16 = run.device, run.bf16
+    loader = _loader(dataset, run.batch_size)
     chunks: dict[str, dict[str, list[torch.Tensor]]] = {"baseline": {}, "candidate": {}}
     non_blocking = target_device.type == "cuda"
     n = 0
     with torch.inference_mode(), _autocast(target_device, bf16):
-        for inputs, target in _batches(loader, _show_progress(progress)):
+        for inputs, target in _batches(loader, _show_progress(run.progress)):
             inputs = inputs.to(target_device, non_blocking=non_blocking)
             target = target.to(target_device, non_blocking=non_blocking).long()
             for side, model in (("baseline", baseline), ("candidate", candidate)):
@@ -131,19 +168,23 @@ def evaluate_pair(
     candidate_columns = _to_numpy(chunks["candidate"])
     if "label" in baseline_columns:
         candidate_columns["label"] = baseline_columns["label"]
-    records = PairedRecords(
+    return PairedRecords(
         task=adapter.task,
         example_ids=np.arange(n, dtype=np.int64),
         baseline=baseline_columns,
         candidate=candidate_columns,
         num_classes=adapter.num_classes,
     )
-    return EngineResult(records, str(target_device), time.perf_counter() - started)
 
 
 def _forward(model: torch.nn.Module, inputs: torch.Tensor, side: str) -> Any:
     try:
         return model(inputs)
+    except torch.OutOfMemoryError:
+        raise ConfigError(
+            f"out of memory running the {side} model on a batch of {inputs.shape[0]} examples; "
+            "lower --batch-size"
+        ) from None
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         # A shape or dtype mismatch between the data and the model is a user error, not a bug.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

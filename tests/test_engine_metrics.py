@@ -233,3 +233,23 @@ def test_model_outputs_in_tuples_mappings_and_objects_are_accepted() -> None:
     assert np.array_equal(
         result.records.baseline["prediction"], result.records.candidate["prediction"]
     )
+
+
+def test_the_callers_training_mode_is_restored() -> None:
+    labels = torch.zeros(4, dtype=torch.long)
+    base, cand = Table(torch.randn(4, 7)), Table(torch.randn(4, 7))
+    base.train()
+    cand.eval()
+    evaluate_pair(base, cand, _index_dataset(labels), adapter_for(CLS))
+    assert base.training and not cand.training
+
+
+def test_a_label_outside_the_classes_is_a_data_error() -> None:
+    labels = torch.tensor([0, 1, 7])
+    with pytest.raises(DataError, match=r"label 7, outside 0\.\.6"):
+        evaluate_pair(
+            Table(torch.randn(3, 7)),
+            Table(torch.randn(3, 7)),
+            _index_dataset(labels),
+            adapter_for(CLS),
+        )
