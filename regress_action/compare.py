@@ -66,7 +66,8 @@ def build_report(records: PairedRecords, context: ReportContext, duration_s: flo
             resamples=verdict.resamples,
             seed=verdict.seed,
         )
-        apply_significance(results, stats, verdict)
+        hypotheses = {name: spec.hypothesis or name for name, spec in specs.items()}
+        apply_significance(results, stats, verdict, hypotheses)
     warn_regressions(results.values())
     classification = context.task.task == "classification"
     return Report(

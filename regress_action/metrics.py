@@ -39,19 +39,35 @@ class MetricSpec:
     column: str | None = None  # binary / mean
     ratio: tuple[str, str] | None = None  # ratio: (numerator, denominator)
     transform: Transform = "identity"  # ratio: applied to Σnum/Σden
+    # Metrics naming the same hypothesis are one test for the multiple-testing correction:
+    # loss, perplexity and bits per byte of a byte-level LM are monotone maps of ΣNLL/Σtokens.
+    hypothesis: str | None = None
 
 
 # name -> spec, one dict per task. Plain literals: the whole registry is readable here.
 LM_METRICS: dict[str, MetricSpec] = {
-    "loss": MetricSpec(False, "ratio", "mean token NLL (nats)", ratio=("nll_sum", "tokens")),
+    "loss": MetricSpec(
+        False, "ratio", "mean token NLL (nats)", ratio=("nll_sum", "tokens"), hypothesis="nll"
+    ),
     "perplexity": MetricSpec(
-        False, "ratio", "exp(ΣNLL / Σtokens)", ratio=("nll_sum", "tokens"), transform="exp"
+        False,
+        "ratio",
+        "exp(ΣNLL / Σtokens)",
+        ratio=("nll_sum", "tokens"),
+        transform="exp",
+        hypothesis="nll",
     ),
     "token_accuracy": MetricSpec(
         True, "ratio", "next-token accuracy", ratio=("correct_tokens", "tokens")
     ),
+    # Only reported for byte-level vocabularies, where Σbytes = Σtokens: the same hypothesis.
     "bits_per_byte": MetricSpec(
-        False, "ratio", "ΣNLL / (ln 2 · Σbytes)", ratio=("nll_sum", "bytes"), transform="bits"
+        False,
+        "ratio",
+        "ΣNLL / (ln 2 · Σbytes)",
+        ratio=("nll_sum", "bytes"),
+        transform="bits",
+        hypothesis="nll",
     ),
 }
 

@@ -103,6 +103,9 @@ def judge_metric(
     if candidate is None:
         result.status = "failed"
         result.reason = f"{name} is missing on the candidate"
+    elif not math.isfinite(candidate):
+        result.status = "failed"
+        result.reason = f"{name} is not finite: {_fmt(baseline)} → {_fmt(candidate)}"
     elif baseline is None:
         result.status = "new"
         result.gated = False
@@ -171,12 +174,17 @@ def apply_significance(
     results: Mapping[str, MetricResult],
     stats: Mapping[str, PairedStats],
     config: VerdictConfig,
+    hypotheses: Mapping[str, str] | None = None,
 ) -> None:
     """Attach paired statistics, Holm-adjust across gated metrics, and apply the mode.
 
     `report`: statuses stay as the threshold rule says; a threshold change whose adjusted p is
     not below alpha is marked not significant. `gate`: a non-neutral status also needs
     p_adjusted < alpha, otherwise it becomes neutral.
+
+    The Holm family is the gated metrics with a finite p-value, one member per hypothesis
+    (`hypotheses` maps metric → hypothesis; metrics sharing one are a single test). A NaN
+    p-value (non-finite per-example values) stays out of the family and stays NaN.
     """
     for name, stat in stats.items():
         result = results.get(name)
@@ -185,12 +193,10 @@ def apply_significance(
         result.test, result.p_value, result.n = stat.test, stat.p_value, stat.n
         result.ci_low, result.ci_high = stat.ci_low, stat.ci_high
         result.n_fixed, result.n_broken = stat.n_fixed, stat.n_broken
-    gated = [r for r in results.values() if r.gated and r.p_value is not None]
-    for result, p_adj in zip(gated, holm([r.p_value or 0.0 for r in gated]), strict=True):
-        result.p_adjusted = p_adj
+    _holm_adjust(results, hypotheses or {})
     for result in results.values():
         p = result.p_adjusted if result.p_adjusted is not None else result.p_value
-        if p is None or result.status not in ("improved", "regressed"):
+        if p is None or not math.isfinite(p) or result.status not in ("improved", "regressed"):
             continue
         result.significant = p < config.alpha
         if result.significant:
@@ -200,6 +206,18 @@ def apply_significance(
             result.status = "neutral"
         else:
             result.reason += f"; not significant (p_adj={p:.3g} ≥ α={config.alpha:g})"
+
+
+def _holm_adjust(results: Mapping[str, MetricResult], hypotheses: Mapping[str, str]) -> None:
+    family: dict[str, list[MetricResult]] = {}
+    for result in results.values():
+        if result.gated and result.p_value is not None and math.isfinite(result.p_value):
+            family.setdefault(hypotheses.get(result.name, result.name), []).append(result)
+    groups = list(family.values())
+    p_values = [min(r.p_value or 0.0 for r in group) for group in groups]
+    for group, p_adj in zip(groups, holm(p_values), strict=True):
+        for result in group:
+            result.p_adjusted = p_adj
 
 
 def overall_status(results: Iterable[MetricResult]) -> OverallStatus:

@@ -10,6 +10,7 @@ import pytest
 from regress_action.errors import ConfigError
 from regress_action.spec import MetricTolerance, VerdictConfig, parse_tolerances
 from regress_action.verdict import (
+    apply_significance,
     classify,
     holm,
     judge,
@@ -145,6 +146,55 @@ def test_parse_tolerances() -> None:
     parsed = parse_tolerances("loss=0.02, perplexity=5%\nloss=1%")
     assert parsed["loss"] == MetricTolerance(abs=0.02, rel=0.01)
     assert parsed["perplexity"] == MetricTolerance(rel=0.05)
-    for bad in ("loss", "loss=", "=1", "loss=abc", "loss=-1"):
-        with pytest.raises(ValueError, match="tolerance"):
+    assert parse_tolerances("loss=0.02|1%") == {"loss": MetricTolerance(abs=0.02, rel=0.01)}
+    for bad in ("loss", "loss=", "=1", "loss=abc", "loss=-1", "loss=nan", "loss=1, loss=2"):
+        with pytest.raises(ValueError, match=r"loss|metric=value"):
             parse_tolerances(bad)
+
+
+def test_a_non_finite_value_without_baseline_fails_rather_than_being_new() -> None:
+    result = judge_metric("loss", None, math.nan, VerdictConfig())
+    assert result.status == "failed" and result.gated
+
+
+class _Stat:
+    def __init__(self, p: float) -> None:
+        self.test, self.p_value, self.ci_low, self.ci_high, self.n = "t", p, -1.0, 1.0, 100
+        self.n_fixed = self.n_broken = None
+
+
+def test_holm_family_counts_one_hypothesis_once_and_skips_nan() -> None:
+    config = VerdictConfig(significance="gate")
+    results = judge(
+        {"loss": 1.0, "perplexity": 2.7, "token_accuracy": 0.5, "bits_per_byte": 1.4},
+        {"loss": 1.1, "perplexity": 3.0, "token_accuracy": 0.4, "bits_per_byte": 1.6},
+        config,
+        log_regressions=False,
+    )
+    stats = {
+        "loss": _Stat(0.02),
+        "perplexity": _Stat(0.02),
+        "bits_per_byte": _Stat(0.02),
+        "token_accuracy": _Stat(math.nan),
+    }
+    same = {"loss": "nll", "perplexity": "nll", "bits_per_byte": "nll"}
+    apply_significance(results, stats, config, same)
+    # One hypothesis in the family: no multiplicity penalty, all three stay regressed.
+    assert [results[m].p_adjusted for m in ("loss", "perplexity", "bits_per_byte")] == [0.02] * 3
+    assert all(results[m].status == "regressed" for m in ("loss", "perplexity", "bits_per_byte"))
+    token = results["token_accuracy"]
+    assert token.p_adjusted is None and token.status == "regressed" and token.significant is None
+
+
+def test_gate_mode_neutralises_a_non_significant_change() -> None:
+    config = VerdictConfig(significance="gate")
+    results = judge({"accuracy": 0.8}, {"accuracy": 0.7}, config, log_regressions=False)
+    apply_significance(results, {"accuracy": _Stat(0.2)}, config)
+    assert results["accuracy"].status == "neutral" and results["accuracy"].significant is False
+    report_mode = VerdictConfig(significance="report")
+    results = judge({"accuracy": 0.8}, {"accuracy": 0.7}, report_mode, log_regressions=False)
+    apply_significance(results, {"accuracy": _Stat(0.2)}, report_mode)
+    assert (
+        results["accuracy"].status == "regressed"
+        and "not significant" in results["accuracy"].reason
+    )
