@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_REGRESSION, ConfigError, RegressActionError
-from .spec import TaskSpec, VerdictConfig, parse_tolerances
+from .spec import TaskSpec, VerdictConfig, check_report_name, parse_tolerances
 
 if TYPE_CHECKING:
     from .store import ExperimentDB
@@ -59,6 +59,13 @@ def _probability(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
     return value
+
+
+def _report_name(text: str) -> str:
+    try:
+        return check_report_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _boolean(text: str) -> bool:
@@ -160,7 +167,12 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=_positive_int, default=64)
     parser.add_argument("--max-examples", type=_positive_int)
-    parser.add_argument("--report-name", default="default", help="names the comparison series")
+    parser.add_argument(
+        "--report-name",
+        type=_report_name,
+        default="default",
+        help="names the comparison series (and its sticky PR comment)",
+    )
     parser.add_argument("--commit", help="commit sha recorded with the comparison")
     parser.add_argument(
         "--fail-on-regression",
@@ -246,7 +258,9 @@ def _add_action(sub: Subparsers) -> None:
         help="post or update the PR comment from an existing JSON report (fork-safe workflows)",
     )
     publish.add_argument("--report", type=Path, required=True, help="the JSON report artifact")
-    publish.add_argument("--report-name", help="sticky comment name (default: the report's)")
+    publish.add_argument(
+        "--report-name", type=_report_name, help="sticky comment name (default: the report's)"
+    )
     publish.add_argument("--comment", choices=["update", "create", "off"], default="update")
     publish.add_argument(
         "--fail-on-regression",

@@ -7,15 +7,14 @@ rounding happens in the template. Non-finite values serialise as the strings "Na
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import ConfigError
-from .spec import OverallStatus, SignificanceMode, Status, TaskSpec
+from .spec import OverallStatus, SignificanceMode, Status, TaskSpec, check_report_name
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -136,12 +135,21 @@ class Report(_Model):
     device: str | None = None
     duration_s: float | None = None
 
+    @field_validator("report_name")
+    @classmethod
+    def _marker_safe(cls, value: str) -> str:
+        # The name ends up inside the sticky comment's HTML marker; a report artifact may come
+        # from an untrusted fork workflow, so it is checked wherever a report is built or read.
+        return check_report_name(value)
+
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-compatible dict (what `compare_models` returns)."""
-        result: dict[str, Any] = json.loads(self.model_dump_json())
+        """Plain dict of str / int / float / bool / None / list / dict (what `compare_models`
+        returns): times as ISO strings, non-finite values as float NaN / inf, so numbers stay
+        numbers for the caller."""
+        result: dict[str, Any] = _plain(self.model_dump(mode="python"))
         return result
 
     @classmethod
@@ -161,6 +169,16 @@ class Report(_Model):
             raise ConfigError(
                 f"report {str(path)!r} is not a regress-action JSON report ({first})"
             ) from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
 
 
 def report_json_schema() -> dict[str, Any]:

@@ -25,11 +25,17 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
-from .spec import MetricTolerance, SignificanceMode, TaskSpec
+from .spec import (
+    MetricTolerance,
+    SignificanceMode,
+    TaskSpec,
+    check_device,
+    check_report_name,
+    parse_tolerances,
+)
 
 CommentMode = Literal["update", "create", "off"]
 DEFAULT_DB_URL = "sqlite:///regress-action.db"
-_REPORT_NAME = re.compile(r"[A-Za-z0-9_.:/()+@ -]{1,100}")
 
 
 def _input(name: str, **kwargs: Any) -> Any:
@@ -50,52 +56,6 @@ def _input(name: str, **kwargs: Any) -> Any:
 def split_list(value: str) -> tuple[str, ...]:
     """`"a, b\\nc"` -> `("a", "b", "c")`: commas, semicolons or newlines separate items."""
     return tuple(item.strip() for item in re.split(r"[,;\n]", value) if item.strip())
-
-
-def parse_tolerances(value: str) -> dict[str, MetricTolerance]:
-    """Per-metric tolerances, as `metric=SPEC` items or a JSON object.
-
-    SPEC is an absolute number (`loss=0.02`), a percentage of |baseline| (`perplexity=5%`), or
-    both separated by `|` (`loss=0.02|5%`: the larger applies). Items are separated by commas,
-    semicolons or newlines. JSON: `{"loss": 0.02, "perplexity": "5%", "ece": {"abs": 0.01}}`.
-    """
-    text = value.strip()
-    if text.startswith("{"):
-        try:
-            raw: Any = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON ({exc.msg} at char {exc.pos})") from None
-        if not isinstance(raw, dict):
-            raise ValueError("the JSON must be an object of metric -> tolerance")
-        return {str(k): _tolerance(str(k), v) for k, v in raw.items()}
-    result: dict[str, MetricTolerance] = {}
-    for item in split_list(text):
-        metric, sep, spec = item.partition("=")
-        if not sep or not metric.strip() or not spec.strip():
-            raise ValueError(f"{item!r} is not metric=value (e.g. loss=0.02 or perplexity=5%)")
-        result[metric.strip()] = _tolerance(metric.strip(), spec.strip())
-    return result
-
-
-def _tolerance(metric: str, spec: Any) -> MetricTolerance:
-    if isinstance(spec, dict):
-        return MetricTolerance.model_validate(spec)
-    if isinstance(spec, int | float) and not isinstance(spec, bool):
-        return MetricTolerance(abs=float(spec))
-    parts: dict[str, float] = {}
-    for token in str(spec).split("|"):
-        token = token.strip()
-        key = "rel" if token.endswith("%") else "abs"
-        try:
-            number = float(token.removesuffix("%"))
-        except ValueError:
-            raise ValueError(
-                f"{metric}: {token!r} is neither a number (0.02) nor a percentage (5%)"
-            ) from None
-        if number < 0 or key in parts:
-            raise ValueError(f"{metric}: give at most one absolute and one % value, both ≥ 0")
-        parts[key] = number / 100 if key == "rel" else number
-    return MetricTolerance(**parts)
 
 
 class ActionInputs(BaseSettings):
@@ -174,18 +134,12 @@ class ActionInputs(BaseSettings):
     @field_validator("report_name")
     @classmethod
     def _marker_safe(cls, value: str) -> str:
-        # The name goes inside an HTML comment marker: "--" or ">" would end the comment early.
-        value = value.strip()
-        if not _REPORT_NAME.fullmatch(value) or "--" in value:
-            raise ValueError("use 1-100 letters, digits, spaces or _ . : / ( ) + @ - (no '--')")
-        return value
+        return check_report_name(value)
 
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value in {"auto", "cpu", "cuda"} or re.fullmatch(r"cuda:\d+", value):
-            return value
-        raise ValueError("use auto, cpu, cuda or cuda:N")
+        return check_device(value)
 
     @model_validator(mode="after")
     def _runs_given(self) -> Self:

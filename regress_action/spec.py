@@ -6,6 +6,9 @@ Imports only the standard library and pydantic (no torch, no numpy), so every la
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -62,10 +65,7 @@ class EvalConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        value = value.strip().lower()
-        if value in {"auto", "cpu", "cuda"} or value.startswith("cuda:"):
-            return value
-        raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
+        return check_device(value)
 
     def display_name(self) -> str:
         if self.dataset_name:
@@ -152,26 +152,79 @@ class RunRecord(RunCreate):
     created_at: datetime
 
 
-def parse_tolerances(text: str) -> dict[str, MetricTolerance]:
-    """Parse per-metric tolerances: "loss=0.02, perplexity=5%" (absolute, or % of |baseline|).
+def parse_tolerances(value: str) -> dict[str, MetricTolerance]:
+    """Per-metric tolerances, as `metric=SPEC` items or a JSON object.
 
-    Entries are separated by commas, semicolons or newlines; one metric may appear twice to set
-    both ("loss=0.02, loss=1%": the larger of the two applies). Raises ValueError naming the entry.
+    SPEC is an absolute number (`loss=0.02`), a percentage of |baseline| (`perplexity=5%`), or
+    both separated by `|` (`loss=0.02|5%`: the larger applies). Items are separated by commas,
+    semicolons or newlines; a metric named twice merges its parts (`loss=0.02, loss=1%`).
+    JSON: `{"loss": 0.02, "perplexity": "5%", "ece": {"abs": 0.01}}`.
+    Raises ValueError naming the item.
     """
-    merged: dict[str, dict[str, float]] = {}
-    for raw in text.replace(";", ",").replace("\n", ",").split(","):
-        entry = raw.strip()
-        if not entry:
-            continue
-        name, sep, value = (part.strip() for part in entry.partition("="))
-        if not sep or not name or not value:
-            raise ValueError(f"tolerance {entry!r} is not of the form metric=0.02 or metric=5%")
-        key = "rel" if value.endswith("%") else "abs"
+    text = value.strip()
+    if text.startswith("{"):
         try:
-            number = float(value.rstrip("%")) / (100.0 if key == "rel" else 1.0)
+            raw: Any = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg} at char {exc.pos})") from None
+        if not isinstance(raw, dict):
+            raise ValueError("the JSON must be an object of metric -> tolerance")
+        return {str(k): _tolerance(str(k), v) for k, v in raw.items()}
+    parts: dict[str, dict[str, float]] = {}
+    for item in re.split(r"[,;\n]", text):
+        item = item.strip()
+        if not item:
+            continue
+        metric, sep, spec = (piece.strip() for piece in item.partition("="))
+        if not sep or not metric or not spec:
+            raise ValueError(f"{item!r} is not metric=value (e.g. loss=0.02 or perplexity=5%)")
+        merged = parts.setdefault(metric, {})
+        for key, number in _tolerance(metric, spec).model_dump(exclude_none=True).items():
+            if key in merged:
+                raise ValueError(f"{metric}: give at most one absolute and one % value")
+            merged[key] = number
+    return {metric: MetricTolerance(**values) for metric, values in parts.items()}
+
+
+def _tolerance(metric: str, spec: Any) -> MetricTolerance:
+    if isinstance(spec, dict):
+        return MetricTolerance.model_validate(spec)
+    if isinstance(spec, int | float) and not isinstance(spec, bool):
+        return MetricTolerance(abs=float(spec))
+    parts: dict[str, float] = {}
+    for token in str(spec).split("|"):
+        token = token.strip()
+        key = "rel" if token.endswith("%") else "abs"
+        try:
+            number = float(token.removesuffix("%"))
         except ValueError:
-            raise ValueError(f"tolerance {entry!r} has no number after '='") from None
-        if not number >= 0:
-            raise ValueError(f"tolerance {entry!r} must be a number ≥ 0")
-        merged.setdefault(name, {})[key] = number
-    return {name: MetricTolerance(**values) for name, values in merged.items()}
+            raise ValueError(
+                f"{metric}: {token!r} is neither a number (0.02) nor a percentage (5%)"
+            ) from None
+        if not number >= 0 or not math.isfinite(number) or key in parts:
+            raise ValueError(f"{metric}: give at most one absolute and one % value, both ≥ 0")
+        parts[key] = number / 100 if key == "rel" else number
+    return MetricTolerance(**parts)
+
+
+_REPORT_NAME = re.compile(r"[A-Za-z0-9_.:/()+@ -]{1,100}")
+
+
+def check_report_name(value: str) -> str:
+    """A report name is safe inside the comment's HTML marker `<!-- regress-action:NAME -->`:
+    "--" or ">" would end the HTML comment early. Raises ValueError."""
+    value = value.strip()
+    if not _REPORT_NAME.fullmatch(value) or "--" in value:
+        raise ValueError(
+            f"report name {value!r}: use 1-100 letters, digits, spaces or _ . : / ( ) + @ - "
+            "(no '--')"
+        )
+    return value
+
+
+def check_device(value: str) -> str:
+    """`auto`, `cpu`, `cuda` or `cuda:N`. Raises ValueError."""
+    value = value.strip().lower()
+    if value in {"auto", "cpu", "cuda"} or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")

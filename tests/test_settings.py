@@ -16,10 +16,9 @@ from regress_action.settings import (
     input_names,
     load,
     load_inputs,
-    parse_tolerances,
     split_list,
 )
-from regress_action.spec import MetricTolerance
+from regress_action.spec import MetricTolerance, parse_tolerances
 
 REQUIRED = {"INPUT_BASELINE-RUN-ID": "1", "INPUT_CANDIDATE-RUN-ID": "2", "INPUT_DATASET": "lm_tiny"}
 
