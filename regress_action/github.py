@@ -9,7 +9,7 @@ Must not import torch, the engine or the ExperimentDB.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -110,13 +110,15 @@ def open_commenter(api_url: str, token: str, repository: str, tuning: ClientTuni
     return Commenter(make_client(api_url, token, tuning), repository)
 
 
-def token_login(gh: Github) -> str:
-    """The login that authors this token's comments."""
+def token_login(gh: Github) -> str | None:
+    """The login that authors this token's comments; None for an app installation token
+    (GITHUB_TOKEN or a GitHub App's): GET /user answers 403 and the author is the app's bot,
+    `github-actions[bot]` or `<app-slug>[bot]`."""
     try:
         return str(gh.get_user().login)
     except GithubException as exc:
-        if exc.status == 403:  # GITHUB_TOKEN cannot read /user
-            return GITHUB_ACTIONS_LOGIN
+        if exc.status == 403:
+            return None
         raise
 
 
@@ -140,10 +142,9 @@ def upsert_comment(
         if mode == "update":
             login = token_login(gh)
             # Issue comments are the PR conversation; pr.get_comments() would be review comments.
-            existing = find_marked(issue.get_comments(), marker(report_name), login)
-            if existing is not None:
-                existing.edit(text)
-                return CommentResult("updated", existing.id, existing.html_url)
+            for existing in find_marked(issue.get_comments(), marker(report_name), login):
+                if _edited(existing, text, mine=login is not None):
+                    return CommentResult("updated", existing.id, existing.html_url)
         created = issue.create_comment(text)
         return CommentResult("created", created.id, created.html_url)
     except GithubException as exc:
@@ -156,13 +157,29 @@ def upsert_comment(
         ) from None
 
 
-def find_marked(comments: Iterable[IssueComment], mark: str, login: str) -> IssueComment | None:
-    """The first comment by `login` whose body carries `mark` (iterating pages as needed)."""
+def find_marked(
+    comments: Iterable[IssueComment], mark: str, login: str | None
+) -> Iterator[IssueComment]:
+    """Comments by `login` (None: by an app's bot) whose body ends with `mark`, fetching pages
+    lazily. Logins with "[bot]" exist only for apps: people cannot have them."""
     for comment in comments:
         user = comment.user
-        if user is not None and user.login == login and mark in (comment.body or ""):
-            return comment
-    return None
+        if user is None or not (comment.body or "").rstrip().endswith(mark):
+            continue
+        if user.login == login or (login is None and user.login.endswith("[bot]")):
+            yield comment
+
+
+def _edited(comment: IssueComment, text: str, *, mine: bool) -> bool:
+    """Edit the comment; with an installation token the marked bot comment may belong to
+    another app (403 on edit): then it is not ours, and the search goes on."""
+    try:
+        comment.edit(text)
+    except GithubException as exc:
+        if mine or exc.status != 403:
+            raise
+        return False
+    return True
 
 
 def find_pr_by_sha(gh: Github, repository: str, sha: str) -> int | None:

@@ -92,7 +92,11 @@ def fmt_p(value: float | None) -> str:
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
 _MD_ESCAPES = str.maketrans(
-    {c: "\\" + c for c in "\\`*_[]|~#"} | {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+    {c: "\\" + c for c in "\\`*_[]|~#"}
+    | {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+    # GitHub turns @name into a mention (a notification) after rendering, so an entity would
+    # not stop it; a zero-width space after @ does, and reads the same.
+    | {"@": "@\u200b"}
 )
 
 

@@ -103,9 +103,32 @@ def test_a_personal_token_matches_its_own_login(gh_server: FakeGitHub) -> None:
     assert upsert(gh_server, "mine again", token=USER_TOKEN).comment_id == result.comment_id
 
 
-def test_token_login_falls_back_to_the_actions_bot_on_403(gh_server: FakeGitHub) -> None:
-    assert token_login(make_client(gh_server.api_url, BOT_TOKEN, FAST)) == GITHUB_ACTIONS_LOGIN
+def test_token_login_is_unknown_for_an_installation_token(gh_server: FakeGitHub) -> None:
+    assert token_login(make_client(gh_server.api_url, BOT_TOKEN, FAST)) is None
     assert token_login(make_client(gh_server.api_url, OTHER_TOKEN, FAST)) == "mallory"
+
+
+def test_an_app_token_finds_its_app_bots_comment(gh_server: FakeGitHub) -> None:
+    # A GitHub App's installation token also gets 403 on /user; its comments are by
+    # `<app-slug>[bot]`, which must be found, while a person's marked comment is not, and
+    # another app's marked comment (403 on edit) is passed over.
+    app_token = "ghs_fake_app_token"
+    gh_server.tokens[app_token] = "regress-app[bot]"
+    gh_server.user_endpoint_forbidden.add(app_token)
+    gh_server.add_comment(REPO, PR, "mallory", with_marker("planted", "default"))
+    gh_server.add_comment(REPO, PR, GITHUB_ACTIONS_LOGIN, with_marker("other app", "default"))
+    mine = gh_server.add_comment(REPO, PR, "regress-app[bot]", with_marker("old", "default"))
+    result = upsert(gh_server, "new", token=app_token)
+    assert result.action == "updated"
+    assert result.comment_id == mine.id
+    planted = gh_server.comments_on(REPO, PR)[0]
+    assert planted.body == with_marker("planted", "default")
+
+
+def test_a_marker_quoted_mid_body_is_not_the_sticky_comment(gh_server: FakeGitHub) -> None:
+    quoted = f"> {marker('default')}\nquoting the bot"
+    gh_server.add_comment(REPO, PR, GITHUB_ACTIONS_LOGIN, quoted)
+    assert upsert(gh_server, "report").action == "created"
 
 
 # --------------------------------------------------------------------------- faults

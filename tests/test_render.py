@@ -491,3 +491,10 @@ def test_cli_prints_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     path.write_text(make_report().to_json(), encoding="utf-8")
     assert render.main([str(path)]) == 0
     assert capsys.readouterr().out == render_markdown(make_report())
+
+
+def test_user_text_cannot_mention_people() -> None:
+    # GitHub notifies @name mentions found in a comment; class or run names must not ping.
+    assert "@octocat" not in render.md_escape("ping @octocat")
+    report = make_report(candidate=make_report().candidate.model_copy(update={"name": "@team"}))
+    assert "@team" not in render_markdown(report)
