@@ -99,20 +99,6 @@ def dataset_info(eval_set: EvalSet) -> DatasetInfo:
     )
 
 
-def check_task_fits(eval_set: EvalSet, task: TaskSpec) -> None:
-    """The eval set must be of the runs' task, with the same classes / vocabulary."""
-    data_task = eval_set.task
-    if (data_task.task, data_task.num_classes, data_task.vocab_size) != (
-        task.task,
-        task.num_classes,
-        task.vocab_size,
-    ):
-        raise ConfigError(
-            f"dataset {eval_set.name!r} is a {_describe(data_task)} eval set, but the models "
-            f"are registered for {_describe(task)}; pick a matching dataset or runs"
-        )
-
-
 def _describe(task: TaskSpec) -> str:
     if task.task == "lm":
         return f"lm (vocab_size={task.vocab_size})"
@@ -139,7 +125,6 @@ def evaluate_models(
         max_examples=eval_cfg.max_examples,
         name=eval_cfg.dataset_name,
     )
-    check_task_fits(eval_set, task)
     result = evaluate_pair(
         baseline,
         candidate,
