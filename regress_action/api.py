@@ -11,9 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .app import Outputs, check_output_path, evaluate_models, finish, run_info
+from .app import Outputs, evaluate_models, finish, run_info
 from .compare import ReportContext
 from .errors import ConfigError
+from .files import check_writable
 from .report import DatasetInfo, RunInfo
 from .spec import EvalConfig, TaskSpec, VerdictConfig
 
@@ -58,14 +59,14 @@ def compare_models(
         json_path=Path(json_path) if json_path else None,
         markdown_path=Path(markdown_path) if markdown_path else None,
     )
-    check_output_path(outputs.json_path, "json_path")
-    check_output_path(outputs.markdown_path, "markdown_path")
+    check_writable(outputs.json_path, "json_path")
+    check_writable(outputs.markdown_path, "markdown_path")
     baseline = RunInfo(run_id=baseline_run_id or getattr(baseline_model, "run_id", None))
     candidate = RunInfo(run_id=candidate_run_id or getattr(candidate_model, "run_id", None))
     with ExitStack() as stack:
         store = _open_db(db, stack)
         if store is not None:
-            baseline, candidate = _registered(store, baseline, candidate)
+            baseline, candidate = _registered(store, baseline, candidate, task_spec)
         context = ReportContext(
             task=task_spec,
             dataset=DatasetInfo(name=eval_cfg.display_name(), fingerprint="", n=0),
@@ -84,17 +85,24 @@ def compare_models(
 
 
 def _registered(
-    store: ExperimentDB, baseline: RunInfo, candidate: RunInfo
+    store: ExperimentDB, baseline: RunInfo, candidate: RunInfo, task: TaskSpec
 ) -> tuple[RunInfo, RunInfo]:
-    """The runs' recorded details; unknown or missing ids fail before the evaluation."""
+    """The runs' recorded details; unknown ids, missing ids or runs of another task fail
+    before the evaluation."""
     if baseline.run_id is None or candidate.run_id is None:
         raise ConfigError(
             "recording a comparison needs baseline_run_id and candidate_run_id (or a `run_id` "
             "attribute on each model); register checkpoints with `regress-action runs add`"
         )
-    return run_info(store.get_run(int(baseline.run_id))), run_info(
-        store.get_run(int(candidate.run_id))
-    )
+    runs = [store.get_run(int(baseline.run_id)), store.get_run(int(candidate.run_id))]
+    for run in runs:
+        if run.task != task:
+            raise ConfigError(
+                f"run {run.id} ({run.name}) is registered for "
+                f"{run.task.model_dump(exclude_none=True)}, not this task_spec "
+                f"{task.model_dump(exclude_none=True)}; pass the ids of runs of this task"
+            )
+    return run_info(runs[0]), run_info(runs[1])
 
 
 def _open_db(db: ExperimentDB | str | None, stack: ExitStack) -> ExperimentDB | None:

@@ -10,14 +10,13 @@ recorded comparison without its files.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .compare import ReportContext, build_report, metric_specs
 from .errors import ConfigError
-from .files import write_atomic
+from .files import StagedFile, check_writable
 from .render import render_markdown
 from .report import DatasetInfo, Report, RunInfo
 from .spec import CheckpointFormat, EvalConfig, RunCreate, RunRecord, TaskSpec, VerdictConfig
@@ -64,19 +63,6 @@ class Outputs:
     json_path: Path | None = None
     markdown_path: Path | None = None
     trend_limit: int = 10
-
-
-def check_output_path(path: Path | None, what: str) -> None:
-    """Fail before evaluating when an output file could not be written."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise ConfigError(f"{what} {str(path)!r} is a directory; pass a file path")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"{what} {str(path)!r} is not writable; choose another path")
 
 
 def run_info(run: RunRecord) -> RunInfo:
@@ -149,28 +135,46 @@ def evaluate_models(
 
 
 def finish(report: Report, outputs: Outputs) -> CompareOutcome:
-    """Record the comparison (one transaction), attach the trend, then write JSON + Markdown."""
-    db = outputs.db
-    if db is not None and report.baseline.run_id is not None:
-        assert report.candidate.run_id is not None
-        report.comparison_id = db.create_comparison(
-            report.baseline.run_id, report.candidate.run_id, report.notes, report=report
-        )
-        report.trend = db.trend(report.report_name, report.dataset.name, outputs.trend_limit)
-    markdown = render_markdown(report)
-    if outputs.json_path is not None:
-        write_atomic(outputs.json_path, report.to_json() + "\n")
-    if outputs.markdown_path is not None:
-        write_atomic(outputs.markdown_path, markdown)
+    """Record the comparison (one transaction), attach the trend, then write JSON + Markdown.
+
+    Both files are staged (created beside their targets) before the database is touched, so a
+    path that cannot be written fails with nothing recorded; after the commit only the rename
+    of already-open files remains.
+    """
+    staged: dict[str, StagedFile] = {}
+    try:
+        if outputs.json_path is not None:
+            staged["json"] = StagedFile(outputs.json_path, "JSON report")
+        if outputs.markdown_path is not None:
+            staged["markdown"] = StagedFile(outputs.markdown_path, "Markdown report")
+        _record(report, outputs)
+        markdown = render_markdown(report)
+        if "json" in staged:
+            staged.pop("json").commit(report.to_json() + "\n")
+        if "markdown" in staged:
+            staged.pop("markdown").commit(markdown)
+    finally:
+        for leftover in staged.values():
+            leftover.discard()
     return CompareOutcome(report=report, markdown=markdown)
+
+
+def _record(report: Report, outputs: Outputs) -> None:
+    db = outputs.db
+    if db is None or report.baseline.run_id is None or report.candidate.run_id is None:
+        return
+    report.comparison_id = db.create_comparison(
+        report.baseline.run_id, report.candidate.run_id, report.notes, report=report
+    )
+    report.trend = db.trend(report.report_name, report.dataset.name, outputs.trend_limit)
 
 
 def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
     """Compare two registered runs on a dataset, record the result and write the artifacts."""
     from .models import load_model
 
-    check_output_path(request.json_path, "--json-out")
-    check_output_path(request.markdown_path, "--markdown-out")
+    check_writable(request.json_path, "--json-out")
+    check_writable(request.markdown_path, "--markdown-out")
     baseline_run = db.get_run(request.baseline_run_id)
     candidate_run = db.get_run(request.candidate_run_id)
     if baseline_run.task != candidate_run.task:

@@ -1,11 +1,14 @@
-"""Writing files so that a crash never leaves a truncated one behind.
+"""Writing report files so that a failure never leaves a truncated or half-set result.
 
-Standard library only.
+Standard library only. A `StagedFile` reserves a temporary file beside its target up front (so
+an unwritable path fails before anything is recorded), is filled later, and replaces the
+target atomically; `discard` removes it when the run fails in between.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -18,26 +21,70 @@ def _umask() -> int:
     return current
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` via a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
+def _target(path: Path, what: str) -> Path:
+    """The regular file to write: a symlink is followed (its target gets the new content);
+    a directory, device or pipe is refused rather than replaced."""
+    resolved = Path(os.path.realpath(path))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        mode = resolved.stat().st_mode
+    except FileNotFoundError:
+        return resolved
     except OSError as exc:
-        raise ConfigError(
-            f"cannot write {str(path)!r}: {exc.strerror or exc}; choose a writable path"
-        ) from None
-    try:
+        raise ConfigError(f"{what} {str(path)!r}: {exc.strerror}; choose another path") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise ConfigError(f"{what} {str(path)!r} is {kind}; pass a file path")
+    return resolved
+
+
+class StagedFile:
+    """A file to be written later, atomically; its temporary twin exists from construction."""
+
+    def __init__(self, path: Path, what: str = "output") -> None:
+        self.path = _target(Path(path), what)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(
+                dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write {what} {str(path)!r}: {exc.strerror or exc}; choose a writable path"
+            ) from None
         # mkstemp creates the file 0600; a report must be readable like any other file the
         # user writes (the action runs as root, the next workflow step as the runner's user).
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        self._fd: int | None = fd
+        self._tmp = Path(tmp)
+
+    def commit(self, text: str) -> Path:
+        """Write `text` and atomically replace the target with it."""
+        assert self._fd is not None, "a staged file is committed once"
+        fd, self._fd = self._fd, None
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+        return self.path
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._tmp.unlink(missing_ok=True)
+
+
+def check_writable(path: Path | None, what: str) -> None:
+    """Fail now (before a slow evaluation) when `path` could not be written later."""
+    if path is not None:
+        StagedFile(path, what).discard()
+
+
+def write_atomic(path: Path, text: str, what: str = "output") -> Path:
+    """Write `text` to `path` via a temporary file in the same folder and an atomic rename."""
+    return StagedFile(path, what).commit(text)

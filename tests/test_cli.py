@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from regress_action.cli import _emit
 from regress_action.models import save_checkpoint
 from regress_action.store import ExperimentDB
 from regress_action.zoo import tiny_cnn, tiny_lm
@@ -375,6 +376,75 @@ def test_the_report_carries_the_trend_of_its_series(ws: Workspace) -> None:
     assert (
         second["trend"][-1]["metrics"]["perplexity"] == second["metrics"]["perplexity"]["candidate"]
     )
+
+
+def test_one_unwritable_output_writes_nothing(ws: Workspace) -> None:
+    before = ws.comparisons()
+    good = ws.root / "good.json"
+    result = ws.run(
+        "compare",
+        "--baseline-run-id",
+        "1",
+        "--candidate-run-id",
+        "2",
+        "--dataset",
+        "lm_tiny",
+        "--json-out",
+        str(good),
+        "--markdown-out",
+        "/proc/none/r.md",
+    )
+    _assert_bad_input(ws, result, "/proc/none/r.md")
+    assert ws.comparisons() == before and not good.exists()
+    assert not list(ws.root.glob(".good.json.*"))
+
+
+def test_a_symlinked_output_updates_its_target(ws: Workspace) -> None:
+    target = ws.root / "target.json"
+    target.write_text("old")
+    link = ws.root / "link.json"
+    link.symlink_to(target)
+    ws.run(
+        "compare",
+        "--baseline-run-id",
+        "1",
+        "--candidate-run-id",
+        "2",
+        "--dataset",
+        "lm_tiny",
+        "--max-examples",
+        "8",
+        "--json-out",
+        str(link),
+        check=True,
+    )
+    assert link.is_symlink() and json.loads(target.read_text())["dataset"]["n"] == 8
+
+
+def test_read_only_commands_do_not_create_a_database(ws: Workspace) -> None:
+    missing = ws.root / "typo" / "regres.db"
+    _assert_bad_input(ws, ws.run("runs", "list", "--db", str(missing)), "no ExperimentDB")
+    assert not missing.parent.exists()
+
+
+def test_a_closed_pipe_is_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `regress-action runs list | head -1`: the reader exits, the next write gets EPIPE.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as closed:
+        monkeypatch.setattr(sys, "stdout", closed)
+        _emit("x" * 100_000)  # raises BrokenPipeError unless handled
+        _emit("more")
+
+
+def test_gate_must_name_a_reported_metric(ws: Workspace) -> None:
+    result = _compare(ws, 3, 4, "vision_tiny", "--metrics", "accuracy", "--gate", "loss")
+    _assert_bad_input(ws, result, "'loss'", "--metrics")
+
+
+def test_runs_add_refuses_flags_of_the_other_task(ws: Workspace) -> None:
+    result = ws.run("runs", "add", "x.pt", "--task", "classification", "--vocab-size", "5")
+    _assert_bad_input(ws, result, "--vocab-size")
 
 
 def test_help_and_version(ws: Workspace) -> None:
