@@ -8,8 +8,10 @@ Sources and their examples (item i -> (input, target) tensors):
 - `lm_tiny`: (input_ids, target_ids), int64 (64,), target_ids[t] = input_ids[t + 1]; 256 examples.
 - `vision_tiny`: (image float32 (3, 16, 16) in [0, 1], label int64 ()), 10 classes; 1000 examples.
 - `*.jsonl`: one `{"text": "..."}` object per line; the text's UTF-8 bytes are the tokens (vocab
-  256), cut to the first JSONL_MAX_LEN + 1 bytes. input_ids = bytes[:-1] padded with 0,
-  target_ids = bytes[1:] padded with -100 (the ignore index), to the longest example's length.
+  256). A text longer than JSONL_MAX_LEN + 1 bytes becomes several consecutive examples
+  (windows overlapping by one byte, so each byte after the first is predicted once: the whole
+  text is evaluated). input_ids = bytes[:-1] padded with 0, target_ids = bytes[1:] padded with
+  -100 (the ignore index), to the longest example's length.
   Blank lines, and texts under 2 bytes (nothing to predict), are skipped.
 - `*.npz`: `images` (N, C, H, W) or (N, H, W) (channels-last (N, H, W, C) with C in 1/3/4 is
   transposed); uint8 is scaled to [0, 1], floats are kept. `labels` (N,) non-negative ints.
@@ -242,9 +244,7 @@ def _load_jsonl(path: Path, max_examples: int | None) -> TensorDataset:
             for lineno, raw in enumerate(handle, start=1):
                 if max_examples is not None and len(rows) >= max_examples:
                     break
-                row = _jsonl_row(path, lineno, raw)
-                if row is not None:
-                    rows.append(row)
+                rows.extend(_windows(_jsonl_row(path, lineno, raw)))
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not rows:
@@ -252,6 +252,7 @@ def _load_jsonl(path: Path, max_examples: int | None) -> TensorDataset:
             f'{path} has no usable lines; each line must be {{"text": "..."}} '
             "with at least 2 bytes of text"
         )
+    rows = rows[:max_examples]
     length = max(len(row) for row in rows) - 1
     inputs = torch.zeros((len(rows), length), dtype=torch.int64)
     targets = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.int64)
@@ -260,6 +261,15 @@ def _load_jsonl(path: Path, max_examples: int | None) -> TensorDataset:
         inputs[i, : len(row) - 1] = tokens[:-1]
         targets[i, : len(row) - 1] = tokens[1:]
     return TensorDataset(inputs, targets)
+
+
+def _windows(data: bytes | None) -> list[bytes]:
+    """A text as consecutive examples of at most JSONL_MAX_LEN predicted tokens; windows
+    overlap by one byte, so every byte after the first is predicted exactly once."""
+    if data is None:
+        return []
+    step = JSONL_MAX_LEN
+    return [data[start : start + step + 1] for start in range(0, len(data) - 1, step)]
 
 
 def _jsonl_row(path: Path, lineno: int, raw: bytes) -> bytes | None:
@@ -281,7 +291,7 @@ def _jsonl_row(path: Path, lineno: int, raw: bytes) -> bytes | None:
     if not isinstance(text, str):
         raise DataError(f'{where}: expected an object with a string "text" field')
     try:
-        data = text.encode("utf-8")[: JSONL_MAX_LEN + 1]
+        data = text.encode("utf-8")
     except UnicodeEncodeError:
         raise DataError(f"{where}: text contains an unpaired surrogate escape; fix it") from None
     return data if len(data) >= 2 else None
@@ -311,6 +321,8 @@ def _load_npz(
         raise DataError(
             f"{path}: {images.shape[0]} images but {labels.shape[0]} labels; they must match"
         )
+    if labels.shape[0] == 0:
+        raise DataError(f"eval set {str(path)!r} has no examples; give it at least one")
     class_names = _npz_class_names(path, arrays.get("class_names"), labels)
     num_classes = len(class_names) if class_names else int(labels.max(initial=0)) + 1
     if num_classes < 2:

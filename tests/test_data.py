@@ -405,3 +405,14 @@ def test_image_folder_bad_layout(tmp_path: Path, layout: dict[str, str], expecte
     with pytest.raises(DataError) as exc:
         load_eval_set(tmp_path)
     assert expected in _one_line(exc)
+
+
+def test_a_long_jsonl_text_is_evaluated_whole_in_windows(tmp_path: Path) -> None:
+    text = "the quick brown fox jumps over the lazy dog. " * 20  # 900 bytes
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"text": text}) + "\n")
+    eval_set = load_eval_set(path)
+    _, targets = eval_set.dataset.tensors  # type: ignore[attr-defined]
+    assert eval_set.n == 4  # ceil(899 / 256) windows
+    assert int((targets != -100).sum()) == len(text) - 1  # every byte but the first, once
+    assert bytes(targets[1, :5].tolist()) == text.encode()[257:262]
