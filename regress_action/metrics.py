@@ -120,7 +120,7 @@ def select_metrics(
 
 def unknown_metric_message(name: str, task: str, available: list[str]) -> str:
     close = difflib.get_close_matches(name, available, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = f"; did you mean {close[0]!r}?" if close else "."
     return (
         f"unknown metric {name!r} for task {task!r}{hint} "
         f"Available metrics: {', '.join(available)}."
@@ -177,7 +177,7 @@ def ece(
     correct = np.asarray(correct, dtype=np.float64)
     confidence = np.asarray(confidence, dtype=np.float64)
     n = confidence.size
-    if n == 0:
+    if n == 0 or not np.isfinite(confidence).all():
         return math.nan
     index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
     acc_sum = np.bincount(index, weights=correct, minlength=bins)

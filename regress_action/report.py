@@ -9,14 +9,25 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from .errors import ConfigError
 from .spec import OverallStatus, SignificanceMode, Status, TaskSpec, check_report_name
 
 REPORT_SCHEMA_VERSION = 1
+
+# A float that may be NaN or ±inf: JSON has no such numbers, so the artifact carries them as
+# the strings "NaN", "Infinity", "-Infinity" (ser_json_inf_nan="strings"); the published
+# schema says so.
+Real = Annotated[
+    float,
+    WithJsonSchema(
+        {"anyOf": [{"type": "number"}, {"enum": ["NaN", "Infinity", "-Infinity"]}]},
+        mode="serialization",
+    ),
+]
 
 
 class _Model(BaseModel):
@@ -29,19 +40,19 @@ class MetricResult(_Model):
     name: str
     higher_is_better: bool
     kind: Literal["binary", "mean", "ratio", "corpus"]
-    baseline: float | None
-    candidate: float | None
-    delta: float | None
-    rel_delta: float | None
-    tolerance: float
+    baseline: Real | None
+    candidate: Real | None
+    delta: Real | None
+    rel_delta: Real | None
+    tolerance: Real
     status: Status
     gated: bool = True
     reason: str = ""
     # Paired statistics (absent when significance is "off").
-    ci_low: float | None = None
-    ci_high: float | None = None
-    p_value: float | None = None
-    p_adjusted: float | None = None
+    ci_low: Real | None = None
+    ci_high: Real | None = None
+    p_value: Real | None = None
+    p_adjusted: Real | None = None
     test: str | None = None
     n: int | None = None
     n_fixed: int | None = None
@@ -71,8 +82,8 @@ class StatsInfo(_Model):
     """How the statistics were computed, so a result can be reproduced."""
 
     significance: SignificanceMode = "report"
-    alpha: float = 0.05
-    confidence: float = 0.95
+    alpha: Real = 0.05
+    confidence: Real = 0.95
     resamples: int = 2000
     seed: int = 0
 
@@ -82,9 +93,9 @@ class FlipExample(_Model):
     label: int | None = None
     baseline_prediction: int | None = None
     candidate_prediction: int | None = None
-    baseline_loss: float | None = None
-    candidate_loss: float | None = None
-    loss_delta: float | None = None
+    baseline_loss: Real | None = None
+    candidate_loss: Real | None = None
+    loss_delta: Real | None = None
 
 
 class Flips(_Model):
@@ -99,9 +110,9 @@ class ClassRow(_Model):
     label: int
     name: str | None = None
     n: int
-    baseline_accuracy: float
-    candidate_accuracy: float
-    delta: float
+    baseline_accuracy: Real
+    candidate_accuracy: Real
+    delta: Real
 
 
 class TrendPoint(_Model):
@@ -109,7 +120,7 @@ class TrendPoint(_Model):
     created_at: datetime
     status: str
     commit: str | None = None
-    metrics: dict[str, float | None] = Field(default_factory=dict)
+    metrics: dict[str, Real | None] = Field(default_factory=dict)
 
 
 class Report(_Model):
@@ -125,7 +136,7 @@ class Report(_Model):
     dataset: DatasetInfo
     baseline: RunInfo = Field(default_factory=RunInfo)
     candidate: RunInfo = Field(default_factory=RunInfo)
-    threshold: float = 0.01
+    threshold: Real = 0.01
     stats: StatsInfo = Field(default_factory=StatsInfo)
     metrics: dict[str, MetricResult]
     flips: Flips | None = None
@@ -133,7 +144,7 @@ class Report(_Model):
     trend: list[TrendPoint] = Field(default_factory=list)
     commit: str | None = None
     device: str | None = None
-    duration_s: float | None = None
+    duration_s: Real | None = None
 
     @field_validator("report_name")
     @classmethod

@@ -1,0 +1,34 @@
+"""The JSON artifact validates against the published schema, non-finite values included."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jsonschema
+
+from regress_action.report import Report
+from tests.report_factory import make_report
+
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[1] / "regress_action/schemas/report.schema.json").read_text()
+)
+
+
+def test_reports_validate_against_the_published_schema() -> None:
+    for report in (make_report(stats=True, flips=True, per_class=True, trend=3), make_report("lm")):
+        jsonschema.validate(json.loads(report.to_json()), SCHEMA)
+
+
+def test_non_finite_values_round_trip_and_validate() -> None:
+    report = make_report(stats=True)
+    metric = report.metrics["accuracy"]
+    metric.candidate, metric.ci_low, metric.ci_high = math.nan, -math.inf, math.inf
+    document = json.loads(report.to_json())
+    assert document["metrics"]["accuracy"]["candidate"] == "NaN"
+    jsonschema.validate(document, SCHEMA)
+    back = Report.model_validate_json(report.to_json()).metrics["accuracy"]
+    assert math.isnan(back.candidate or 0.0) and back.ci_low == -math.inf
+    # The Python API keeps them as floats.
+    assert math.isnan(report.to_dict()["metrics"]["accuracy"]["candidate"])
