@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -51,6 +52,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be ≥ 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be ≥ 0")
     return value
 
 
@@ -137,7 +148,9 @@ def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--alpha", type=_probability, default=0.05, help="significance level")
     group.add_argument("--resamples", type=_positive_int, default=2000, help="bootstrap resamples")
-    group.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    group.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed of the resampling (≥ 0)"
+    )
 
 
 def _add_compare(sub: Subparsers) -> None:
@@ -293,10 +306,20 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- commands
 
 
-def _open_db(args: argparse.Namespace) -> ExperimentDB:
+def _emit(text: object) -> None:
+    """Print to stdout; a reader that went away (`| head`) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def _open_db(args: argparse.Namespace, *, create: bool = True) -> ExperimentDB:
     from .store import ExperimentDB
 
-    return ExperimentDB(args.db)
+    return ExperimentDB(args.db, create=create)
 
 
 def verdict_config(args: argparse.Namespace) -> VerdictConfig:
@@ -336,7 +359,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     with _open_db(args) as db:
         outcome = run_compare(request, db)
-    print(outcome.report.to_json())
+    _emit(outcome.report.to_json())
     regressed = outcome.report.status == "regressed"
     return EXIT_REGRESSION if regressed and args.fail_on_regression else EXIT_OK
 
@@ -344,6 +367,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_runs_add(args: argparse.Namespace) -> int:
     from .app import CheckpointRequest, register_checkpoint
 
+    if args.task == "lm" and args.num_classes is not None:
+        raise ConfigError("--num-classes is for --task classification; an lm has --vocab-size")
+    if args.task == "classification" and args.vocab_size is not None:
+        raise ConfigError("--vocab-size is for --task lm; a classifier has --num-classes")
     defaults = (
         {"modality": "text", "vocab_size": 256} if args.task == "lm" else {"modality": "vision"}
     )
@@ -371,19 +398,19 @@ def cmd_runs_add(args: argparse.Namespace) -> int:
     )
     with _open_db(args) as db:
         run = register_checkpoint(db, request)
-    print(run.id)
+    _emit(run.id)
     return EXIT_OK
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
-    with _open_db(args) as db:
+    with _open_db(args, create=False) as db:
         runs = db.list_runs()
     if args.json:
-        print(json.dumps([run.model_dump(mode="json") for run in runs], indent=2))
+        _emit(json.dumps([run.model_dump(mode="json") for run in runs], indent=2))
         return EXIT_OK
-    print(f"{'id':>4}  {'name':<28} {'task':<15} {'format':<12} sha256")
+    _emit(f"{'id':>4}  {'name':<28} {'task':<15} {'format':<12} sha256")
     for run in runs:
-        print(
+        _emit(
             f"{run.id:>4}  {run.name[:28]:<28} {run.task.task:<15} "
             f"{run.source.format:<12} {run.source.sha256[:12]}"
         )
@@ -391,17 +418,17 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_comparisons_list(args: argparse.Namespace) -> int:
-    with _open_db(args) as db:
+    with _open_db(args, create=False) as db:
         rows = db.list_comparisons(
             limit=args.limit, report_name=args.report_name, dataset=args.dataset
         )
     if args.json:
-        print(json.dumps([_comparison_summary(row) for row in rows], indent=2))
+        _emit(json.dumps([_comparison_summary(row) for row in rows], indent=2))
         return EXIT_OK
-    print(f"{'id':>4}  {'created (UTC)':<19} {'base':>5} {'cand':>5} {'status':<10} notes")
+    _emit(f"{'id':>4}  {'created (UTC)':<19} {'base':>5} {'cand':>5} {'status':<10} notes")
     for row in rows:
         created = row.created_at.strftime("%Y-%m-%d %H:%M:%S")
-        print(
+        _emit(
             f"{row.id:>4}  {created:<19} {row.baseline_run_id:>5} {row.candidate_run_id:>5} "
             f"{row.status:<10} {row.notes}"
         )
@@ -428,12 +455,12 @@ def cmd_comparisons_show(args: argparse.Namespace) -> int:
     from .render import render_markdown
     from .report import Report
 
-    with _open_db(args) as db:
+    with _open_db(args, create=False) as db:
         row = db.get_comparison(args.id)
     if row.report is None:
         raise ConfigError(f"comparison {args.id} was recorded without a report")
     report = Report.model_validate(row.report)
-    print(report.to_json() if args.format == "json" else render_markdown(report))
+    _emit(report.to_json() if args.format == "json" else render_markdown(report))
     return EXIT_OK
 
 

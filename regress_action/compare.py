@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from . import __version__
 from .analysis import flips, per_class
 from .errors import ConfigError
-from .metrics import MetricSpec, compute, select_metrics, unknown_metric_message
+from .metrics import (
+    MetricSpec,
+    compute,
+    metrics_for_task,
+    select_metrics,
+    unknown_metric_message,
+)
 from .records import PairedRecords
 from .report import DatasetInfo, Report, RunInfo, StatsInfo
 from .spec import TaskSpec, VerdictConfig
@@ -43,9 +49,15 @@ class ReportContext:
 def metric_specs(task: TaskSpec, verdict: VerdictConfig) -> dict[str, MetricSpec]:
     """The metrics to report for `task`; fails early on unknown metric or gate names."""
     specs = select_metrics(task.task, verdict.metrics, task.num_classes, task.vocab_size)
+    every = metrics_for_task(task.task, task.num_classes, task.vocab_size)
     for name in [*(verdict.gate or ()), *verdict.tolerances]:
+        if name not in every:
+            raise ConfigError(unknown_metric_message(name, task.task, list(every)))
         if name not in specs:
-            raise ConfigError(unknown_metric_message(name, task.task, list(specs)))
+            raise ConfigError(
+                f"metric {name!r} has a gate or tolerance but is not among the reported "
+                f"metrics ({', '.join(specs)}); add it to --metrics / metrics"
+            )
     return specs
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from .app import CheckpointRequest, CompareRequest, register_checkpoint, run_compare
 from .builtin_data import builtin_task
+from .errors import ConfigError
 from .models import save_checkpoint, sha256_file
 from .report import Report
 from .spec import RunRecord, TaskSpec, VerdictConfig
@@ -95,7 +96,12 @@ def run_demo(
     db: ExperimentDB, workdir: Path, db_arg: str | None = None, out: TextIO = sys.stdout
 ) -> int:
     """Train, register, compare and print; `db_arg` is the --db the user gave, if any."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create --workdir {str(workdir)!r}: {exc.strerror}; choose a writable folder"
+        ) from None
     lm_runs: dict[str, RunRecord] = {}
     for suite in SUITES:
         task = builtin_task(suite.dataset)

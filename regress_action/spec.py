@@ -76,7 +76,10 @@ class EvalConfig(BaseModel):
 
 
 class MetricTolerance(BaseModel):
-    """Per-metric tolerance: the larger of an absolute value and `rel` times |baseline|."""
+    """Per-metric tolerance: the larger of an absolute value and `rel` times |baseline|.
+
+    A metric with its own tolerance does not fall back to the threshold: `rel` alone means
+    exactly `rel·|baseline|` (the threshold applies only where neither part is set)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -84,7 +87,9 @@ class MetricTolerance(BaseModel):
     rel: float | None = Field(default=None, ge=0)
 
     def resolve(self, baseline: float, default_abs: float) -> float:
-        absolute = default_abs if self.abs is None else self.abs
+        if self.abs is None and self.rel is None:
+            return default_abs
+        absolute = 0.0 if self.abs is None else self.abs
         relative = 0.0 if self.rel is None else self.rel * abs(baseline)
         return max(absolute, relative)
 
@@ -102,7 +107,7 @@ class VerdictConfig(BaseModel):
     alpha: float = Field(default=0.05, gt=0, lt=1)
     confidence: float = Field(default=0.95, gt=0, lt=1)
     resamples: int = Field(default=2000, ge=100)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
 
     def tolerance_for(self, metric: str, baseline: float) -> float:
         spec = self.tolerances.get(metric)

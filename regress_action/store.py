@@ -27,7 +27,7 @@ from typing import Any, Self
 
 import sqlalchemy.exc
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, RowMapping, select
+from sqlalchemy import Connection, RowMapping, make_url, select
 
 from .errors import StoreError
 from .report import MetricResult, Report, TrendPoint
@@ -98,12 +98,29 @@ def _decode_metric(row: RowMapping) -> MetricResult:
     return MetricResult.model_validate(values)
 
 
+def _require_sqlite_file(url: str, display: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return
+    database = parsed.database or ""
+    if database in ("", ":memory:") or not Path(database).is_file():
+        raise StoreError(
+            f"no ExperimentDB at {display}; check --db / REGRESS_DB, or register runs first "
+            "with `regress-action runs add`"
+        )
+
+
 class ExperimentDB:
     """Runs and comparisons in SQLite or PostgreSQL; creates / upgrades the schema on open."""
 
-    def __init__(self, url: str | Path | None = None) -> None:
+    def __init__(self, url: str | Path | None = None, *, create: bool = True) -> None:
+        """Open (creating or upgrading) the database; with `create=False` a SQLite file that
+        does not exist is an error instead of a new empty database (for read-only commands,
+        where a mistyped --db should not pass as "no runs")."""
         self._url = resolve_url(url)
         self._display = mask_password(self._url)
+        if not create:
+            _require_sqlite_file(self._url, self._display)
         self._engine = make_engine(self._url, self._display)
         try:
             with self._db_errors():

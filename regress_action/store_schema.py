@@ -143,7 +143,12 @@ def first_line(exc: BaseException, url: str) -> str:
         password = make_url(url).password
     except sa_exc.ArgumentError:
         password = None
-    return line.replace(str(password), "***") if password else line
+    if not password:
+        return line
+    # Mask the password only where it stands as a whole token (a quoted value, after a '=' or
+    # ':', before '@'): a blind replace of a short password would mangle host names and words.
+    token = re.escape(str(password))
+    return re.sub(rf"(?<=[=:'\"]){token}(?=[@'\"\s]|$)", "***", line)
 
 
 metadata = MetaData()

@@ -486,3 +486,12 @@ def test_parallel_first_runs_and_writers_lose_nothing(db_url: str) -> None:
             assert conn.execute(select(schema_version.c.version)).scalars().all() == [2]
     finally:
         engine.dispose()
+
+
+def test_masking_a_short_password_does_not_mangle_the_message() -> None:
+    from regress_action.store_schema import first_line
+
+    url = "postgresql+psycopg://user:p@127.0.0.1:1/db"
+    message = 'connection to server at "127.0.0.1", port 1 failed: password=p rejected'
+    masked = first_line(RuntimeError(message), url)
+    assert masked == message.replace("password=p", "password=***")

@@ -198,3 +198,10 @@ def test_gate_mode_neutralises_a_non_significant_change() -> None:
         results["accuracy"].status == "regressed"
         and "not significant" in results["accuracy"].reason
     )
+
+
+def test_a_relative_tolerance_alone_does_not_fall_back_to_the_threshold() -> None:
+    config = VerdictConfig(threshold=0.05, tolerances={"loss": MetricTolerance(rel=0.001)})
+    assert config.tolerance_for("loss", 2.0) == pytest.approx(0.002)
+    assert judge_metric("loss", 2.0, 2.01, config).status == "regressed"
+    assert config.tolerance_for("accuracy", 0.5) == 0.05
