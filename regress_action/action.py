@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_REGRESSION, RegressActionError, UserError
 from .gha import Commands, EventContext, append_summary, event_context, read_event, write_outputs
+from .preflight import check_inputs
 from .report import MetricResult, Report
 from .settings import (
     ActionInputs,
@@ -146,6 +147,8 @@ def publish(
         if token:
             commands.add_mask(token)
         report = Report.load(Path(report_path))
+        if report_name:
+            report = report.model_copy(update={"report_name": report_name})
         pub = Publication(
             report=report,
             markdown=render_markdown(report),
@@ -191,6 +194,7 @@ def run_action(services: Services, commands: Commands) -> int:
         runner.github_event_name, read_event(runner.github_event_path), runner.github_sha
     )
     with services.open_db(inputs.db_url) as db:
+        check_inputs(inputs, db)  # before anything is registered, evaluated or written
         baseline_id, candidate_id = _run_ids(inputs, db, services, commands, event.head_sha)
         request = compare_request(inputs, baseline_id, candidate_id, event.head_sha)
         with commands.group(f"Evaluate run {baseline_id} vs run {candidate_id}"):

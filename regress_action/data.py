@@ -40,9 +40,8 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .builtin_data import builtin_class_names, builtin_split, builtin_task
 from .errors import DataError
-from .spec import TaskSpec
+from .spec import BUILTIN_DATASETS, TaskSpec
 
-BUILTIN_DATASETS: tuple[str, ...] = ("lm_tiny", "vision_tiny")
 JSONL_MAX_LEN = 256
 IGNORE_INDEX = -100
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")

@@ -126,6 +126,12 @@ class ActionInputs(BaseSettings):
                 raise ValueError('must be a JSON object such as {"hidden": 64}')
         return value
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        # A YAML block scalar (`dataset: |`) ends in a newline; no input means its spaces.
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("comment", "significance", "task", "modality", "device", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
@@ -166,7 +172,8 @@ class ActionInputs(BaseSettings):
                 modality=modality,
                 task=self.task,
                 num_classes=self.num_classes,
-                vocab_size=self.vocab_size,
+                # Byte-level (256) by default, as `regress-action runs add` does.
+                vocab_size=self.vocab_size or (256 if self.task == "lm" else None),
             )
         except ValidationError as exc:
             message = exc.errors()[0]["msg"].removeprefix("Value error, ")

@@ -304,8 +304,6 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         text=True,
         timeout=600,
     )
-    if "ModuleNotFoundError: No module named 'regress_action." in proc.stderr:
-        pytest.skip("the engine has not landed yet (regress-action demo cannot import it)")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     yield db
 
@@ -406,3 +404,41 @@ def test_action_registers_checkpoints_on_the_fly(runner: Runner, demo_db: Path) 
     assert result.outputs["report-json"] == "regress-action/on-the-fly.json"
     assert any("registered baseline checkpoint" in line for line in result.stdout.splitlines())
     assert bodies(runner.server)[0].rstrip().endswith("<!-- regress-action:on the fly -->")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"baseline-run-id": "999"}, "input baseline-run-id"),
+        ({"dataset": "data/missing.jsonl"}, "input dataset"),
+        ({"metrics": "perplexty"}, "input metrics"),
+        ({"gate": "token_accuracy", "metrics": "loss"}, "input gate"),
+        ({"json-path": "/proc/none/report.json"}, "input json-path"),
+    ],
+)
+def test_bad_inputs_fail_before_anything_is_registered(
+    runner: Runner, demo_db: Path, bad: dict[str, str], named: str
+) -> None:
+    work = demo_db.parent / "work"
+    inputs = {
+        "baseline-checkpoint": str(work / "lm_tiny-baseline.safetensors"),
+        "candidate-checkpoint": str(work / "lm_tiny-improved.safetensors"),
+        "model-factory": "regress_action.zoo:tiny_lm",
+        "task": "lm",
+        "dataset": "lm_tiny\n",  # a YAML block scalar's trailing newline is trimmed
+        "github-token": BOT_TOKEN,
+        **bad,
+    }
+    if "baseline-run-id" in bad:
+        del inputs["baseline-checkpoint"]
+    result = runner.run("action", inputs=inputs)
+    assert result.rc == 2, result.stdout + result.stderr
+    (error,) = result.lines("::error")
+    assert named in error
+    listing = subprocess.run(
+        [EXE, "runs", "list", "--json"], cwd=runner.workspace, capture_output=True, text=True
+    )
+    assert listing.stdout.strip() in ("", "[]")  # no run registered (or no database at all)
+    assert not (runner.workspace / "regress-action").exists()
+    assert runner.server.requests == []

@@ -18,6 +18,7 @@ DEMO = {"demo"}
 TORCH_FREE = {
     "errors", "spec", "records", "metrics", "verdict", "stats", "analysis", "compare",
     "report", "render", "store", "store_schema", "github", "gha", "settings", "files",
+    "preflight",
 }  # fmt: skip
 # Modules that may import torch only lazily, inside a function (CLI start-up speed).
 LAZY_TORCH = {"__init__", "cli", "app", "action", "api"}
