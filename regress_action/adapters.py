@@ -14,9 +14,7 @@ import torch.nn.functional as F
 
 from .errors import ConfigError, DataError, ModelOutputError
 from .metrics import BYTE_VOCAB
-from .spec import TaskSpec
-
-IGNORE_INDEX = -100  # the target padding value, as torch's cross_entropy expects by default
+from .spec import IGNORE_INDEX, TaskSpec
 
 
 class Adapter(Protocol):

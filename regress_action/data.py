@@ -40,10 +40,9 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .builtin_data import builtin_class_names, builtin_split, builtin_task
 from .errors import DataError
-from .spec import BUILTIN_DATASETS, TaskSpec
+from .spec import BUILTIN_DATASETS, IGNORE_INDEX, TaskSpec
 
 JSONL_MAX_LEN = 256
-IGNORE_INDEX = -100
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _FINGERPRINT_VERSION = b"regress-action eval set v1\n"
 _SOURCES_HINT = (

@@ -13,15 +13,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from regress_action.data import (
-    BUILTIN_DATASETS,
-    IGNORE_INDEX,
     JSONL_MAX_LEN,
     builtin_train_split,
     fingerprint_dataset,
     load_eval_set,
 )
 from regress_action.errors import DataError
-from regress_action.spec import TaskSpec
+from regress_action.spec import BUILTIN_DATASETS, IGNORE_INDEX, TaskSpec
 
 # Pinned: a change here means every recorded comparison on the built-ins stops matching.
 PINNED_FINGERPRINTS = {

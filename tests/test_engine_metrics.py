@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from regress_action.adapters import IGNORE_INDEX, adapter_for
+from regress_action.adapters import adapter_for
 from regress_action.engine import evaluate_pair
 from regress_action.errors import ConfigError, DataError, ModelOutputError
 from regress_action.metrics import compute, select_metrics
-from regress_action.spec import TaskSpec
+from regress_action.spec import IGNORE_INDEX, TaskSpec
 
 CLS = TaskSpec(modality="vision", task="classification", num_classes=7)
 LM = TaskSpec(modality="text", task="lm", vocab_size=256)

@@ -21,7 +21,7 @@ TORCH_FREE = {
     "preflight",
 }  # fmt: skip
 # Modules that may import torch only lazily, inside a function (CLI start-up speed).
-LAZY_TORCH = {"__init__", "cli", "app", "action", "api"}
+LAZY_TORCH = {"__init__", "cli", "cli_args", "app", "action", "api"}
 ONLY_IN = {"github": {"github"}, "sqlalchemy": {"store", "store_schema"}, "jinja2": {"render"}}
 ENGINE_MUST_NOT = {
     ".store", ".store_schema", ".render", ".github", ".gha", ".settings", ".action", ".app",
