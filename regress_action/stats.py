@@ -11,27 +11,44 @@ Methods by metric kind:
   conditional Clopper-Pearson interval on θ = n_fixed / discordant mapped to
   delta = (2θ - 1) · discordant / n. It inverts the same equal-tailed binomial test, so it
   excludes 0 exactly when the (unadjusted) McNemar p is ≤ 1 - confidence.
-- mean: paired t-test for n ≥ 1000 (the CLT makes it accurate there and it costs O(n)); below
-  that, a sign-flip permutation test (exact enumeration when 2^m ≤ resamples), which is exact
-  under H0's exchangeability of the two sides. CI: percentile bootstrap of the mean difference.
+- mean: paired t-test and t interval for n ≥ 1000 (the CLT makes them accurate there, they cost
+  O(n) and are dual to each other); below that, a sign-flip permutation test (exact enumeration
+  when 2^m ≤ resamples), which is exact under H0's exchangeability of the two sides, with a
+  percentile bootstrap CI of the mean difference. These two are different procedures, so near
+  the boundary a small-n mean metric's p and CI can disagree.
 - ratio: paired bootstrap over whole examples, Σnum/Σden recomputed for both sides per resample;
   p from the bootstrap distribution of log(candidate / baseline), CI on the transformed delta.
 - corpus: paired bootstrap over examples with the full label set (macro-F1) or bins (ECE).
 All CIs are percentile intervals: BCa needs an O(n²) jackknife at n = 100,000.
 
-Resampling is vectorised as a weight matrix W (resamples × n) times a column matrix X
-(n × k): one GEMM gives every resampled sum of every metric. W rows are multinomial bootstrap
+Bootstrap p and CI are dual by construction (`bootstrap_p`, `_percentile_ci`): with B finite
+resampled deltas and m = min(#(δ* ≤ 0), #(δ* ≥ 0)) (a δ* exactly 0 counts on both sides),
+p = min(1, max(2m, 1) / B), and the 1 - α interval is [k-th smallest δ*, k-th largest δ*] with
+k the smallest integer ≥ 1 such that 2k / B ≥ α (about ⌈αB/2⌉; unbounded when 1/B ≥ α, where
+no p can fall below α). The interval is closed, so for every resample vector
+p < α ⇔ 0 ∉ [ci_low, ci_high]; a bound exactly at 0 counts as "0 inside, not significant".
+
+Non-finite per-example values (NaN, ±inf, inf - inf) make that metric's statistics p = NaN and
+CI = (NaN, NaN), whatever its kind: the verdict fails the metric and keeps it out of Holm.
+
+Resampling is vectorised as a weight matrix W (resamples × n) times a column block X (n × k):
+one GEMM gives every resampled sum a block's metrics need. W rows are multinomial bootstrap
 counts for n ≤ 10,000 and Poisson(1) weights above (the Poisson bootstrap, Hanley & MacGibbon
 2006; Chamandy et al. 2012), which converges to the same distribution, costs O(1) per weight and
-is what makes n = 100,000 × 2000 resamples fit in about a second. Every statistic divides by
-the resample's own total weight. Macro-F1 depends on the examples only through the cell
-(label, baseline prediction, candidate prediction), so its bootstrap draws exact multinomial cell
-counts. Deterministic given `seed`.
+is what makes n = 100,000 × 2000 resamples fit in about a second. Mean and ECE statistics divide
+by the resample's own total weight; in Σnum/Σden it cancels. W is drawn once, in example order,
+and no block depends on which other metrics are requested (a mean metric's block is its own,
+all ratio metrics share the block of every finite record column, ECE has its per-bin block), so
+a metric's resampled deltas, p and CI are bit-identical whatever else is requested; each
+permutation test draws from a stream keyed by its metric's name. Macro-F1 depends on the
+examples only through the cell (label, baseline prediction, candidate prediction), so its
+bootstrap draws exact multinomial cell counts from its own stream. Deterministic given `seed`.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -73,20 +90,26 @@ def paired_statistics(
     seed: int = 0,
 ) -> dict[str, MetricStats]:
     """Paired test and CI for every metric in `specs` whose columns are in `records`."""
-    alpha = 1.0 - confidence
+    alpha = round(1.0 - confidence, 12)  # 1 - 0.95 is 0.05000000000000004 in floats
     base, cand = records.baseline, records.candidate
     plan = _BootstrapPlan()
     out: dict[str, MetricStats] = {}
     for name, spec in specs.items():
-        if not _has_columns(records, name, spec):
+        needed = _needed_columns(name, spec)
+        if not all(c is not None and c in base and c in cand for c in needed):
             continue
-        if spec.kind == "binary":
+        if not all(_all_finite(side[c]) for side in (base, cand) for c in needed if c):
+            out[name] = MetricStats(_test_name(name, spec, records.n), *_NAN_STATS, records.n)
+        elif spec.kind == "binary":
             assert spec.column is not None
             out[name] = mcnemar(base[spec.column], cand[spec.column], confidence)
         elif spec.kind == "mean":
             assert spec.column is not None
-            diff = _f64(cand[spec.column]) - _f64(base[spec.column])
-            if diff.size >= T_TEST_MIN_N:
+            with np.errstate(over="ignore"):  # finite values whose difference overflows
+                diff = _f64(cand[spec.column]) - _f64(base[spec.column])
+            if not _all_finite(diff):
+                out[name] = MetricStats(_test_name(name, spec, records.n), *_NAN_STATS, records.n)
+            elif diff.size >= T_TEST_MIN_N:
                 out[name] = _paired_t(diff, confidence)
             else:
                 plan.add_mean(name, diff)
@@ -97,27 +120,40 @@ def paired_statistics(
         elif name == "ece":
             plan.add_ece(name, records)
     deltas = plan.run(records.n, resamples, np.random.default_rng(seed))
-    rng_perm = np.random.default_rng([seed, 1])
     for name, delta_star in deltas.items():
-        test, p_value = plan.tests[name], plan.p_value(name, delta_star, resamples, rng_perm)
+        rng_perm = np.random.default_rng([seed, 1, zlib.crc32(name.encode())])
+        p_value = plan.p_value(name, delta_star, resamples, rng_perm) if records.n >= 2 else 1.0
         low, high = _percentile_ci(delta_star, alpha)
-        out[name] = MetricStats(test, p_value, low, high, records.n)
+        out[name] = MetricStats(plan.tests[name], p_value, low, high, records.n)
     return {name: out[name] for name in specs if name in out}
 
 
-def _has_columns(records: PairedRecords, name: str, spec: MetricSpec) -> bool:
-    needed: list[str | None]
+_NAN_STATS = (math.nan, math.nan, math.nan)  # p, ci_low, ci_high
+
+
+def _needed_columns(name: str, spec: MetricSpec) -> list[str | None]:
+    """The per-example columns (both sides) a metric is computed from; None: unknown."""
     if spec.kind in ("binary", "mean"):
-        needed = [spec.column]
-    elif spec.kind == "ratio":
-        needed = list(spec.ratio or (None,))
-    else:
-        corpus: dict[str, list[str | None]] = {
-            "macro_f1": ["label", "prediction"],
-            "ece": ["correct", "confidence"],
-        }
-        needed = corpus.get(name, [None])
-    return all(c in records.baseline and c in records.candidate for c in needed)
+        return [spec.column]
+    if spec.kind == "ratio":
+        return list(spec.ratio or (None,))
+    corpus: dict[str, list[str | None]] = {
+        "macro_f1": ["label", "prediction"],
+        "ece": ["correct", "confidence"],
+    }
+    return corpus.get(name, [None])
+
+
+def _test_name(name: str, spec: MetricSpec, n: int) -> str:
+    if spec.kind == "binary":
+        return "mcnemar_exact"
+    if spec.kind == "mean":
+        return "paired_t" if n >= T_TEST_MIN_N else "paired_permutation"
+    return "paired_bootstrap_log_ratio" if spec.kind == "ratio" else "paired_bootstrap"
+
+
+def _all_finite(values: NDArray[np.float64] | NDArray[np.int64]) -> bool:
+    return bool(np.isfinite(values).all())
 
 
 def _f64(values: NDArray[np.float64] | NDArray[np.int64]) -> Array:
@@ -133,9 +169,11 @@ def mcnemar(
     confidence: float = 0.95,
 ) -> MetricStats:
     """Exact McNemar test on paired 0/1 outcomes, with the dual conditional CI on the delta."""
+    n = int(np.size(baseline_correct))
+    if not (_all_finite(baseline_correct) and _all_finite(candidate_correct)):
+        return MetricStats("mcnemar_exact", *_NAN_STATS, n)
     base = _f64(baseline_correct) > 0.5
     cand = _f64(candidate_correct) > 0.5
-    n = int(base.size)
     n_fixed = int(np.count_nonzero(cand & ~base))
     n_broken = int(np.count_nonzero(base & ~cand))
     low, high = _mcnemar_ci(n_fixed, n_broken, n, 1.0 - confidence)
@@ -170,26 +208,39 @@ def _mcnemar_ci(n_fixed: int, n_broken: int, n: int, alpha: float) -> tuple[floa
 
 
 def mean_test_p(diff: Array, resamples: int, rng: np.random.Generator) -> tuple[str, float]:
-    """Two-sided p for mean(diff) = 0: paired t for large n, sign-flip permutation below."""
+    """Two-sided p for mean(diff) = 0: paired t for large n, sign-flip permutation below.
+
+    NaN when a difference is not finite (NaN, ±inf, inf - inf): there is no test to run."""
     n = diff.size
+    test = "paired_t" if n >= T_TEST_MIN_N else "paired_permutation"
+    if not _all_finite(diff):
+        return test, math.nan
     if n < 2 or not np.any(diff):
-        return ("paired_t" if n >= T_TEST_MIN_N else "paired_permutation"), 1.0
+        return test, 1.0
     if n >= T_TEST_MIN_N:
         if np.all(diff == diff[0]):  # zero variance: t is ±inf, the shift is certain
-            return "paired_t", 0.0
+            return test, 0.0
         # ttest_rel(cand, base) is the one-sample t-test of the differences against 0.
-        result = sps.ttest_1samp(diff, 0.0)
-        return "paired_t", float(result.pvalue)
-    return "paired_permutation", _sign_flip_p(diff[diff != 0], resamples, rng)
+        with np.errstate(over="ignore", invalid="ignore"):  # |diff| near float max
+            p_value = float(sps.ttest_1samp(diff, 0.0).pvalue)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            p_value = _sign_flip_p(diff[diff != 0], resamples, rng)
+    return test, p_value if math.isfinite(p_value) else math.nan
 
 
 def _paired_t(diff: Array, confidence: float) -> MetricStats:
     """Paired t-test and the matching t interval on the mean difference: O(n), no resampling
     (at n ≥ T_TEST_MIN_N the sampling distribution of the mean is close to normal)."""
     n = diff.size
-    mean = float(diff.mean())
     _, p_value = mean_test_p(diff, 0, np.random.default_rng(0))
-    sd = float(diff.std(ddof=1))
+    if math.isnan(p_value):
+        return MetricStats("paired_t", *_NAN_STATS, n)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = float(diff.mean())
+        sd = float(diff.std(ddof=1))
+    if not (math.isfinite(mean) and math.isfinite(sd)):  # finite values whose sum overflows
+        return MetricStats("paired_t", *_NAN_STATS, n)
     if sd == 0.0:
         return MetricStats("paired_t", p_value, mean, mean, n)
     half = float(sps.t.ppf(0.5 + confidence / 2.0, n - 1)) * sd / math.sqrt(n)
@@ -198,7 +249,7 @@ def _paired_t(diff: Array, confidence: float) -> MetricStats:
 
 def _sign_flip_p(diff: Array, resamples: int, rng: np.random.Generator) -> float:
     # Under H0 the two sides are exchangeable within an example, so each difference's sign is
-    # a fair coin; zero differences do not move the sum and are dropped.
+    # a fair coin; zero differences do not move the sum and are dropped. `diff` is finite.
     m = diff.size
     observed = abs(float(diff.sum()))
     tol = 1e-9 * float(np.abs(diff).sum())  # float ties must count as "as extreme"
@@ -215,72 +266,84 @@ def _sign_flip_p(diff: Array, resamples: int, rng: np.random.Generator) -> float
 
 @dataclass
 class _BootstrapPlan:
-    """Columns to resample and, per metric, how resampled sums become a delta.
+    """Per metric: the column block to resample and how its resampled sums become a delta.
 
-    ECE needs per-(side, bin) sums; examples are grouped by their joint (baseline bin,
-    candidate bin) cell, so one small GEMM per cell gives every sum without 2 × 15 mostly-zero
-    columns. Bootstrap weights are exchangeable across examples, so drawing them in cell order
-    instead of example order changes nothing.
+    No block depends on which other metrics are requested, so neither do a metric's resampled
+    sums (a GEMM's bits can depend on the matrix's other columns). A mean metric has its own
+    block [diff, 1] (the ones give the resample's total weight); every ratio metric reads the
+    shared block of all distinct finite columns of the records (one pass over W for all of
+    them; the total weight cancels in Σnum/Σden); ECE has its per-(side, bin) block.
     """
 
-    columns: list[Array] = field(default_factory=list)
-    metrics: dict[str, tuple[str, list[int], str]] = field(default_factory=dict)
+    blocks: dict[tuple[str, ...], Array] = field(default_factory=dict)
+    # name -> (kind, block key, transform, the metric's columns' positions in its block)
+    metrics: dict[str, tuple[str, tuple[str, ...], str, list[int]]] = field(default_factory=dict)
     tests: dict[str, str] = field(default_factory=dict)
     diffs: dict[str, Array] = field(default_factory=dict)
-    cell: NDArray[np.int64] | None = None
-
-    def _add(self, values: Array) -> int:
-        self.columns.append(values)
-        return len(self.columns) - 1
+    record_columns: dict[tuple[str, str], int] = field(default_factory=dict)
+    ece_base_bins: int = 0  # ECE block: how many of its bin columns are the baseline's
 
     def add_mean(self, name: str, diff: Array) -> None:
-        self.metrics[name] = ("mean", [self._add(diff)], "identity")
+        self.blocks[("mean", name)] = np.column_stack([diff, np.ones(diff.size)])
+        self.metrics[name] = ("mean", ("mean", name), "identity", [0, 1])
         self.diffs[name] = diff
         self.tests[name] = "paired_t" if diff.size >= T_TEST_MIN_N else "paired_permutation"
 
     def add_ratio(self, name: str, spec: MetricSpec, records: PairedRecords) -> None:
         assert spec.ratio is not None
         num, den = spec.ratio
-        base, cand = records.baseline, records.candidate
-        cols = [self._add(_f64(side[c])) for side in (base, cand) for c in (num, den)]
-        self.metrics[name] = ("ratio", cols, spec.transform)
+        if ("records",) not in self.blocks:
+            self.blocks[("records",)] = self._record_block(records)
+        cols = [self.record_columns[side, c] for side in ("b", "c") for c in (num, den)]
+        self.metrics[name] = ("ratio", ("records",), spec.transform, cols)
         self.tests[name] = "paired_bootstrap_log_ratio"
+
+    def _record_block(self, records: PairedRecords) -> Array:
+        """Every finite column of both sides, each distinct array once (`tokens` is shared)."""
+        distinct: list[Array] = []
+        for side, columns in (("b", records.baseline), ("c", records.candidate)):
+            for name in sorted(columns):
+                values = _f64(columns[name])
+                if values.shape != (records.n,) or not _all_finite(values):
+                    continue
+                same = [j for j, seen in enumerate(distinct) if np.array_equal(seen, values)]
+                if not same:
+                    distinct.append(values)
+                self.record_columns[side, name] = same[0] if same else len(distinct) - 1
+        return np.column_stack(distinct)
 
     def add_ece(self, name: str, records: PairedRecords) -> None:
         # ECE = Σ_bins |Σ_{i in bin} (confidence_i - correct_i)| / n (metrics.ece); an
-        # example's bin is fixed, only its weight is resampled.
-        cols, bins = [], []
+        # example's bin is fixed, only its weight is resampled. Block: [1, one column per
+        # occupied baseline bin, one per occupied candidate bin], a bin's column holding
+        # (confidence - correct) for the examples in it and 0 elsewhere.
+        columns = [np.ones(records.n)]
         for side in (records.baseline, records.candidate):
             confidence, correct = _f64(side["confidence"]), _f64(side["correct"])
-            bins.append(
-                np.clip(np.ceil(confidence * ECE_BINS).astype(np.int64) - 1, 0, ECE_BINS - 1)
-            )
-            cols.append(self._add(confidence - correct))
-        self.cell = bins[0] * ECE_BINS + bins[1]
-        self.metrics[name] = ("ece", cols, "identity")
+            bins = np.clip(np.ceil(confidence * ECE_BINS).astype(np.int64) - 1, 0, ECE_BINS - 1)
+            gap = confidence - correct
+            occupied = np.unique(bins)
+            columns.extend(np.where(bins == b, gap, 0.0) for b in occupied)
+            if side is records.baseline:
+                self.ece_base_bins = occupied.size
+        self.blocks[("ece",)] = np.column_stack(columns)
+        self.metrics[name] = ("ece", ("ece",), "identity", list(range(len(columns))))
         self.tests[name] = "paired_bootstrap"
-
-    def order(self, n: int) -> NDArray[np.int64]:
-        """The example order the weights are drawn in (grouped by ECE cell)."""
-        if self.cell is None:
-            return np.arange(n)
-        return np.argsort(self.cell, kind="stable")
 
     def run(self, n: int, resamples: int, rng: np.random.Generator) -> dict[str, Array]:
         """Resampled deltas per metric (non-finite resamples dropped); empty when n < 2."""
         if not self.metrics or n < 2:
             return {name: np.empty(0) for name in self.metrics}
-        order = self.order(n)
-        x = np.column_stack([*self.columns, np.ones(n)])[order]  # last column: total weight
-        cell = np.zeros(n, np.int64) if self.cell is None else self.cell[order]
-        starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
-        sums = np.concatenate(
-            [segment_sums(w, x, starts) for w in weight_chunks(rng, n, resamples)]
-        )
+        chunks: dict[tuple[str, ...], list[Array]] = {key: [] for key in self.blocks}
         out = {}
+        # Overflow (finite values near float max) and 0/0 give non-finite resamples, dropped.
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            for name, (kind, cols, transform) in self.metrics.items():
-                delta = _resampled_delta(kind, cols, transform, sums, cell[starts])
+            for w in weight_chunks(rng, n, resamples):
+                for key, x in self.blocks.items():
+                    chunks[key].append(w @ x)
+            sums = {key: np.concatenate(parts) for key, parts in chunks.items()}
+            for name, (kind, key, transform, cols) in self.metrics.items():
+                delta = _resampled_delta(kind, transform, sums[key][:, cols], self.ece_base_bins)
                 out[name] = delta[np.isfinite(delta)]
         return out
 
@@ -290,31 +353,20 @@ class _BootstrapPlan:
         return bootstrap_p(delta)
 
 
-def segment_sums(weights: Array, x: Array, starts: NDArray[np.int64]) -> Array:
-    """Σ_i w_ri x_ik within each contiguous segment of examples: rows × segments × k."""
-    bounds = [*starts.tolist(), x.shape[0]]
-    out = np.empty((weights.shape[0], len(starts), x.shape[1]))
-    for j in range(len(starts)):
-        lo, hi = bounds[j], bounds[j + 1]
-        out[:, j, :] = weights[:, lo:hi] @ x[lo:hi]
-    return out
-
-
-def _resampled_delta(
-    kind: str, cols: list[int], transform: str, sums: Array, cells: NDArray[np.int64]
-) -> Array:
-    total: Array = sums[:, :, -1].sum(axis=1)
+def _resampled_delta(kind: str, transform: str, sums: Array, ece_base_bins: int) -> Array:
+    """A metric's delta per resample from its resampled column sums (resamples × columns):
+    mean [diff, 1], ratio [num_b, den_b, num_c, den_c], ECE [1, baseline bins, candidate bins]."""
     if kind == "ece":
-        base = _group_sum(sums[:, :, cols[0]], cells // ECE_BINS, ECE_BINS)
-        cand = _group_sum(sums[:, :, cols[1]], cells % ECE_BINS, ECE_BINS)
-        ece_delta: Array = (np.abs(cand).sum(axis=1) - np.abs(base).sum(axis=1)) / total
+        split = 1 + ece_base_bins
+        base, cand = np.abs(sums[:, 1:split]).sum(axis=1), np.abs(sums[:, split:]).sum(axis=1)
+        ece_delta: Array = (cand - base) / sums[:, 0]
         return ece_delta
-    col: Array = sums[:, :, cols].sum(axis=1)
     if kind == "mean":
-        return col[:, 0] / total
-    base = _transform(col[:, 0] / col[:, 1], transform)
-    cand = _transform(col[:, 2] / col[:, 3], transform)
-    return cand - base
+        mean_delta: Array = sums[:, 0] / sums[:, 1]
+        return mean_delta
+    base_ratio = _transform(sums[:, 0] / sums[:, 1], transform)
+    cand_ratio = _transform(sums[:, 2] / sums[:, 3], transform)
+    return cand_ratio - base_ratio
 
 
 def _transform(ratio: Array, transform: str) -> Array:
@@ -363,22 +415,52 @@ def _poisson_table() -> Array:
 def bootstrap_p(delta: Array) -> float:
     """Two-sided bootstrap p: twice the smaller share of resampled deltas on either side of 0.
 
-    This inverts the percentile interval (p < α iff 0 is outside the 1-α interval). It counts
-    signs only, so it is the same whether computed on the delta or on log(cand/base): the
-    transforms are increasing and both ratios are positive. Ties at 0 count on both sides.
+    p = min(1, max(2m, 1) / B) with m = min(#(δ* ≤ 0), #(δ* ≥ 0)): a δ* exactly 0 counts on
+    both sides, and the floor 1/B is the resolution of B resamples (never p = 0). This is the
+    dual of `_percentile_ci`: p < α ⇔ 0 ∉ [ci_low, ci_high] for every vector of deltas. It
+    counts signs only, so it is the same whether computed on the delta or on log(cand/base):
+    the transforms are increasing and both ratios are positive. NaN without finite resamples.
     """
-    if delta.size == 0:
-        return 1.0
+    size = delta.size
+    if size == 0 or not _all_finite(delta):
+        return math.nan
     below = int(np.count_nonzero(delta <= 0))
     above = int(np.count_nonzero(delta >= 0))
-    return min(1.0, 2.0 * (min(below, above) + 1) / (delta.size + 1))
+    return min(1.0, max(2 * min(below, above), 1) / size)
+
+
+def _tail_rank(alpha: float, size: int) -> int:
+    """k: the 1 - α interval runs from the k-th smallest to the k-th largest of `size` deltas.
+
+    The smallest k ≥ 1 with 2k / size ≥ α, computed with the very float expression
+    `bootstrap_p` uses, so `m < k ⇔ bootstrap_p < α` holds exactly; 0 when 1/size ≥ α (no
+    bootstrap p can fall below α, so the interval is unbounded).
+    """
+    if not 1 / size < alpha:
+        return 0
+    k = max(1, math.ceil(alpha * size / 2))
+    while k > 1 and 2 * (k - 1) / size >= alpha:
+        k -= 1
+    while 2 * k / size < alpha:
+        k += 1
+    return min(k, (size + 1) // 2)  # only binds for α ≥ 1
 
 
 def _percentile_ci(delta: Array, alpha: float) -> tuple[float, float]:
-    if delta.size == 0 or not np.all(np.isfinite(delta)):
+    """Closed percentile interval [k-th smallest, k-th largest] of the resampled deltas.
+
+    The lower end is `np.quantile(delta, α/2, method="inverted_cdf")` up to float rounding of
+    αB/2, the upper end its mirror image; see `_tail_rank` for k and `bootstrap_p` for the dual
+    p-value. 0 lies outside exactly when fewer than k deltas are ≤ 0 or fewer than k are ≥ 0.
+    """
+    size = delta.size
+    if size == 0 or not _all_finite(delta):
         return math.nan, math.nan
-    low, high = np.quantile(delta, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
+    k = _tail_rank(alpha, size)
+    if k == 0:
+        return -math.inf, math.inf
+    ends = np.partition(delta, [k - 1, size - k])
+    return float(ends[k - 1]), float(ends[size - k])
 
 
 # --- macro-F1: exact multinomial over (label, baseline prediction, candidate prediction) -------

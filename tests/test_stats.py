@@ -13,7 +13,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 from regress_action import metrics, stats
-from regress_action.metrics import CLASSIFICATION_METRICS, LM_METRICS
+from regress_action.metrics import CLASSIFICATION_METRICS, LM_METRICS, MetricSpec
 from regress_action.records import PairedRecords
 from regress_action.spec import VerdictConfig
 from regress_action.stats import MetricStats, mcnemar, mcnemar_p, paired_statistics
@@ -220,18 +220,17 @@ def test_deterministic_given_seed():
     assert other["ece"] != first["ece"]
 
 
-def reference_weights(records, specs, resamples, seed):
-    """The weight rows `paired_statistics` draws, mapped back to example order."""
-    plan = stats._BootstrapPlan()
-    if "ece" in specs:
-        plan.add_ece("ece", records)
-    order = plan.order(records.n)
-    rows = np.concatenate(
+def reference_weights(records, resamples, seed):
+    """The weight rows `paired_statistics` draws: one per resample, in example order."""
+    return np.concatenate(
         list(stats.weight_chunks(np.random.default_rng(seed), records.n, resamples))
     )
-    weights = np.empty_like(rows)
-    weights[:, order] = rows
-    return weights
+
+
+def order_statistic_ci(delta, k):
+    """The k-th smallest and the k-th largest resampled delta."""
+    ordered = np.sort(delta)
+    return ordered[k - 1], ordered[-k]
 
 
 def slow_delta(spec, name, records, weights):
@@ -256,10 +255,12 @@ def test_vectorised_bootstrap_equals_a_slow_loop(monkeypatch, poisson):
         (lm_records(rng, 60, scale=1.02), LM_METRICS),
     ]:
         result = paired_statistics(records, specs, confidence=0.9, resamples=resamples, seed=seed)
-        weights = reference_weights(records, specs, resamples, seed)
+        weights = reference_weights(records, resamples, seed)
         for name, spec in specs.items():
             delta = np.array([slow_delta(spec, name, records, w) for w in weights])
-            low, high = np.quantile(delta, [alpha / 2, 1 - alpha / 2])
+            # k = ⌈αB/2⌉ = ⌈0.1 · 150 / 2⌉ = 8, the inverted-CDF quantile at α/2 and its mirror
+            low, high = order_statistic_ci(delta, 8)
+            assert low == np.quantile(delta, alpha / 2, method="inverted_cdf")
             assert result[name].ci_low == pytest.approx(low, rel=1e-9, abs=1e-12)
             assert result[name].ci_high == pytest.approx(high, rel=1e-9, abs=1e-12)
             assert result[name].p_value == stats.bootstrap_p(delta)
@@ -280,7 +281,7 @@ def test_macro_f1_bootstrap_equals_a_slow_loop():
         code = np.repeat(cells, row)
         labels, base, cand = code // (K * K), (code // K) % K, code % K
         delta.append(metrics.macro_f1(labels, cand, K) - metrics.macro_f1(labels, base, K))
-    low, high = np.quantile(delta, [0.025, 0.975])
+    low, high = order_statistic_ci(np.array(delta), 5)  # k = ⌈0.05 · 200 / 2⌉
     assert (result.ci_low, result.ci_high) == (pytest.approx(low), pytest.approx(high))
     assert result.p_value == stats.bootstrap_p(np.array(delta))
 
@@ -385,3 +386,148 @@ def test_gate_power_full_path():
         for _ in range(50)
     ]
     assert np.mean(detected) >= 0.8
+
+
+# --- non-finite per-example values: NaN statistics, no warnings ----------------------------------
+
+
+@pytest.mark.parametrize("n", [8, 300, 3000])  # exact sign-flip, Monte Carlo sign-flip, t-test
+@pytest.mark.parametrize("bad", ["nan", "inf", "inf-inf"])
+def test_mean_test_p_is_nan_for_non_finite_differences(n, bad):
+    diff = np.random.default_rng(n).normal(0.3, 1.0, n)
+    diff[n // 2] = {"nan": math.nan, "inf": math.inf, "inf-inf": math.inf - math.inf}[bad]
+    name, p = stats.mean_test_p(diff, 2000, np.random.default_rng(0))
+    assert name == ("paired_t" if n >= stats.T_TEST_MIN_N else "paired_permutation")
+    assert math.isnan(p)
+
+
+def poison(records, side, column, value, index=3):
+    """A copy of `records` with one per-example value replaced on one side (or "both")."""
+    sides = {"baseline": dict(records.baseline), "candidate": dict(records.candidate)}
+    for name in ("baseline", "candidate") if side == "both" else (side,):
+        col = np.array(sides[name][column], dtype=np.float64)
+        col[index] = value
+        sides[name][column] = col
+    return PairedRecords(
+        records.task,
+        records.example_ids,
+        sides["baseline"],
+        sides["candidate"],
+        records.num_classes,
+    )
+
+
+NON_FINITE_CASES = [
+    # (task, n, side, column, value, metrics that must become NaN)
+    ("classification", 300, "both", "loss", math.inf, {"loss"}),  # inf - inf, sign-flip
+    ("classification", 300, "candidate", "loss", math.nan, {"loss"}),
+    ("classification", 3000, "both", "loss", math.inf, {"loss"}),  # inf - inf, t-test
+    ("classification", 3000, "baseline", "loss", -math.inf, {"loss"}),
+    ("classification", 300, "candidate", "confidence", math.nan, {"ece"}),
+    ("classification", 300, "baseline", "correct", math.nan, {"accuracy", "ece"}),
+    ("lm", 300, "candidate", "nll_sum", math.inf, {"loss", "perplexity", "bits_per_byte"}),
+    ("lm", 20_000, "baseline", "tokens", math.nan, {"loss", "perplexity", "token_accuracy"}),
+]
+
+
+@pytest.mark.parametrize(("task", "n", "side", "column", "value", "nan_metrics"), NON_FINITE_CASES)
+def test_non_finite_per_example_values_give_nan_statistics(
+    task, n, side, column, value, nan_metrics
+):
+    rng = np.random.default_rng(16)
+    make, specs = (
+        (classification_records, CLASSIFICATION_METRICS)
+        if task == "classification"
+        else (lm_records, LM_METRICS)
+    )
+    records = poison(make(rng, n), side, column, value)
+    result = paired_statistics(records, specs, resamples=300)
+    assert set(result) == set(specs)
+    for name, stat in result.items():
+        if name in nan_metrics:
+            assert math.isnan(stat.p_value) and math.isnan(stat.ci_low), name
+            assert math.isnan(stat.ci_high) and stat.n == n, name
+        else:  # the other metrics are untouched
+            assert 0.0 <= stat.p_value <= 1.0 and stat.ci_low <= stat.ci_high, name
+
+
+# --- bootstrap p and percentile CI: dual by construction -----------------------------------------
+
+
+def excludes_zero(low, high):
+    return low > 0 or high < 0
+
+
+def test_bootstrap_p_and_ci_agree_at_the_review_boundary():
+    # 50 of 2000 resampled deltas ≤ 0 at α = 0.05: p = 0.05 is not < α, so 0 is in the CI.
+    for below, significant in [(50, False), (49, True), (51, False)]:
+        delta = np.r_[np.linspace(-1.0, 0.0, below), np.linspace(0.01, 1.0, 2000 - below)]
+        p = stats.bootstrap_p(delta)
+        low, high = stats._percentile_ci(delta, 0.05)
+        assert p == pytest.approx(2 * below / 2000)
+        assert (p < 0.05) == significant == excludes_zero(low, high)
+    # With 1/B ≥ α no p can fall below α (the floor is 1/B): the interval is unbounded.
+    delta = np.linspace(0.1, 1.0, 10)
+    assert stats.bootstrap_p(delta) == 0.1
+    assert stats._percentile_ci(delta, 0.1) == (-math.inf, math.inf)
+    assert stats._percentile_ci(delta, 0.2) == (0.1, 1.0)  # k = 1: the extremes
+
+
+def test_bootstrap_p_below_alpha_iff_zero_outside_the_interval():
+    rng = np.random.default_rng(17)
+    checked = 0
+    for _ in range(2000):
+        size = int(rng.integers(1, 300))
+        # Rounded draws: ties, exact zeros, all-positive and all-negative vectors.
+        delta = np.round(rng.normal(rng.normal(0, 1.5), 1.0, size), int(rng.integers(0, 3)))
+        m = min(np.count_nonzero(delta <= 0), np.count_nonzero(delta >= 0))
+        edges = [2 * m / size, 2 * (m + 1) / size, 1 / size, 2 / size, 1 - 0.95, 1 - 0.99]
+        alphas = [rng.uniform(0, 1), rng.uniform(0, 0.2), 0.05, 0.1, 0.01]
+        alphas += (
+            edges + [np.nextafter(a, 0.0) for a in edges] + [np.nextafter(a, 1) for a in edges]
+        )
+        p = stats.bootstrap_p(delta)
+        assert 1 / size <= p <= 1.0
+        for alpha in alphas:
+            if not 0 < alpha < 1:
+                continue
+            low, high = stats._percentile_ci(delta, float(alpha))
+            assert low <= high
+            assert (p < alpha) == excludes_zero(low, high), (delta, alpha, p, low, high)
+            checked += 1
+    assert checked > 20_000
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_paired_statistics_p_below_alpha_iff_zero_outside_the_ci(seed):
+    # The same duality through paired_statistics, for every bootstrap-tested metric.
+    rng = np.random.default_rng(seed)
+    for confidence in (0.9, 0.95, 0.99):
+        alpha = 1 - confidence
+        for records, specs in [
+            (classification_records(rng, 200, drop=0.04), CLASSIFICATION_METRICS),
+            (lm_records(rng, 150, scale=1.01), LM_METRICS),
+        ]:
+            result = paired_statistics(records, specs, confidence=confidence, resamples=400)
+            for stat in result.values():
+                if stat.test.startswith("paired_bootstrap"):
+                    assert (stat.p_value < alpha) == excludes_zero(stat.ci_low, stat.ci_high)
+
+
+# --- determinism across metric sets -------------------------------------------------------------
+
+
+EXTRA_MEAN = {"mean_confidence": MetricSpec(True, "mean", "mean confidence", column="confidence")}
+
+
+@pytest.mark.parametrize("n", [300, 20_000])  # multinomial and Poisson weights
+def test_each_metric_is_the_same_whatever_else_is_requested(n):
+    rng = np.random.default_rng(18)
+    for records, specs in [
+        (classification_records(rng, n, drop=0.02), CLASSIFICATION_METRICS | EXTRA_MEAN),
+        (lm_records(rng, n, scale=1.01), LM_METRICS),
+    ]:
+        together = paired_statistics(records, specs, resamples=300, seed=5)
+        for name, spec in specs.items():
+            alone = paired_statistics(records, {name: spec}, resamples=300, seed=5)
+            assert alone[name] == together[name], name
