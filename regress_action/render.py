@@ -173,6 +173,7 @@ class Trend:
     values: list[float | None]
     chart_labels: list[str]  # the points with a finite headline value, for the line chart
     chart_values: list[str]
+    other_data: list[bool]  # per point: evaluated on another eval set than this report
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,9 @@ def _trend(report: Report) -> Trend | None:
     finite = [(p, v) for p, v in zip(points, values, strict=True) if _finite(v)]
     labels = [f"#{p.comparison_id}" for p, _ in finite] if len(finite) >= 2 else []
     chart_values = [mermaid_number(v or 0.0) for _, v in finite] if labels else []
-    return Trend(headline, points, values, labels, chart_values)
+    current = report.dataset.fingerprint
+    other = [bool(p.fingerprint and current and p.fingerprint != current) for p in points]
+    return Trend(headline, points, values, labels, chart_values, other)
 
 
 def _finite(value: float | None) -> bool:

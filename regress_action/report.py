@@ -120,6 +120,7 @@ class TrendPoint(_Model):
     created_at: datetime
     status: str
     commit: str | None = None
+    fingerprint: str | None = None  # of the eval set: a changed set must not pass as a trend
     metrics: dict[str, Real | None] = Field(default_factory=dict)
 
 

@@ -369,6 +369,7 @@ class ExperimentDB:
                 created_at=record.created_at,
                 status=record.status,
                 commit=record.commit,
+                fingerprint=record.fingerprint or None,
                 metrics={metric.name: metric.candidate for metric in record.metrics},
             )
             for record in self._comparison_records(query)

@@ -160,6 +160,8 @@ def make_trend(points: int, headline: str = "accuracy") -> list[TrendPoint]:
             created_at=CREATED_AT - timedelta(days=points - i),
             status=statuses[i % len(statuses)],
             commit=f"{i:x}abcdef0123456789",
+            # The oldest point was evaluated on an older version of the eval set.
+            fingerprint="0" * 64 if i == 0 else None,
             metrics={headline: round(0.81 - i * 0.004, 4), "loss": 0.6},
         )
         for i in range(points)

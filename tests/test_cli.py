@@ -376,6 +376,7 @@ def test_the_report_carries_the_trend_of_its_series(ws: Workspace) -> None:
     assert (
         second["trend"][-1]["metrics"]["perplexity"] == second["metrics"]["perplexity"]["candidate"]
     )
+    assert second["trend"][-1]["fingerprint"] == second["dataset"]["fingerprint"]
 
 
 def test_one_unwritable_output_writes_nothing(ws: Workspace) -> None:

@@ -498,3 +498,12 @@ def test_user_text_cannot_mention_people() -> None:
     assert "@octocat" not in render.md_escape("ping @octocat")
     report = make_report(candidate=make_report().candidate.model_copy(update={"name": "@team"}))
     assert "@team" not in render_markdown(report)
+
+
+def test_trend_points_on_another_eval_set_are_flagged() -> None:
+    report = make_report(trend=3)
+    report.trend[1].fingerprint = report.dataset.fingerprint
+    text = render_markdown(report)
+    trend_rows = [line for line in text.splitlines() if line.startswith("| #1")]
+    assert [("⚠️" in row) for row in trend_rows] == [True, False, False]
+    assert "different eval set" in text
