@@ -168,7 +168,7 @@ def mcnemar(
     candidate_correct: NDArray[np.float64] | NDArray[np.int64],
     confidence: float = 0.95,
 ) -> MetricStats:
-    """Exact McNemar test on paired 0/1 outcomes, with the dual conditional CI on the delta."""
+    """Exact McNemar test on paired 0/1 outcomes, and Newcombe's CI on the accuracy delta."""
     n = int(np.size(baseline_correct))
     if not (_all_finite(baseline_correct) and _all_finite(candidate_correct)):
         return MetricStats("mcnemar_exact", *_NAN_STATS, n)
@@ -176,7 +176,8 @@ def mcnemar(
     cand = _f64(candidate_correct) > 0.5
     n_fixed = int(np.count_nonzero(cand & ~base))
     n_broken = int(np.count_nonzero(base & ~cand))
-    low, high = _mcnemar_ci(n_fixed, n_broken, n, 1.0 - confidence)
+    both = int(np.count_nonzero(base & cand))
+    low, high = newcombe_ci(both, n_broken, n_fixed, n - both - n_broken - n_fixed, confidence)
     return MetricStats(
         "mcnemar_exact", mcnemar_p(n_fixed, n_broken), low, high, n, n_fixed, n_broken
     )
@@ -190,18 +191,49 @@ def mcnemar_p(n_fixed: int, n_broken: int) -> float:
     return float(sps.binomtest(n_fixed, discordant, 0.5).pvalue)
 
 
-def _mcnemar_ci(n_fixed: int, n_broken: int, n: int, alpha: float) -> tuple[float, float]:
-    # Clopper-Pearson on θ given the discordant count D; delta = (2θ - 1)·D/n. With D = 0 the
-    # models agree on every example and the conditional interval is the point [0, 0].
-    discordant = n_fixed + n_broken
+def newcombe_ci(
+    both: int, broken: int, fixed: int, neither: int, confidence: float = 0.95
+) -> tuple[float, float]:
+    """CI on delta = (fixed - broken) / n for paired 0/1 outcomes: Newcombe's hybrid score
+    interval (Stat. Med. 1998, method 10), from the Wilson intervals of both accuracies and
+    their correlation.
+
+    Unconditional on the number of discordant pairs, unlike the Clopper-Pearson interval of
+    the McNemar proportion: with few or no discordant examples the delta is still uncertain
+    (two models agreeing on all of 100 examples may disagree on ~3 % of the population), so
+    the interval never collapses to [0, 0]. The McNemar p-value is the exact conditional test;
+    at the boundary the two may differ in whether 0 is inside.
+    """
+    n = both + broken + fixed + neither
     if n == 0:
         return math.nan, math.nan
-    if discordant == 0:
-        return 0.0, 0.0
-    low = 0.0 if n_fixed == 0 else float(sps.beta.ppf(alpha / 2, n_fixed, n_broken + 1))
-    high = 1.0 if n_broken == 0 else float(sps.beta.ppf(1 - alpha / 2, n_fixed + 1, n_broken))
-    scale = discordant / n
-    return (2 * low - 1) * scale, (2 * high - 1) * scale
+    z = float(sps.norm.ppf(0.5 + confidence / 2))
+    p_cand, p_base = (both + fixed) / n, (both + broken) / n
+    l_cand, u_cand = _wilson(both + fixed, n, z)
+    l_base, u_base = _wilson(both + broken, n, z)
+    spread = (both + broken) * (fixed + neither) * (both + fixed) * (broken + neither)
+    # The correlation of the two accuracies, with Newcombe's continuity correction: without it,
+    # perfect agreement (phi = 1) would collapse the interval to a point again.
+    cross = both * neither - broken * fixed
+    corrected = max(cross - n / 2, 0.0) if cross > 0 else min(cross + n / 2, 0.0)
+    phi = 0.0 if spread == 0 else corrected / math.sqrt(spread)
+    lower = math.sqrt(max(
+        (p_cand - l_cand) ** 2 - 2 * phi * (p_cand - l_cand) * (u_base - p_base)
+        + (u_base - p_base) ** 2, 0.0,
+    ))  # fmt: skip
+    upper = math.sqrt(max(
+        (u_cand - p_cand) ** 2 - 2 * phi * (u_cand - p_cand) * (p_base - l_base)
+        + (p_base - l_base) ** 2, 0.0,
+    ))  # fmt: skip
+    delta = p_cand - p_base
+    return max(delta - lower, -1.0), min(delta + upper, 1.0)
+
+
+def _wilson(successes: int, n: int, z: float) -> tuple[float, float]:
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
 
 
 # --- mean: paired t-test / sign-flip permutation ---------------------------------------------

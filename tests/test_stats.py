@@ -10,13 +10,12 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.proportion import proportion_confint
 
 from regress_action import metrics, stats
 from regress_action.metrics import CLASSIFICATION_METRICS, LM_METRICS, MetricSpec
 from regress_action.records import PairedRecords
 from regress_action.spec import VerdictConfig
-from regress_action.stats import MetricStats, mcnemar, mcnemar_p, paired_statistics
+from regress_action.stats import MetricStats, mcnemar, mcnemar_p, newcombe_ci, paired_statistics
 from regress_action.verdict import apply_significance, holm, judge
 
 K = 10
@@ -97,20 +96,31 @@ def test_mcnemar_p_equals_statsmodels_exact(table):
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_mcnemar_ci_is_conditional_clopper_pearson_and_dual_to_the_test(table):
+def test_binary_ci_contains_the_delta_and_never_collapses(table):
     base, cand = outcomes(table)
     result = mcnemar(base, cand, confidence=0.95)
     fixed, broken, n = table[2], table[1], sum(table)
-    if fixed + broken == 0:
-        assert (result.ci_low, result.ci_high) == (0.0, 0.0)
-        return
-    low, high = proportion_confint(fixed, fixed + broken, alpha=0.05, method="beta")
-    scale = (fixed + broken) / n
-    assert result.ci_low == pytest.approx((2 * low - 1) * scale, abs=1e-12)
-    assert result.ci_high == pytest.approx((2 * high - 1) * scale, abs=1e-12)
     assert result.ci_low <= (fixed - broken) / n <= result.ci_high
-    # Both invert the equal-tailed binomial test: 0 is outside the CI iff p < alpha.
-    assert (result.ci_low > 0 or result.ci_high < 0) == (result.p_value < 0.05)
+    assert result.ci_low < result.ci_high
+    assert result.ci_low >= -1.0 and result.ci_high <= 1.0
+
+
+def test_binary_ci_matches_the_wald_interval_at_large_n():
+    # both, broken, fixed, neither: Var(delta) = (b + c)/n^2 - (c - b)^2/n^3.
+    low, high = newcombe_ci(6000, 500, 1000, 2500)
+    n, b, c = 10_000, 500, 1000
+    se = np.sqrt((b + c) / n**2 - (c - b) ** 2 / n**3)
+    assert low == pytest.approx(0.05 - 1.959964 * se, abs=2e-4)
+    assert high == pytest.approx(0.05 + 1.959964 * se, abs=2e-4)
+
+
+def test_binary_ci_covers_the_true_delta_with_few_discordant_pairs():
+    # Models that rarely disagree (the case where a conditional interval is overconfident):
+    # true accuracy delta 0.01 from discordance rates 0.02 (fixed) and 0.01 (broken), n = 200.
+    rng = np.random.default_rng(7)
+    cells = rng.multinomial(200, [0.77, 0.01, 0.02, 0.20], size=2000)
+    covered = [lo <= 0.01 <= hi for lo, hi in (newcombe_ci(*map(int, row)) for row in cells)]
+    assert np.mean(covered) >= 0.93
 
 
 def test_mcnemar_p_without_discordant_pairs_is_one():
@@ -185,8 +195,12 @@ def test_identical_models_give_p_one_and_a_zero_ci(n):
     ]:
         result = paired_statistics(records, specs, resamples=200)
         assert set(result) == set(specs)
-        for stat in result.values():
-            assert (stat.p_value, stat.ci_low, stat.ci_high, stat.n) == (1.0, 0.0, 0.0, n)
+        for name, stat in result.items():
+            assert (stat.p_value, stat.n) == (1.0, n)
+            if specs[name].kind == "binary":  # agreement on n examples still leaves some doubt
+                assert stat.ci_low == pytest.approx(-stat.ci_high) and 0 < stat.ci_high < 0.05
+            else:
+                assert (stat.ci_low, stat.ci_high) == (0.0, 0.0)
 
 
 def test_large_lm_difference_is_significant_and_ci_holds_the_delta():
