@@ -152,8 +152,9 @@ def upsert_comment(
     except requests.RequestException as exc:
         # After its retries PyGithub lets requests' RetryError / ConnectionError / Timeout out.
         raise CommentNotPosted(
-            f"GitHub API unreachable or failing for {repository}#{pr_number} after retries "
-            f"({type(exc).__name__}); the report is in the job summary and the JSON artifact"
+            f"GitHub API unreachable, failing or rate-limiting for {repository}#{pr_number} "
+            f"after retries ({type(exc).__name__}); the report is in the job summary and the "
+            "JSON artifact"
         ) from None
 
 
