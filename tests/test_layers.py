@@ -11,14 +11,16 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "regress_action"
 
-TORCH_LAYER = {"adapters", "engine", "data", "builtin_data", "models", "zoo", "train"}
+TORCH_LAYER = {
+    "adapters", "engine", "data", "builtin_data", "models", "checkpoints", "zoo", "train",
+}  # fmt: skip
 # Trains models (torch) and orchestrates through `app`, like the CLI does, but never GitHub.
 DEMO = {"demo"}
 # Modules that must never import torch, anywhere (not even inside a function).
 TORCH_FREE = {
     "errors", "spec", "records", "metrics", "verdict", "stats", "analysis", "compare",
     "report", "render", "store", "store_schema", "github", "gha", "settings", "files",
-    "preflight",
+    "preflight", "resampling",
 }  # fmt: skip
 # Modules that may import torch only lazily, inside a function (CLI start-up speed).
 LAZY_TORCH = {"__init__", "cli", "cli_args", "app", "action", "api"}

@@ -11,7 +11,7 @@ from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from regress_action import metrics, stats
+from regress_action import metrics, resampling, stats
 from regress_action.metrics import CLASSIFICATION_METRICS, LM_METRICS, MetricSpec
 from regress_action.records import PairedRecords
 from regress_action.spec import VerdictConfig
@@ -261,7 +261,7 @@ def slow_delta(spec, name, records, weights):
 @pytest.mark.parametrize("poisson", [False, True])
 def test_vectorised_bootstrap_equals_a_slow_loop(monkeypatch, poisson):
     if poisson:  # force the Poisson path at a small n
-        monkeypatch.setattr(stats, "MULTINOMIAL_MAX_N", 10)
+        monkeypatch.setattr(resampling, "MULTINOMIAL_MAX_N", 10)
     rng = np.random.default_rng(9)
     resamples, seed, alpha = 150, 3, 0.1
     for records, specs in [
@@ -477,14 +477,14 @@ def test_bootstrap_p_and_ci_agree_at_the_review_boundary():
     for below, significant in [(50, False), (49, True), (51, False)]:
         delta = np.r_[np.linspace(-1.0, 0.0, below), np.linspace(0.01, 1.0, 2000 - below)]
         p = stats.bootstrap_p(delta)
-        low, high = stats._percentile_ci(delta, 0.05)
+        low, high = stats.percentile_ci(delta, 0.05)
         assert p == pytest.approx(2 * below / 2000)
         assert (p < 0.05) == significant == excludes_zero(low, high)
     # With 1/B ≥ α no p can fall below α (the floor is 1/B): the interval is unbounded.
     delta = np.linspace(0.1, 1.0, 10)
     assert stats.bootstrap_p(delta) == 0.1
-    assert stats._percentile_ci(delta, 0.1) == (-math.inf, math.inf)
-    assert stats._percentile_ci(delta, 0.2) == (0.1, 1.0)  # k = 1: the extremes
+    assert stats.percentile_ci(delta, 0.1) == (-math.inf, math.inf)
+    assert stats.percentile_ci(delta, 0.2) == (0.1, 1.0)  # k = 1: the extremes
 
 
 def test_bootstrap_p_below_alpha_iff_zero_outside_the_interval():
@@ -505,7 +505,7 @@ def test_bootstrap_p_below_alpha_iff_zero_outside_the_interval():
         for alpha in alphas:
             if not 0 < alpha < 1:
                 continue
-            low, high = stats._percentile_ci(delta, float(alpha))
+            low, high = stats.percentile_ci(delta, float(alpha))
             assert low <= high
             assert (p < alpha) == excludes_zero(low, high), (delta, alpha, p, low, high)
             checked += 1
