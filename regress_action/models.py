@@ -1,23 +1,21 @@
-"""Checkpoints: detecting their format, registering them (sha256) and loading them safely.
+"""Models: registering a checkpoint (format, sha256, factory) and loading it safely.
 
-Owns `make_source`, `load_model`, `save_checkpoint`, `detect_format` and the factory import.
-Imports torch and safetensors (never SQLAlchemy, PyGithub or jinja2).
+Owns `make_source`, `load_model`, `save_checkpoint` and the factory import; format detection and
+the sha256 live in `checkpoints` (re-exported here). Torch layer: imports torch and safetensors;
+never SQLAlchemy, PyGithub or jinja2, nor the app, cli, store or render modules.
 
 Safety: nothing is unpickled with `weights_only=False` unless the caller opts in
-(`allow_pickle=True`); format detection itself only runs `torch.load(weights_only=True)`, which
-refuses any pickled object that is not a tensor or a plain container.
+(`allow_pickle=True`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import pickle
 import re
 import sys
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,13 +25,22 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .checkpoints import corrupt, describe, detect_format, existing_file, sha256_file, state_from
 from .errors import ChecksumMismatchError, ModelLoadError, RegressActionError
 from .spec import CheckpointFormat, ModelSource
 
+__all__ = [
+    "WEIGHTS_ONLY_FORMATS",
+    "ExportedModule",
+    "detect_format",
+    "load_model",
+    "make_source",
+    "save_checkpoint",
+    "sha256_file",
+]
+
 WEIGHTS_ONLY_FORMATS: tuple[CheckpointFormat, ...] = ("safetensors", "state_dict")
 _FACTORY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-# Keys under which training frameworks nest the weights inside a saved dict.
-_NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
 
 
 class ExportedModule(nn.Module):
@@ -56,28 +63,6 @@ class ExportedModule(nn.Module):
         return self
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def detect_format(path: Path) -> CheckpointFormat:
-    """The checkpoint's format, from its content (not its name), without running its code."""
-    path = _existing_file(path)
-    with path.open("rb") as handle:
-        head = handle.read(9)
-    if head.startswith(b"PK\x03\x04"):
-        return _detect_zip(path)
-    if _looks_like_safetensors(path, head):
-        return "safetensors"
-    if path.suffix.lower() in {".safetensors", ".pt2"} or not head.startswith(b"\x80"):
-        raise _corrupt(path, "not a safetensors, torch.save, TorchScript or torch.export file")
-    return _classify_torch_save(path, mmap=False)  # legacy (pre-zip) torch.save file
-
-
 def make_source(
     path: str | Path,
     *,
@@ -86,7 +71,7 @@ def make_source(
     format: CheckpointFormat | None = None,
 ) -> ModelSource:
     """Describe a checkpoint for registration: its format, sha256 and (if needed) factory."""
-    file = _existing_file(Path(path))
+    file = existing_file(Path(path))
     resolved: CheckpointFormat = format or detect_format(file)
     kwargs = dict(factory_kwargs or {})
     if resolved in WEIGHTS_ONLY_FORMATS and not factory:
@@ -124,7 +109,7 @@ def load_model(
     which is also where a factory or a pickled model's classes are imported from.
     """
     root = (workdir or Path.cwd()).resolve()
-    path = _existing_file(root / source.checkpoint)
+    path = existing_file(root / source.checkpoint)
     if verify_checksum:
         _verify_checksum(path, source.sha256)
     if source.format == "pickle" and not allow_pickle:
@@ -175,60 +160,6 @@ def save_checkpoint(
             module.train(was_training)
 
 
-# ---------------------------------------------------------------- detection
-
-
-def _detect_zip(path: Path) -> CheckpointFormat:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            marker = [n for n in names if n.endswith("archive_format")]
-            if marker and archive.read(marker[0]).strip() == b"pt2":
-                return "export"
-    except (zipfile.BadZipFile, OSError, KeyError) as exc:
-        raise _corrupt(path, f"a damaged zip archive ({exc})") from None
-    if any("/code/" in n or n.endswith("constants.pkl") for n in names):
-        return "torchscript"
-    if any(n.endswith("data.pkl") for n in names):
-        return _classify_torch_save(path, mmap=True)
-    raise _corrupt(path, "a zip archive that is neither torch.save, TorchScript nor torch.export")
-
-
-def _looks_like_safetensors(path: Path, head: bytes) -> bool:
-    """True for a complete safetensors file; a ModelLoadError for a truncated one."""
-    # Layout: 8-byte little-endian header length, a JSON header starting with "{", the data.
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    header_len, size = int.from_bytes(head[:8], "little"), path.stat().st_size
-    if 8 + header_len > size:
-        raise _corrupt(path, "a safetensors header longer than the file")
-    try:
-        with path.open("rb") as handle:
-            handle.seek(8)
-            header = json.loads(handle.read(header_len))
-        data_len = max(
-            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-            default=0,
-        )
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        raise _corrupt(path, f"an unreadable safetensors header ({_describe(exc)})") from None
-    if 8 + header_len + data_len != size:
-        raise _corrupt(path, f"safetensors data of {size - 8 - header_len} bytes, not {data_len}")
-    return True
-
-
-def _classify_torch_save(path: Path, *, mmap: bool) -> CheckpointFormat:
-    """state_dict if `weights_only=True` loads a mapping of tensors; pickle if it refuses."""
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:
-        return "pickle"  # weights_only refused a non-tensor global: a pickled object
-    except Exception as exc:
-        raise _corrupt(path, _describe(exc)) from None
-    _state_from(loaded, path)
-    return "state_dict"
-
-
 # ---------------------------------------------------------------- loading
 
 
@@ -247,8 +178,8 @@ def _load_state_dict(path: Path, source: ModelSource, root: Path) -> nn.Module:
             "model.state_dict(), or register it with format 'pickle' and --allow-pickle"
         ) from None
     except Exception as exc:
-        raise _corrupt(path, _describe(exc)) from None
-    return _apply_state(_build(source, root), _state_from(loaded, path), path, source)
+        raise corrupt(path, describe(exc)) from None
+    return _apply_state(_build(source, root), state_from(loaded, path), path, source)
 
 
 def _load_torchscript(path: Path, source: ModelSource, root: Path) -> nn.Module:
@@ -272,21 +203,6 @@ def _load_pickle(path: Path, source: ModelSource, root: Path) -> nn.Module:
             "save the whole model with torch.save(model, path)"
         )
     return loaded
-
-
-def _state_from(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The tensor mapping in a torch.load result, also when nested under a 'state_dict' key."""
-    if isinstance(loaded, Mapping):
-        for key in _NESTED_STATE_KEYS:
-            if isinstance(loaded.get(key), Mapping):
-                loaded = loaded[key]
-                break
-        if all(isinstance(v, torch.Tensor) for v in loaded.values()):
-            return {str(k): v for k, v in loaded.items()}
-    raise ModelLoadError(
-        f"checkpoint {path} holds a {type(loaded).__name__} but not a mapping of tensors; "
-        "save model.state_dict()"
-    )
 
 
 def _apply_state(
@@ -347,7 +263,7 @@ def _build(source: ModelSource, root: Path) -> nn.Module:
             target: Any = importlib.import_module(module_name)
         except Exception as exc:
             raise ModelLoadError(
-                f"cannot import {module_name!r} for factory {factory!r} ({_describe(exc)}); "
+                f"cannot import {module_name!r} for factory {factory!r} ({describe(exc)}); "
                 f"make it importable from {root} (the repository root) or install it"
             ) from None
     for part in attribute.split("."):
@@ -365,7 +281,7 @@ def _call_factory(target: Any, factory: str, kwargs: dict[str, Any]) -> nn.Modul
         module = target(**kwargs)
     except Exception as exc:
         raise ModelLoadError(
-            f"factory {factory!r} failed with kwargs {kwargs} ({_describe(exc)}); "
+            f"factory {factory!r} failed with kwargs {kwargs} ({describe(exc)}); "
             "check the factory and its factory_kwargs"
         ) from None
     if not isinstance(module, nn.Module):
@@ -424,13 +340,6 @@ def _quiet_jit() -> Iterator[None]:
 # ---------------------------------------------------------------- errors
 
 
-def _existing_file(path: Path) -> Path:
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "not found"
-        raise ModelLoadError(f"checkpoint {path} {what}; check the path")
-    return path
-
-
 def _verify_checksum(path: Path, recorded: str) -> None:
     actual = sha256_file(path)
     if actual != recorded:
@@ -448,21 +357,4 @@ def _reading(path: Path) -> Iterator[None]:
     except RegressActionError:
         raise
     except Exception as exc:
-        raise _corrupt(path, _describe(exc)) from None
-
-
-def _corrupt(path: Path, detail: str) -> ModelLoadError:
-    return ModelLoadError(
-        f"cannot load checkpoint {path}: {detail}; the file may be truncated or corrupt, "
-        "re-save or re-download it"
-    )
-
-
-def _describe(exc: BaseException) -> str:
-    """`Type: first line of the message`, short: error messages stay on one line."""
-    if isinstance(exc, RegressActionError):
-        return str(exc)
-    lines = str(exc).strip().splitlines()
-    first = lines[0] if lines else ""
-    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    return text if len(text) <= 200 else text[:199] + "…"
+        raise corrupt(path, describe(exc)) from None
