@@ -286,7 +286,12 @@ def _register(
         git_sha=commit if side == "candidate" else None,
         allow_pickle=inputs.allow_pickle,
     )
-    return services.register(db, request).id
+    try:
+        return services.register(db, request).id
+    except UserError as exc:
+        raise ConfigError(
+            f"inputs {side}-checkpoint / model-factory / model-kwargs: {exc}"
+        ) from None
 
 
 def publish_report(

@@ -11,10 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .app import Outputs, evaluate_models, finish, run_info
+from .app import Outputs, check_outputs, evaluate_models, finish, run_info
 from .compare import ReportContext
 from .errors import ConfigError
-from .files import check_writable
 from .report import DatasetInfo, RunInfo
 from .spec import EvalConfig, TaskSpec, VerdictConfig
 
@@ -59,12 +58,13 @@ def compare_models(
         json_path=Path(json_path) if json_path else None,
         markdown_path=Path(markdown_path) if markdown_path else None,
     )
-    check_writable(outputs.json_path, "json_path")
-    check_writable(outputs.markdown_path, "markdown_path")
     baseline = RunInfo(run_id=baseline_run_id or getattr(baseline_model, "run_id", None))
     candidate = RunInfo(run_id=candidate_run_id or getattr(candidate_model, "run_id", None))
     with ExitStack() as stack:
         store = _open_db(db, stack)
+        check_outputs(
+            {"json_path": outputs.json_path, "markdown_path": outputs.markdown_path}, store
+        )
         if store is not None:
             baseline, candidate = _registered(store, baseline, candidate, task_spec)
         context = ReportContext(

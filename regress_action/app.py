@@ -10,13 +10,14 @@ recorded comparison without its files.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .compare import ReportContext, build_report, metric_specs
 from .errors import ConfigError
-from .files import StagedFile, check_writable
+from .files import StagedFile, check_distinct, check_writable
 from .render import render_markdown
 from .report import DatasetInfo, Report, RunInfo
 from .spec import CheckpointFormat, EvalConfig, RunCreate, RunRecord, TaskSpec, VerdictConfig
@@ -63,6 +64,14 @@ class Outputs:
     json_path: Path | None = None
     markdown_path: Path | None = None
     trend_limit: int = 10
+
+
+def check_outputs(paths: dict[str, Path | None], db: ExperimentDB | None) -> None:
+    """Report paths (named as the user gave them) writable, distinct, and not the database's
+    own files."""
+    for what, path in paths.items():
+        check_writable(path, what)
+    check_distinct(paths, db.local_files() if db is not None else {})
 
 
 def run_info(run: RunRecord) -> RunInfo:
@@ -173,8 +182,7 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
     """Compare two registered runs on a dataset, record the result and write the artifacts."""
     from .models import load_model
 
-    check_writable(request.json_path, "--json-out")
-    check_writable(request.markdown_path, "--markdown-out")
+    check_outputs({"--json-out": request.json_path, "--markdown-out": request.markdown_path}, db)
     baseline_run = db.get_run(request.baseline_run_id)
     candidate_run = db.get_run(request.candidate_run_id)
     if baseline_run.task != candidate_run.task:
@@ -243,6 +251,20 @@ def register_checkpoint(db: ExperimentDB, request: CheckpointRequest) -> RunReco
     # Registering the same file (same bytes, loader and task) again returns the existing run:
     # a CI job registering its checkpoints on every push must not grow the database.
     for existing in db.list_runs():
-        if (existing.name, existing.task, existing.source) == (run.name, run.task, run.source):
+        if _same_run(existing, run):
             return existing
     return db.add_run(run)
+
+
+def _same_run(existing: RunCreate, new: RunCreate) -> bool:
+    """Same name, task, loader and bytes, at the same file however its path is spelled."""
+    if (existing.name, existing.task) != (new.name, new.task):
+        return False
+    old, fresh = existing.source, new.source
+    same_loader = (old.format, old.sha256, old.factory, old.factory_kwargs) == (
+        fresh.format,
+        fresh.sha256,
+        fresh.factory,
+        fresh.factory_kwargs,
+    )
+    return same_loader and os.path.realpath(old.checkpoint) == os.path.realpath(fresh.checkpoint)

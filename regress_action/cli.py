@@ -82,7 +82,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         record=not args.no_record,
     )
-    with _open_db(args) as db:
+    # A comparison needs registered runs: a missing SQLite file is a mistyped --db.
+    with _open_db(args, create=False) as db:
         outcome = run_compare(request, db)
     _emit(outcome.report.to_json())
     regressed = outcome.report.status == "regressed"
@@ -190,8 +191,9 @@ def cmd_comparisons_show(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import make_workdir, run_demo
 
+    make_workdir(args.workdir)  # before the database is created
     with _open_db(args) as db:
         return run_demo(db, args.workdir, args.db)
 

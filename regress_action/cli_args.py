@@ -32,7 +32,7 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
+def _int_between(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -40,13 +40,14 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{text!r} must be ≥ {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be ≤ {maximum:,}")
         return value
 
     return parse
 
 
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
+_positive_int = _int_between(1)
 
 
 def _probability(text: str) -> float:
@@ -131,9 +132,14 @@ def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
         "off: no statistics (default report)",
     )
     group.add_argument("--alpha", type=_probability, default=0.05, help="significance level")
-    group.add_argument("--resamples", type=_positive_int, default=2000, help="bootstrap resamples")
     group.add_argument(
-        "--seed", type=_non_negative_int, default=0, help="seed of the resampling (≥ 0)"
+        "--resamples",
+        type=_int_between(100, 100_000),
+        default=2000,
+        help="bootstrap resamples (100 to 100,000; default 2000)",
+    )
+    group.add_argument(
+        "--seed", type=_int_between(0, 2**32 - 1), default=0, help="seed of the resampling"
     )
 
 

@@ -88,16 +88,20 @@ def text_table(report: Report) -> str:
     return "\n".join(lines)
 
 
-def run_demo(
-    db: ExperimentDB, workdir: Path, db_arg: str | None = None, out: TextIO = sys.stdout
-) -> int:
-    """Train, register, compare and print; `db_arg` is the --db the user gave, if any."""
+def make_workdir(workdir: Path) -> None:
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(
             f"cannot create --workdir {str(workdir)!r}: {exc.strerror}; choose a writable folder"
         ) from None
+
+
+def run_demo(
+    db: ExperimentDB, workdir: Path, db_arg: str | None = None, out: TextIO = sys.stdout
+) -> int:
+    """Train, register, compare and print; `db_arg` is the --db the user gave, if any."""
+    make_workdir(workdir)
     lm_runs: dict[str, RunRecord] = {}
     for suite in SUITES:
         task = builtin_task(suite.dataset)

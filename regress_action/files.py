@@ -80,9 +80,34 @@ class StagedFile:
 
 
 def check_writable(path: Path | None, what: str) -> None:
-    """Fail now (before a slow evaluation) when `path` could not be written later."""
-    if path is not None:
-        StagedFile(path, what).discard()
+    """Fail now (before a slow evaluation) when `path` could not be written later; creates
+    nothing (the folders are made when the file is written)."""
+    if path is None:
+        return
+    target = _target(Path(path), what)
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write {what} {str(path)!r}: {str(folder)!r} is not a writable folder; "
+            "choose a writable path"
+        )
+
+
+def check_distinct(paths: dict[str, Path | None], reserved: dict[str, Path]) -> None:
+    """Output files must differ from each other and from files the run keeps open (the
+    ExperimentDB): replacing the database with a report would lose every recorded run."""
+    seen: dict[Path, str] = {Path(os.path.realpath(p)): what for what, p in reserved.items()}
+    for what, path in paths.items():
+        if path is None:
+            continue
+        resolved = Path(os.path.realpath(path))
+        if resolved in seen:
+            raise ConfigError(
+                f"{what} {str(path)!r} is also the {seen[resolved]}; choose another path"
+            )
+        seen[resolved] = what
 
 
 def write_atomic(path: Path, text: str, what: str = "output") -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError, UserError
-from .files import check_writable
+from .files import check_distinct, check_writable
 from .metrics import metrics_for_task, unknown_metric_message
 from .spec import BUILTIN_DATASETS, RunRecord, TaskSpec
 
@@ -27,14 +27,16 @@ def check_inputs(inputs: ActionInputs, db: ExperimentDB) -> None:
     task = _task(inputs, db)
     if task is not None:
         _check_metric_names(inputs, task)
-    for name, path in (
-        ("json-path", inputs.resolved_json_path()),
-        ("markdown-path", inputs.resolved_markdown_path()),
-    ):
+    paths: dict[str, Path | None] = {
+        "input json-path": inputs.resolved_json_path(),
+        "input markdown-path": inputs.resolved_markdown_path(),
+    }
+    for name, path in paths.items():
         try:
             check_writable(path, "the file")
         except UserError as exc:
-            raise ConfigError(f"input {name}: {exc}") from None
+            raise ConfigError(f"{name}: {exc}") from None
+    check_distinct(paths, {f"{what} (input db-url)": p for what, p in db.local_files().items()})
 
 
 def _check_dataset(dataset: str) -> None:

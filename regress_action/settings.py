@@ -166,6 +166,10 @@ class ActionInputs(BaseSettings):
         """The task for checkpoints registered on the fly, or None to let the engine infer it."""
         if self.task is None:
             return None
+        if self.task == "lm" and self.num_classes is not None:
+            raise ConfigError("input num-classes is for task classification; an lm has vocab-size")
+        if self.task == "classification" and self.vocab_size is not None:
+            raise ConfigError("input vocab-size is for task lm; a classifier has num-classes")
         modality = self.modality or ("text" if self.task == "lm" else "vision")
         try:
             return TaskSpec(

@@ -13,7 +13,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # The padding value of lm targets: positions that are not predicted (torch's cross_entropy
 # ignores this index by default).
@@ -91,8 +98,8 @@ class MetricTolerance(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    abs: float | None = Field(default=None, ge=0)
-    rel: float | None = Field(default=None, ge=0)
+    abs: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    rel: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
     def resolve(self, baseline: float, default_abs: float) -> float:
         if self.abs is None and self.rel is None:
@@ -114,8 +121,8 @@ class VerdictConfig(BaseModel):
     significance: SignificanceMode = "report"
     alpha: float = Field(default=0.05, gt=0, lt=1)
     confidence: float = Field(default=0.95, gt=0, lt=1)
-    resamples: int = Field(default=2000, ge=100)
-    seed: int = Field(default=0, ge=0)
+    resamples: int = Field(default=2000, ge=100, le=100_000)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
 
     def tolerance_for(self, metric: str, baseline: float) -> float:
         spec = self.tolerances.get(metric)
@@ -194,16 +201,25 @@ def parse_tolerances(value: str) -> dict[str, MetricTolerance]:
         merged = parts.setdefault(metric, {})
         for key, number in _tolerance(metric, spec).model_dump(exclude_none=True).items():
             if key in merged:
-                raise ValueError(f"{metric}: give at most one absolute and one % value")
+                kind = "a relative (%)" if key == "rel" else "an absolute"
+                raise ValueError(f"{metric} is given {kind} tolerance twice; keep one")
             merged[key] = number
     return {metric: MetricTolerance(**values) for metric, values in parts.items()}
 
 
 def _tolerance(metric: str, spec: Any) -> MetricTolerance:
-    if isinstance(spec, dict):
-        return MetricTolerance.model_validate(spec)
-    if isinstance(spec, int | float) and not isinstance(spec, bool):
-        return MetricTolerance(abs=float(spec))
+    if isinstance(spec, dict) or (isinstance(spec, int | float) and not isinstance(spec, bool)):
+        try:
+            if isinstance(spec, dict):
+                return MetricTolerance.model_validate(spec)
+            return MetricTolerance(abs=float(spec))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise ValueError(
+                f"{metric}: {where + ' ' if where else ''}{error['msg'].lower()} "
+                '(e.g. {"abs": 0.02} or {"rel": 0.05})'
+            ) from None
     parts: dict[str, float] = {}
     for token in str(spec).split("|"):
         token = token.strip()

@@ -133,6 +133,18 @@ class ExperimentDB:
     def url_display(self) -> str:
         return self._display
 
+    def local_files(self) -> dict[str, Path]:
+        """The files a SQLite database lives in (none for a server), which outputs must not
+        overwrite."""
+        parsed = make_url(self._url)
+        database = parsed.database or ""
+        if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+            return {}
+        return {
+            f"ExperimentDB file{suffix}": Path(database + suffix)
+            for suffix in ("", "-wal", "-shm", "-journal")
+        }
+
     def close(self) -> None:
         self._engine.dispose()
 
@@ -154,7 +166,10 @@ class ExperimentDB:
         """Turn an unreachable / locked / unwritable database into a one-line StoreError."""
         try:
             yield
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+        except sqlalchemy.exc.IntegrityError:
+            raise  # a constraint broken by our own writes is a bug, not the user's database
+        except (sqlalchemy.exc.DatabaseError, sqlalchemy.exc.InterfaceError) as exc:
+            # DatabaseError covers "file is not a database": a --db pointing at another file.
             raise StoreError(
                 f"cannot use database {self._display}: {first_line(exc, self._url)}; "
                 "check --db / REGRESS_DB (the path must be writable, the server reachable)"

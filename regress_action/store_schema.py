@@ -85,7 +85,9 @@ def resolve_url(url: str | Path | None) -> str:
 def mask_password(url: str) -> str:
     """`url` with the password (if any) replaced by ***; works on unparsable URLs too."""
     # Greedy up to the last '@': a password may hold an unencoded '@'; over-masking is safe.
-    return re.sub(r"(://[^:/@]*:).+@", r"\1***@", url)
+    # libpq also takes `?password=...` in the query string.
+    url = re.sub(r"(://[^:/@]*:).+@", r"\1***@", url)
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -140,7 +142,8 @@ def first_line(exc: BaseException, url: str) -> str:
     original = getattr(exc, "orig", None) or exc
     line = (str(original).strip().splitlines() or [type(original).__name__])[0]
     try:
-        password = make_url(url).password
+        parsed = make_url(url)
+        password = parsed.password or parsed.query.get("password")
     except sa_exc.ArgumentError:
         password = None
     if not password:

@@ -448,6 +448,61 @@ def test_runs_add_refuses_flags_of_the_other_task(ws: Workspace) -> None:
     _assert_bad_input(ws, result, "--vocab-size")
 
 
+def test_a_report_path_may_not_replace_the_database(ws: Workspace) -> None:
+    database = ws.db.removeprefix("sqlite:///")
+    before = Path(database).read_bytes()[:16]
+    result = _compare(ws, 1, 2, "lm_tiny", "--json-out", database)
+    _assert_bad_input(ws, result, "ExperimentDB file")
+    assert Path(database).read_bytes()[:16] == before == b"SQLite format 3\x00"
+    same = ws.run(
+        "compare",
+        "--baseline-run-id",
+        "1",
+        "--candidate-run-id",
+        "2",
+        "--dataset",
+        "lm_tiny",
+        "--json-out",
+        "r.out",
+        "--markdown-out",
+        "./r.out",
+    )
+    _assert_bad_input(ws, same, "--markdown-out")
+
+
+def test_a_file_that_is_not_a_database(ws: Workspace) -> None:
+    (ws.root / "notes.txt").write_text("not sqlite " * 100)
+    _assert_bad_input(ws, ws.run("runs", "list", "--db", "notes.txt"), "notes.txt", "--db")
+
+
+def test_compare_does_not_create_a_missing_database(ws: Workspace) -> None:
+    result = _compare(ws, 1, 2, "lm_tiny", "--db", str(ws.root / "typo.db"))
+    _assert_bad_input(ws, result, "no ExperimentDB")
+    assert not (ws.root / "typo.db").exists()
+
+
+def test_resamples_are_bounded(ws: Workspace) -> None:
+    _assert_bad_input(ws, _compare(ws, 1, 2, "lm_tiny", "--resamples", "10000000"), "--resamples")
+
+
+def test_the_same_file_under_another_spelling_is_the_same_run(ws: Workspace) -> None:
+    path = ws.root / "lm_a.safetensors"
+    first = _add(ws, path, "--task", "lm", "--factory", "regress_action.zoo:tiny_lm")
+    dotted = ws.run(
+        "runs",
+        "add",
+        "./lm_a.safetensors",
+        "--task",
+        "lm",
+        "--name",
+        "lm_a",
+        "--factory",
+        "regress_action.zoo:tiny_lm",
+        check=True,
+    )
+    assert first == ws.runs["lm_a"] == int(dotted.stdout)
+
+
 def test_help_and_version(ws: Workspace) -> None:
     assert "compare" in ws.run("--help", check=True).stdout
     assert ws.run("--version", check=True).stdout.startswith("regress-action ")

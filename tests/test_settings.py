@@ -162,6 +162,10 @@ def test_task_spec(monkeypatch: pytest.MonkeyPatch) -> None:
     assert spec.task_spec() is not None and spec.task_spec().modality == "vision"  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match="num-classes"):
         inputs(monkeypatch, **{"INPUT_NUM-CLASSES": ""}).task_spec()
+    lm = inputs(monkeypatch, INPUT_TASK="lm", **{"INPUT_NUM-CLASSES": ""})
+    assert lm.task_spec() is not None and lm.task_spec().vocab_size == 256  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="input num-classes is for task classification"):
+        inputs(monkeypatch, INPUT_TASK="lm", **{"INPUT_NUM-CLASSES": "5"}).task_spec()
 
 
 def test_tolerance_syntax() -> None:

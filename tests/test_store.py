@@ -495,3 +495,13 @@ def test_masking_a_short_password_does_not_mangle_the_message() -> None:
     message = 'connection to server at "127.0.0.1", port 1 failed: password=p rejected'
     masked = first_line(RuntimeError(message), url)
     assert masked == message.replace("password=p", "password=***")
+
+
+def test_a_password_in_the_query_string_is_masked() -> None:
+    from regress_action.store_schema import mask_password
+
+    url = "postgresql+psycopg://u@127.0.0.1:1/db?sslmode=disable&password=hunter2"
+    assert "hunter2" not in mask_password(url) and "sslmode=disable" in mask_password(url)
+    with pytest.raises(StoreError) as caught:
+        ExperimentDB(url)
+    assert "hunter2" not in str(caught.value)

@@ -205,3 +205,10 @@ def test_a_relative_tolerance_alone_does_not_fall_back_to_the_threshold() -> Non
     assert config.tolerance_for("loss", 2.0) == pytest.approx(0.002)
     assert judge_metric("loss", 2.0, 2.01, config).status == "regressed"
     assert config.tolerance_for("accuracy", 0.5) == 0.05
+
+
+def test_json_tolerances_fail_in_one_line() -> None:
+    for text in ('{"loss": {"abs": -1}}', '{"loss": {"x": 1}}', '{"loss": 1e999}'):
+        with pytest.raises(ValueError) as caught:
+            parse_tolerances(text)
+        assert "\n" not in str(caught.value) and str(caught.value).startswith("loss")
