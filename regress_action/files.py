@@ -7,6 +7,7 @@ target atomically; `discard` removes it when the run fails in between.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
@@ -80,19 +81,19 @@ class StagedFile:
 
 
 def check_writable(path: Path | None, what: str) -> None:
-    """Fail now (before a slow evaluation) when `path` could not be written later; creates
-    nothing (the folders are made when the file is written)."""
+    """Fail now (before a slow evaluation) when `path` could not be written later. Tries for
+    real (permission bits say little to root: /proc looks writable) and leaves nothing: the
+    probe file and any folder it had to create are removed again."""
     if path is None:
         return
     target = _target(Path(path), what)
-    folder = target.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"cannot write {what} {str(path)!r}: {str(folder)!r} is not a writable folder; "
-            "choose a writable path"
-        )
+    missing = [folder for folder in target.parents if not folder.exists()]
+    try:
+        StagedFile(target, what).discard()
+    finally:
+        for folder in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def check_distinct(paths: dict[str, Path | None], reserved: dict[str, Path]) -> None:

@@ -381,7 +381,7 @@ def test_the_report_carries_the_trend_of_its_series(ws: Workspace) -> None:
 
 def test_one_unwritable_output_writes_nothing(ws: Workspace) -> None:
     before = ws.comparisons()
-    good = ws.root / "good.json"
+    good = ws.root / "new_folder" / "good.json"
     result = ws.run(
         "compare",
         "--baseline-run-id",
@@ -396,7 +396,7 @@ def test_one_unwritable_output_writes_nothing(ws: Workspace) -> None:
         "/proc/none/r.md",
     )
     _assert_bad_input(ws, result, "/proc/none/r.md")
-    assert ws.comparisons() == before and not good.exists()
+    assert ws.comparisons() == before and not good.parent.exists()
     assert not list(ws.root.glob(".good.json.*"))
 
 
