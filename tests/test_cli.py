@@ -105,13 +105,7 @@ def test_compare_prints_the_json_report_and_records_it(
 ) -> None:
     out_json, out_md = ws.root / f"{dataset}.json", ws.root / f"{dataset}.md"
     result = ws.run(
-        "compare",
-        "--baseline-run-id",
-        str(ws.runs[base]),
-        "--candidate-run-id",
-        str(ws.runs[cand]),
-        "--dataset",
-        dataset,
+        *compare_args(str(ws.runs[base]), str(ws.runs[cand]), dataset),
         "--max-examples",
         "200",
         "--json-out",
@@ -160,13 +154,7 @@ def test_the_original_script_line_works(ws: Workspace) -> None:
 
 def test_fail_on_regression_exits_1_only_when_asked(ws: Workspace) -> None:
     args = [
-        "compare",
-        "--baseline-run-id",
-        "1",
-        "--candidate-run-id",
-        "1",
-        "--dataset",
-        "lm_tiny",
+        *compare_args("1", "1", "lm_tiny"),
         "--max-examples",
         "16",
         "--no-record",
@@ -177,13 +165,7 @@ def test_fail_on_regression_exits_1_only_when_asked(ws: Workspace) -> None:
     assert same.returncode == 0 and json.loads(same.stdout)["status"] == "neutral"
     # Any change at all regresses with a zero threshold; random models differ.
     regress = [
-        "compare",
-        "--baseline-run-id",
-        "2",
-        "--candidate-run-id",
-        "1",
-        "--dataset",
-        "lm_tiny",
+        *compare_args("2", "1", "lm_tiny"),
         "--max-examples",
         "16",
         "--no-record",
@@ -209,20 +191,16 @@ def _assert_bad_input(
         assert needle in lines[0], lines[0]
 
 
+def compare_args(base: int | str, cand: int | str, dataset: str) -> list[str]:
+    return ["compare", "--baseline-run-id", str(base), "--candidate-run-id", str(cand),
+            "--dataset", dataset]  # fmt: skip
+
+
 def _compare(
     ws: Workspace, base: int, cand: int, dataset: str, *extra: str
 ) -> subprocess.CompletedProcess[str]:
     return ws.run(
-        "compare",
-        "--baseline-run-id",
-        str(base),
-        "--candidate-run-id",
-        str(cand),
-        "--dataset",
-        dataset,
-        "--json-out",
-        str(ws.root / "bad.json"),
-        *extra,
+        *compare_args(base, cand, dataset), "--json-out", str(ws.root / "bad.json"), *extra
     )
 
 
@@ -337,13 +315,7 @@ def test_unwritable_report_path_fails_before_evaluating(ws: Workspace) -> None:
     (ws.root / "a_dir").mkdir(exist_ok=True)
     before = ws.comparisons()
     result = ws.run(
-        "compare",
-        "--baseline-run-id",
-        "1",
-        "--candidate-run-id",
-        "2",
-        "--dataset",
-        "lm_tiny",
+        *compare_args("1", "2", "lm_tiny"),
         "--json-out",
         str(ws.root / "a_dir"),
     )
@@ -353,13 +325,7 @@ def test_unwritable_report_path_fails_before_evaluating(ws: Workspace) -> None:
 
 def test_the_report_carries_the_trend_of_its_series(ws: Workspace) -> None:
     args = [
-        "compare",
-        "--baseline-run-id",
-        "1",
-        "--candidate-run-id",
-        "2",
-        "--dataset",
-        "lm_tiny",
+        *compare_args("1", "2", "lm_tiny"),
         "--max-examples",
         "16",
         "--report-name",
@@ -383,13 +349,7 @@ def test_one_unwritable_output_writes_nothing(ws: Workspace) -> None:
     before = ws.comparisons()
     good = ws.root / "new_folder" / "good.json"
     result = ws.run(
-        "compare",
-        "--baseline-run-id",
-        "1",
-        "--candidate-run-id",
-        "2",
-        "--dataset",
-        "lm_tiny",
+        *compare_args("1", "2", "lm_tiny"),
         "--json-out",
         str(good),
         "--markdown-out",
@@ -406,13 +366,7 @@ def test_a_symlinked_output_updates_its_target(ws: Workspace) -> None:
     link = ws.root / "link.json"
     link.symlink_to(target)
     ws.run(
-        "compare",
-        "--baseline-run-id",
-        "1",
-        "--candidate-run-id",
-        "2",
-        "--dataset",
-        "lm_tiny",
+        *compare_args("1", "2", "lm_tiny"),
         "--max-examples",
         "8",
         "--json-out",
@@ -455,13 +409,7 @@ def test_a_report_path_may_not_replace_the_database(ws: Workspace) -> None:
     _assert_bad_input(ws, result, "ExperimentDB file")
     assert Path(database).read_bytes()[:16] == before == b"SQLite format 3\x00"
     same = ws.run(
-        "compare",
-        "--baseline-run-id",
-        "1",
-        "--candidate-run-id",
-        "2",
-        "--dataset",
-        "lm_tiny",
+        *compare_args("1", "2", "lm_tiny"),
         "--json-out",
         "r.out",
         "--markdown-out",
