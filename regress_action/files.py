@@ -109,8 +109,3 @@ def check_distinct(paths: dict[str, Path | None], reserved: dict[str, Path]) -> 
                 f"{what} {str(path)!r} is also the {seen[resolved]}; choose another path"
             )
         seen[resolved] = what
-
-
-def write_atomic(path: Path, text: str, what: str = "output") -> Path:
-    """Write `text` to `path` via a temporary file in the same folder and an atomic rename."""
-    return StagedFile(path, what).commit(text)

@@ -98,10 +98,6 @@ def metrics_for_task(
     return metrics
 
 
-def all_metric_names() -> list[str]:
-    return sorted({name for metrics in REGISTRY.values() for name in metrics})
-
-
 def select_metrics(
     task: str,
     requested: list[str] | tuple[str, ...] | None,
