@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # from resolving `torch>=2.3` to a multi-GB CUDA build.
 TORCH_VERSION := 2.13.0
 
-.PHONY: install demo test lint bench schema clean
+.PHONY: install demo test test-fast lint bench schema clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: install
 test: install
 	bash scripts/ensure-postgres.sh
 	$(PY) -m pytest
+
+# Unit tests only: no database server, no subprocesses of the CLI, under a minute of CPU.
+test-fast: install
+	$(PY) -m pytest tests/unit -q
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -22,7 +22,7 @@ from regress_action.models import save_checkpoint
 from regress_action.store import ExperimentDB
 from regress_action.zoo import tiny_cnn, tiny_lm
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -12,7 +12,7 @@ from regress_action.report import Report
 from tests.report_factory import make_report
 
 SCHEMA = json.loads(
-    (Path(__file__).resolve().parents[1] / "regress_action/schemas/report.schema.json").read_text()
+    (Path(__file__).resolve().parents[2] / "regress_action/schemas/report.schema.json").read_text()
 )
 
 

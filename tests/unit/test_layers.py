@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "regress_action"
+PACKAGE = Path(__file__).resolve().parents[2] / "regress_action"
 
 TORCH_LAYER = {
     "adapters", "engine", "data", "builtin_data", "models", "checkpoints", "zoo", "train",

@@ -17,7 +17,7 @@ from regress_action.action import OUTPUT_NAMES, Publication, report_outputs
 from regress_action.settings import ActionInputs, input_names
 from tests.report_factory import make_report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 WORKFLOWS = sorted((ROOT / "docs" / "workflows").glob("*.yml"))
 
