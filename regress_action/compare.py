@@ -1,7 +1,8 @@
 """From paired records to a Report: metric values, verdict, statistics, flips, per-class.
 
-Imports numpy and the torch-free modules (`metrics`, `verdict`, `stats`, `analysis`, `report`);
-never torch, SQL, GitHub or templates.
+The task (from the registry) says which metrics and which analysis; `stats` tests every metric
+the same way whatever its task. Imports numpy and the torch-free modules (`tasks`, `verdict`,
+`stats`, `report`); never torch, SQL, GitHub or templates.
 """
 
 from __future__ import annotations
@@ -9,19 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import __version__
-from .analysis import flips, per_class
 from .errors import ConfigError
-from .metrics import (
-    MetricSpec,
-    compute,
-    metrics_for_task,
-    select_metrics,
-    unknown_metric_message,
-)
+from .metrics import Metric
 from .records import PairedRecords
 from .report import DatasetInfo, Report, RunInfo, StatsInfo
 from .spec import TaskSpec, VerdictConfig
 from .stats import paired_statistics
+from .tasks import get_task, metrics_for, select_metrics, unknown_metric_message
 from .verdict import (
     apply_significance,
     judge,
@@ -46,10 +41,10 @@ class ReportContext:
     device: str | None = None
 
 
-def metric_specs(task: TaskSpec, verdict: VerdictConfig) -> dict[str, MetricSpec]:
+def metric_specs(task: TaskSpec, verdict: VerdictConfig) -> dict[str, Metric]:
     """The metrics to report for `task`; fails early on unknown metric or gate names."""
-    specs = select_metrics(task.task, verdict.metrics, task.num_classes, task.vocab_size)
-    every = metrics_for_task(task.task, task.num_classes, task.vocab_size)
+    specs = select_metrics(task, verdict.metrics)
+    every = metrics_for(task)
     for name in [*(verdict.gate or ()), *verdict.tolerances]:
         if name not in every:
             raise ConfigError(unknown_metric_message(name, task.task, list(every)))
@@ -65,10 +60,8 @@ def build_report(records: PairedRecords, context: ReportContext, duration_s: flo
     verdict = context.verdict
     specs = metric_specs(context.task, verdict)
     num_classes = context.task.num_classes
-    baseline = {name: compute(s, records.baseline, num_classes, name) for name, s in specs.items()}
-    candidate = {
-        name: compute(s, records.candidate, num_classes, name) for name, s in specs.items()
-    }
+    baseline = {name: m.value(records.baseline, num_classes) for name, m in specs.items()}
+    candidate = {name: m.value(records.candidate, num_classes) for name, m in specs.items()}
     results = judge(baseline, candidate, verdict, specs, log_regressions=False)
     if verdict.significance != "off":
         stats = paired_statistics(
@@ -81,7 +74,7 @@ def build_report(records: PairedRecords, context: ReportContext, duration_s: flo
         hypotheses = {name: spec.hypothesis or name for name, spec in specs.items()}
         apply_significance(results, stats, verdict, hypotheses)
     warn_regressions(results.values())
-    classification = context.task.task == "classification"
+    analysis = get_task(context.task.task).analyse(records, context.dataset.class_names)
     return Report(
         tool_version=__version__,
         report_name=context.report_name,
@@ -101,8 +94,8 @@ def build_report(records: PairedRecords, context: ReportContext, duration_s: flo
             seed=verdict.seed,
         ),
         metrics=results,
-        flips=flips(records),
-        per_class=per_class(records, context.dataset.class_names) if classification else None,
+        flips=analysis.flips,
+        per_class=analysis.per_class,
         commit=context.commit,
         device=context.device,
         duration_s=duration_s,

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, TextIO, TypeVar
 from torch import nn
 
 from .app import CheckpointRequest, CompareRequest, register_checkpoint, run_compare
-from .builtin_data import builtin_task
 from .errors import ConfigError
 from .models import save_checkpoint
 from .report import Report
 from .spec import RunRecord, TaskSpec, VerdictConfig
+from .tasks import builtin_datasets
 from .train import VARIANTS, Variant, train_tiny_cnn, train_tiny_lm
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def run_demo(
     make_workdir(workdir)
     lm_runs: dict[str, RunRecord] = {}
     for suite in SUITES:
-        task = builtin_task(suite.dataset)
+        task = TaskSpec.model_validate(builtin_datasets()[suite.dataset].spec)
         runs: dict[str, RunRecord] = {}
         for variant in VARIANTS:
             print(f"training {suite.dataset} {variant} …", file=sys.stderr)

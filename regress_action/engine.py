@@ -1,9 +1,12 @@
-"""The engine: one pass over the eval set, both models per batch, paired per-example records.
+"""The engine: models over an eval set, per-example records keyed by example id.
 
-Torch layer: imports torch, `adapters`, `records`, `spec`, `errors`; never SQL, GitHub or
-templates. Each batch moves to the device once and feeds the baseline and then the candidate
-under `torch.inference_mode()`. Record columns stay on the device until the end, where they are
-concatenated and converted to float64 numpy once.
+Torch layer: imports torch, `records`, `errors` and the task protocol; never SQL, GitHub or
+templates. `evaluate` is the one-model pass (what a cached baseline or a distributed shard plugs
+into); `evaluate_pair` is the same pieces run for two models per batch (one data read, one
+host→device copy per batch), paired by a join on example id. The task's adapter owns the forward
+call, target dtypes and the record columns: the engine knows no column name. Every pass runs
+under `torch.inference_mode()`; record columns stay on the device until the end, where each is
+concatenated and converted to numpy once (integers to int64, everything else to float64).
 """
 
 from __future__ import annotations
@@ -13,19 +16,43 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .adapters import Adapter
 from .errors import ConfigError, DataError, ModelOutputError
-from .records import Columns, PairedRecords
+from .records import PairedRecords, Records, pair
+
+if TYPE_CHECKING:
+    from .tasks import Adapter
+
+SIDES = ("baseline", "candidate")
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """How to run over the eval set."""
+
+    batch_size: int = 64
+    device: str = "auto"
+    progress: bool | None = None  # None: a progress bar only on a TTY
+
+
+@dataclass
+class EvalResult:
+    """One model's records and where and how long they took."""
+
+    records: Records
+    device: str
+    duration_s: float
 
 
 @dataclass
 class EngineResult:
+    """Two models' paired records and where and how long they took."""
+
     records: PairedRecords
     device: str
     duration_s: float
@@ -45,54 +72,20 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def _show_progress(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else progress
-
-
-def _loader(dataset: Dataset[Any], batch_size: int) -> Iterable[Any]:
-    """Batches in dataset order. A TensorDataset (every built-in and file eval set) is sliced
-    directly: the same batches a DataLoader would collate, without per-example indexing."""
-    if isinstance(dataset, TensorDataset):
-        tensors = dataset.tensors
-        return [
-            tuple(tensor[start : start + batch_size] for tensor in tensors)
-            for start in range(0, len(dataset), batch_size)
-        ]
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
-
-
-def _batches(loader: Iterable[Any], progress: bool) -> Iterator[Any]:
-    if not progress:
-        yield from loader
-        return
-    from tqdm import tqdm  # imported only for interactive runs
-
-    yield from tqdm(loader, desc="evaluating", unit="batch", file=sys.stderr, leave=False)
-
-
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _to_numpy(chunks: dict[str, list[torch.Tensor]]) -> Columns:
-    """Concatenate and convert one column at a time, releasing its batch tensors first, so the
-    peak stays near one copy of the records rather than three."""
-    columns: Columns = {}
-    for name in list(chunks):
-        tensor = torch.cat(chunks.pop(name)).cpu()
-        if name in ("label", "prediction"):
-            columns[name] = tensor.to(torch.int64).numpy()
-        else:
-            columns[name] = tensor.to(torch.float64).numpy()
-        del tensor
-    return columns
-
-
-def _append(chunks: dict[str, list[torch.Tensor]], batch: dict[str, torch.Tensor]) -> None:
-    for name, tensor in batch.items():
-        chunks.setdefault(name, []).append(tensor)
+def evaluate(
+    model: torch.nn.Module,
+    dataset: Dataset[Any],
+    adapter: Adapter,
+    options: PassOptions = PassOptions(),
+) -> EvalResult:
+    """Run one model over `dataset`: its per-example records, keyed by example id."""
+    device = resolve_device(options.device)
+    started = time.perf_counter()
+    collector = _Collector()
+    with _evaluating(model, device), torch.inference_mode():
+        for batch in _batches(dataset, options, device):
+            collector.add(adapter.records(_forward(adapter, model, batch, "model"), batch, "model"))
+    return EvalResult(collector.records(), str(device), time.perf_counter() - started)
 
 
 def evaluate_pair(
@@ -100,28 +93,89 @@ def evaluate_pair(
     candidate: torch.nn.Module,
     dataset: Dataset[Any],
     adapter: Adapter,
+    options: PassOptions = PassOptions(),
     *,
-    batch_size: int = 64,
-    device: str = "auto",
-    bf16: bool = False,
-    progress: bool | None = None,
+    num_classes: int | None = None,
 ) -> EngineResult:
-    """Run both models over `dataset` in one pass and return their paired records."""
-    target_device = resolve_device(device)
+    """Both models over `dataset` in one pass (each batch read and moved once), paired."""
+    device = resolve_device(options.device)
     started = time.perf_counter()
-    with _evaluating(baseline, target_device), _evaluating(candidate, target_device):
-        records = _one_pass(
-            baseline, candidate, dataset, adapter, _Pass(target_device, batch_size, bf16, progress)
+    collectors = {side: _Collector() for side in SIDES}
+    models = dict(zip(SIDES, (baseline, candidate), strict=True))
+    with _evaluating(baseline, device), _evaluating(candidate, device), torch.inference_mode():
+        for batch in _batches(dataset, options, device):
+            for side, model in models.items():
+                output = _forward(adapter, model, batch, side)
+                collectors[side].add(adapter.records(output, batch, side))
+    records = pair(
+        collectors["baseline"].records(),
+        collectors["candidate"].records(),
+        task=adapter.task,
+        shared=adapter.shared,
+        num_classes=num_classes,
+    )
+    return EngineResult(records, str(device), time.perf_counter() - started)
+
+
+class _Collector:
+    """Record columns of every batch, kept on the device until `records()`."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[str, list[torch.Tensor]] = {}
+        self.n = 0
+
+    def add(self, columns: dict[str, torch.Tensor]) -> None:
+        for name, tensor in columns.items():
+            self.chunks.setdefault(name, []).append(tensor)
+        if columns:
+            self.n += int(next(iter(columns.values())).shape[0])
+
+    def records(self) -> Records:
+        """Concatenate and convert one column at a time, releasing its batch tensors first, so
+        the peak stays near one copy of the records rather than three."""
+        if self.n == 0:
+            raise DataError(
+                "the eval set has no examples; pass a dataset with at least one example"
+            )
+        columns: dict[str, Any] = {}
+        for name in list(self.chunks):
+            tensor = torch.cat(self.chunks.pop(name)).cpu()
+            integer = not tensor.is_floating_point() and tensor.dtype != torch.bool
+            columns[name] = tensor.to(torch.int64 if integer else torch.float64).numpy()
+            del tensor
+        return Records(np.arange(self.n, dtype=np.int64), columns)
+
+
+def _batches(dataset: Dataset[Any], options: PassOptions, device: torch.device) -> Iterator[Any]:
+    """Batches in dataset order, on the device. A TensorDataset (every built-in and file eval
+    set) is sliced directly: the same batches a DataLoader would collate, without per-example
+    indexing."""
+    loader: Iterable[Any]
+    if isinstance(dataset, TensorDataset):
+        size = options.batch_size
+        loader = (
+            tuple(tensor[start : start + size] for tensor in dataset.tensors)
+            for start in range(0, len(dataset), size)
         )
-    return EngineResult(records, str(target_device), time.perf_counter() - started)
+    else:
+        loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False)
+    if sys.stderr.isatty() if options.progress is None else options.progress:
+        from tqdm import tqdm  # imported only for interactive runs
+
+        loader = tqdm(loader, desc="evaluating", unit="batch", file=sys.stderr, leave=False)
+    non_blocking = device.type == "cuda"
+    for batch in loader:
+        yield _to_device(batch, device, non_blocking)
 
 
-@dataclass(frozen=True)
-class _Pass:
-    device: torch.device
-    batch_size: int
-    bf16: bool
-    progress: bool | None
+def _to_device(batch: Any, device: torch.device, non_blocking: bool) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, tuple | list):
+        return type(batch)(_to_device(item, device, non_blocking) for item in batch)
+    if isinstance(batch, dict):
+        return {key: _to_device(item, device, non_blocking) for key, item in batch.items()}
+    return batch
 
 
 @contextlib.contextmanager
@@ -140,55 +194,33 @@ def _evaluating(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
             model.to(home)
 
 
-def _one_pass(
-    baseline: torch.nn.Module,
-    candidate: torch.nn.Module,
-    dataset: Dataset[Any],
-    adapter: Adapter,
-    run: _Pass,
-) -> PairedRecords:
-    target_device, bf16 = run.device, run.bf16
-    loader = _loader(dataset, run.batch_size)
-    chunks: dict[str, dict[str, list[torch.Tensor]]] = {"baseline": {}, "candidate": {}}
-    non_blocking = target_device.type == "cuda"
-    n = 0
-    with torch.inference_mode(), _autocast(target_device, bf16):
-        for inputs, target in _batches(loader, _show_progress(run.progress)):
-            inputs = inputs.to(target_device, non_blocking=non_blocking)
-            target = target.to(target_device, non_blocking=non_blocking).long()
-            for side, model in (("baseline", baseline), ("candidate", candidate)):
-                output = _forward(model, inputs, side)
-                _append(chunks[side], adapter.records(output, target, side))
-            n += int(target.shape[0])
-    if n == 0:
-        raise DataError("the eval set has no examples; pass a dataset with at least one example")
-    # Labels are the same targets on both sides: keep one array, shared.
-    chunks["candidate"].pop("label", None)
-    baseline_columns = _to_numpy(chunks["baseline"])
-    candidate_columns = _to_numpy(chunks["candidate"])
-    if "label" in baseline_columns:
-        candidate_columns["label"] = baseline_columns["label"]
-    return PairedRecords(
-        task=adapter.task,
-        example_ids=np.arange(n, dtype=np.int64),
-        baseline=baseline_columns,
-        candidate=candidate_columns,
-        num_classes=adapter.num_classes,
-    )
-
-
-def _forward(model: torch.nn.Module, inputs: torch.Tensor, side: str) -> Any:
+def _forward(adapter: Adapter, model: torch.nn.Module, batch: Any, side: str) -> Any:
     try:
-        return model(inputs)
+        return adapter.forward(model, batch)
     except torch.OutOfMemoryError:
         raise ConfigError(
-            f"out of memory running the {side} model on a batch of {inputs.shape[0]} examples; "
+            f"out of memory running the {side} model on a batch of {_size(batch)} examples; "
             "lower --batch-size"
         ) from None
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         # A shape or dtype mismatch between the data and the model is a user error, not a bug.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelOutputError(
-            f"the {side} model failed on an input batch of shape {tuple(inputs.shape)}: {first}; "
+            f"the {side} model failed on an input batch of shape {_shape(batch)}: {first}; "
             "check that the model fits the eval set"
         ) from None
+
+
+def _shape(batch: Any) -> tuple[int, ...]:
+    """The shape of the batch's first tensor (its inputs), for error messages."""
+    first = batch
+    while isinstance(first, tuple | list) and first:
+        first = first[0]
+    if isinstance(first, dict) and first:
+        first = next(iter(first.values()))
+    return tuple(first.shape) if isinstance(first, torch.Tensor) else ()
+
+
+def _size(batch: Any) -> int:
+    shape = _shape(batch)
+    return shape[0] if shape else 0

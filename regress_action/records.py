@@ -1,23 +1,39 @@
-"""Paired per-example records: the one source every metric, statistic and flip comes from.
+"""Per-example records: the one source every metric, statistic and flip comes from.
 
-The engine fills them (from torch tensors); everything downstream reads plain numpy arrays.
-Imports numpy only.
+`Records` are one model's columns over an eval set, keyed by example id (the example's index in
+the frozen eval set); `pair` joins a baseline's and a candidate's records on those ids into
+`PairedRecords`. The engine fills records from torch tensors; everything downstream reads plain
+numpy arrays. Imports numpy and `errors` only.
 
-Columns by task (each a 1-D array of length n, aligned with `example_ids`):
-- classification: `label` (int64, the same array on both sides), `prediction` (int64),
-  `correct` (0/1 float64), `loss` (per-example NLL, float64), `confidence` (max softmax
-  probability, float64), `top5_correct` (0/1 float64; only when num_classes > 5).
-- lm: `nll_sum` (summed token NLL in nats), `tokens`, `correct_tokens`, `bytes` (float64).
+The columns are the task adapter's (see `tasks/`): e.g. classification `label`, `prediction`,
+`correct`, `loss`, `confidence`, `top5_correct`; lm `nll_sum`, `tokens`, `correct_tokens`,
+`bytes`; regression `target`, `prediction`, `sq_error`, `abs_error`. Integer columns are int64,
+all others float64.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
-Columns = dict[str, NDArray[np.float64] | NDArray[np.int64]]
+from .errors import DataError
+
+Columns = Mapping[str, NDArray[np.float64] | NDArray[np.int64]]
+
+
+@dataclass
+class Records:
+    """One model's per-example columns, aligned with `example_ids`."""
+
+    example_ids: NDArray[np.int64]
+    columns: dict[str, NDArray[np.float64] | NDArray[np.int64]]
+
+    @property
+    def n(self) -> int:
+        return int(self.example_ids.shape[0])
 
 
 @dataclass
@@ -26,13 +42,58 @@ class PairedRecords:
 
     task: str
     example_ids: NDArray[np.int64]
-    baseline: Columns = field(default_factory=dict)
-    candidate: Columns = field(default_factory=dict)
+    baseline: dict[str, NDArray[np.float64] | NDArray[np.int64]] = field(default_factory=dict)
+    candidate: dict[str, NDArray[np.float64] | NDArray[np.int64]] = field(default_factory=dict)
     num_classes: int | None = None
 
     @property
     def n(self) -> int:
         return int(self.example_ids.shape[0])
 
-    def side(self, which: str) -> Columns:
+    def side(self, which: str) -> dict[str, NDArray[np.float64] | NDArray[np.int64]]:
         return self.baseline if which == "baseline" else self.candidate
+
+
+def pair(
+    baseline: Records,
+    candidate: Records,
+    *,
+    task: str,
+    shared: tuple[str, ...] = (),
+    num_classes: int | None = None,
+) -> PairedRecords:
+    """Join two models' records on example id (both sorted by id).
+
+    Both must cover the same examples. `shared` columns (the targets) are the same data on both
+    sides: the baseline's array is kept once, for both; a difference means the two passes did
+    not read the same eval set, which is refused.
+    """
+    base_ids, base_cols = _by_id(baseline)
+    cand_ids, cand_cols = _by_id(candidate)
+    if not np.array_equal(base_ids, cand_ids):
+        raise DataError(
+            f"the baseline's records cover {base_ids.size} examples and the candidate's "
+            f"{cand_ids.size}, not the same ones; evaluate both on the same eval set"
+        )
+    for name in shared:
+        if name in base_cols and name in cand_cols:
+            if not np.array_equal(base_cols[name], cand_cols[name]):
+                raise DataError(
+                    f"the baseline and the candidate were evaluated on different {name}s; "
+                    "evaluate both on the same eval set"
+                )
+            cand_cols[name] = base_cols[name]
+    return PairedRecords(task, base_ids, base_cols, cand_cols, num_classes)
+
+
+def _by_id(
+    records: Records,
+) -> tuple[NDArray[np.int64], dict[str, NDArray[np.float64] | NDArray[np.int64]]]:
+    ids = records.example_ids
+    if ids.size < 2 or bool(np.all(ids[1:] > ids[:-1])):
+        return ids, dict(records.columns)  # already in id order (the engine's own output)
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    if bool(np.any(ids[1:] == ids[:-1])):
+        raise DataError("example ids must be unique; each example is evaluated once")
+    return ids, {name: values[order] for name, values in records.columns.items()}

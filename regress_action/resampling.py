@@ -1,9 +1,11 @@
 """Resampling machinery for the paired statistics (DESIGN §4): bootstrap weights, the chunked
-weighted sums, the percentile CI and its dual bootstrap p, and corpus-metric resampling.
+weighted sums, the percentile CI and its dual bootstrap p, and the two ways a whole-set (corpus)
+metric is resampled.
 
 Owns how resampled deltas are drawn and summarised; `stats` decides which test each metric gets
-and builds its `MetricStats`. Imports numpy, scipy and the contract modules `records` and
-`metrics` only (never torch, SQLAlchemy, PyGithub or jinja2).
+and builds its `MetricStats`. Holds no metric: a corpus metric brings its own `WeightedSums` or
+`CellCounts` (defined with the metric, in its task). Imports numpy, scipy and the contract
+modules `records` and `metrics` only (never torch, SQLAlchemy, PyGithub or jinja2).
 
 Bootstrap p and CI are dual by construction (`bootstrap_p`, `percentile_ci`): with B finite
 resampled deltas and m = min(#(δ* ≤ 0), #(δ* ≥ 0)) (a δ* exactly 0 counts on both sides),
@@ -16,27 +18,29 @@ Resampling is vectorised as a weight matrix W (resamples × n) times a column bl
 one GEMM gives every resampled sum a block's metrics need. W rows are multinomial bootstrap
 counts for n ≤ 10,000 and Poisson(1) weights above (the Poisson bootstrap, Hanley & MacGibbon
 2006; Chamandy et al. 2012), which converges to the same distribution, costs O(1) per weight and
-is what makes n = 100,000 × 2000 resamples fit in about a second. Mean and ECE statistics divide
-by the resample's own total weight; in Σnum/Σden it cancels. W is drawn once, in example order,
-and no block depends on which other metrics are requested (a mean metric's block is its own,
-all ratio metrics share the block of every finite record column, ECE has its per-bin block), so
-a metric's resampled deltas, p and CI are bit-identical whatever else is requested. Macro-F1
-depends on the examples only through the cell (label, baseline prediction, candidate
-prediction), so its bootstrap draws exact multinomial cell counts from its own stream.
+is what makes n = 100,000 × 2000 resamples fit in about a second. Mean statistics divide by the
+resample's own total weight; in Σnum/Σden it cancels. W is drawn once, in example order, and no
+block depends on which other metrics are requested (a mean metric's block is its own, all ratio
+metrics share the block of every finite record column, a `WeightedSums` metric has its own
+block), so a metric's resampled deltas, p and CI are bit-identical whatever else is requested.
+A `CellCounts` metric depends on the examples only through a discrete cell per example (for
+macro-F1: label, baseline prediction, candidate prediction), so its bootstrap draws exact
+multinomial cell counts from its own stream.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import stats as sps
 
-from .metrics import ECE_BINS, MetricSpec
+from .metrics import Metric, TestName, all_finite, f64, transform_array
 from .records import PairedRecords
 
 __all__ = [
@@ -44,8 +48,11 @@ __all__ = [
     "MULTINOMIAL_MAX_CELLS",
     "MULTINOMIAL_MAX_N",
     "BootstrapPlan",
+    "CellCounts",
+    "WeightedSums",
     "bootstrap_p",
-    "macro_f1_deltas",
+    "cell_deltas",
+    "group_sum",
     "multinomial_weights",
     "percentile_ci",
     "poisson_weights",
@@ -56,18 +63,41 @@ Array = NDArray[np.float64]
 
 MULTINOMIAL_MAX_N = 10_000  # classic multinomial bootstrap up to here, Poisson weights above
 CHUNK_WEIGHTS = 8_000_000  # weights per chunk: 64 MB of float64 whatever n is
-MULTINOMIAL_MAX_CELLS = 4096  # macro-F1: multinomial over cells up to here, index draws above
+MULTINOMIAL_MAX_CELLS = 4096  # cell counts: multinomial over cells up to here, index draws above
 
 
-def _all_finite(values: NDArray[np.float64] | NDArray[np.int64]) -> bool:
-    return bool(np.isfinite(values).all())
+# A block of per-example columns (n × k) and how its resampled sums (B × k) become B deltas.
+Block = tuple[Array, Callable[[Array], Array]]
 
 
-def _f64(values: NDArray[np.float64] | NDArray[np.int64]) -> Array:
-    return np.asarray(values, dtype=np.float64)
+@dataclass(frozen=True)
+class WeightedSums:
+    """A corpus metric whose resampled value follows from weighted sums of per-example columns.
+
+    `block(records)` returns the columns and the function from their resampled sums to the
+    resampled deltas (e.g. ECE: one column per occupied confidence bin and side; R²: squared
+    errors, the target and its square). The sums come from the shared weight matrix W.
+    """
+
+    block: Callable[[PairedRecords], Block]
 
 
-# --- bootstrap over examples (ratio, ECE, mean CI) -------------------------------------------
+@dataclass(frozen=True)
+class CellCounts:
+    """A corpus metric that depends on each example only through a discrete cell.
+
+    `cells(records)` returns one integer key per example and a context; `delta(counts, keys,
+    context)` maps resampled counts of the distinct keys (B × u, keys sorted) to B deltas.
+    Resampling n examples is then an exact multinomial draw over the cells, from the metric's
+    own stream `[seed, stream]`.
+    """
+
+    cells: Callable[[PairedRecords], tuple[NDArray[np.int64], Any]]
+    delta: Callable[[Array, NDArray[np.int64], Any], Array]
+    stream: int = 2
+
+
+# --- bootstrap over examples (ratio, weighted sums, mean CI) --------------------------------
 
 
 @dataclass
@@ -78,65 +108,60 @@ class BootstrapPlan:
     sums (a GEMM's bits can depend on the matrix's other columns). A mean metric has its own
     block [diff, 1] (the ones give the resample's total weight); every ratio metric reads the
     shared block of all distinct finite columns of the records (one pass over W for all of
-    them; the total weight cancels in Σnum/Σden); ECE has its per-(side, bin) block. `tests`
+    them; the total weight cancels in Σnum/Σden); a `WeightedSums` metric has its own. `tests`
     names each metric's test; `diffs` keeps a mean metric's differences, whose p comes from
     `stats.mean_test_p` (a permutation test), not from the bootstrap.
     """
 
     blocks: dict[tuple[str, ...], Array] = field(default_factory=dict)
-    # name -> (kind, block key, transform, the metric's columns' positions in its block)
-    metrics: dict[str, tuple[str, tuple[str, ...], str, list[int]]] = field(default_factory=dict)
-    tests: dict[str, str] = field(default_factory=dict)
+    # name -> (block key, the metric's columns' positions in its block, sums -> deltas)
+    metrics: dict[str, tuple[tuple[str, ...], list[int], Callable[[Array], Array]]] = field(
+        default_factory=dict
+    )
+    tests: dict[str, TestName] = field(default_factory=dict)
     diffs: dict[str, Array] = field(default_factory=dict)
     record_columns: dict[tuple[str, str], int] = field(default_factory=dict)
-    ece_base_bins: int = 0  # ECE block: how many of its bin columns are the baseline's
 
-    def add_mean(self, name: str, diff: Array, test: str) -> None:
+    def add_mean(self, name: str, diff: Array, test: TestName) -> None:
         self.blocks[("mean", name)] = np.column_stack([diff, np.ones(diff.size)])
-        self.metrics[name] = ("mean", ("mean", name), "identity", [0, 1])
+        self.metrics[name] = (("mean", name), [0, 1], _mean_delta)
         self.diffs[name] = diff
         self.tests[name] = test
 
-    def add_ratio(self, name: str, spec: MetricSpec, records: PairedRecords) -> None:
-        assert spec.ratio is not None
-        num, den = spec.ratio
+    def add_ratio(self, name: str, metric: Metric, records: PairedRecords) -> None:
+        num, den = metric.columns
         if ("records",) not in self.blocks:
             self.blocks[("records",)] = self._record_block(records)
         cols = [self.record_columns[side, c] for side in ("b", "c") for c in (num, den)]
-        self.metrics[name] = ("ratio", ("records",), spec.transform, cols)
-        self.tests[name] = "paired_bootstrap_log_ratio"
+        transform = metric.transform
+
+        def delta(sums: Array) -> Array:
+            base = transform_array(sums[:, 0] / sums[:, 1], transform)
+            return transform_array(sums[:, 2] / sums[:, 3], transform) - base
+
+        self.metrics[name] = (("records",), cols, delta)
+        self.tests[name] = metric.test_name(records.n)
+
+    def add_block(self, name: str, block: Block, test: TestName) -> None:
+        """A `WeightedSums` metric: its own block and its own sums -> deltas function."""
+        columns, delta = block
+        self.blocks[("block", name)] = columns
+        self.metrics[name] = (("block", name), list(range(columns.shape[1])), delta)
+        self.tests[name] = test
 
     def _record_block(self, records: PairedRecords) -> Array:
         """Every finite column of both sides, each distinct array once (`tokens` is shared)."""
         distinct: list[Array] = []
         for side, columns in (("b", records.baseline), ("c", records.candidate)):
             for name in sorted(columns):
-                values = _f64(columns[name])
-                if values.shape != (records.n,) or not _all_finite(values):
+                values = f64(columns[name])
+                if values.shape != (records.n,) or not all_finite(values):
                     continue
                 same = [j for j, seen in enumerate(distinct) if np.array_equal(seen, values)]
                 if not same:
                     distinct.append(values)
                 self.record_columns[side, name] = same[0] if same else len(distinct) - 1
         return np.column_stack(distinct)
-
-    def add_ece(self, name: str, records: PairedRecords) -> None:
-        # ECE = Σ_bins |Σ_{i in bin} (confidence_i - correct_i)| / n (metrics.ece); an
-        # example's bin is fixed, only its weight is resampled. Block: [1, one column per
-        # occupied baseline bin, one per occupied candidate bin], a bin's column holding
-        # (confidence - correct) for the examples in it and 0 elsewhere.
-        columns = [np.ones(records.n)]
-        for side in (records.baseline, records.candidate):
-            confidence, correct = _f64(side["confidence"]), _f64(side["correct"])
-            bins = np.clip(np.ceil(confidence * ECE_BINS).astype(np.int64) - 1, 0, ECE_BINS - 1)
-            gap = confidence - correct
-            occupied = np.unique(bins)
-            columns.extend(np.where(bins == b, gap, 0.0) for b in occupied)
-            if side is records.baseline:
-                self.ece_base_bins = occupied.size
-        self.blocks[("ece",)] = np.column_stack(columns)
-        self.metrics[name] = ("ece", ("ece",), "identity", list(range(len(columns))))
-        self.tests[name] = "paired_bootstrap"
 
     def run(self, n: int, resamples: int, rng: np.random.Generator) -> dict[str, Array]:
         """Resampled deltas per metric (non-finite resamples dropped); empty when n < 2."""
@@ -150,34 +175,16 @@ class BootstrapPlan:
                 for key, x in self.blocks.items():
                     chunks[key].append(w @ x)
             sums = {key: np.concatenate(parts) for key, parts in chunks.items()}
-            for name, (kind, key, transform, cols) in self.metrics.items():
-                delta = _resampled_delta(kind, transform, sums[key][:, cols], self.ece_base_bins)
+            for name, (key, cols, to_delta) in self.metrics.items():
+                delta = to_delta(sums[key][:, cols])
                 out[name] = delta[np.isfinite(delta)]
         return out
 
 
-def _resampled_delta(kind: str, transform: str, sums: Array, ece_base_bins: int) -> Array:
-    """A metric's delta per resample from its resampled column sums (resamples × columns):
-    mean [diff, 1], ratio [num_b, den_b, num_c, den_c], ECE [1, baseline bins, candidate bins]."""
-    if kind == "ece":
-        split = 1 + ece_base_bins
-        base, cand = np.abs(sums[:, 1:split]).sum(axis=1), np.abs(sums[:, split:]).sum(axis=1)
-        ece_delta: Array = (cand - base) / sums[:, 0]
-        return ece_delta
-    if kind == "mean":
-        mean_delta: Array = sums[:, 0] / sums[:, 1]
-        return mean_delta
-    base_ratio = _transform(sums[:, 0] / sums[:, 1], transform)
-    cand_ratio = _transform(sums[:, 2] / sums[:, 3], transform)
-    return cand_ratio - base_ratio
-
-
-def _transform(ratio: Array, transform: str) -> Array:
-    if transform == "exp":
-        return np.asarray(np.exp(ratio), dtype=np.float64)
-    if transform == "bits":
-        return np.asarray(ratio / math.log(2.0), dtype=np.float64)
-    return ratio
+def _mean_delta(sums: Array) -> Array:
+    """A mean metric's resampled delta from its sums [Σw·diff, Σw]."""
+    delta: Array = sums[:, 0] / sums[:, 1]
+    return delta
 
 
 def weight_chunks(rng: np.random.Generator, n: int, resamples: int) -> Iterator[Array]:
@@ -225,7 +232,7 @@ def bootstrap_p(delta: Array) -> float:
     the transforms are increasing and both ratios are positive. NaN without finite resamples.
     """
     size = delta.size
-    if size == 0 or not _all_finite(delta):
+    if size == 0 or not all_finite(delta):
         return math.nan
     below = int(np.count_nonzero(delta <= 0))
     above = int(np.count_nonzero(delta >= 0))
@@ -257,7 +264,7 @@ def percentile_ci(delta: Array, alpha: float) -> tuple[float, float]:
     p-value. 0 lies outside exactly when fewer than k deltas are ≤ 0 or fewer than k are ≥ 0.
     """
     size = delta.size
-    if size == 0 or not _all_finite(delta):
+    if size == 0 or not all_finite(delta):
         return math.nan, math.nan
     k = _tail_rank(alpha, size)
     if k == 0:
@@ -266,24 +273,16 @@ def percentile_ci(delta: Array, alpha: float) -> tuple[float, float]:
     return float(ends[k - 1]), float(ends[size - k])
 
 
-# --- macro-F1: exact multinomial over (label, baseline prediction, candidate prediction) -------
+# --- cell counts: exact multinomial over each example's discrete cell ---------------------------
 
 
-def macro_f1_deltas(records: PairedRecords, resamples: int, seed: int) -> Array:
-    """Resampled macro-F1 deltas (candidate - baseline), one per resample; needs n ≥ 2."""
-    k = int(records.num_classes or 0)
-    label = np.asarray(records.baseline["label"], dtype=np.int64)
-    pred_b = np.asarray(records.baseline["prediction"], dtype=np.int64)
-    pred_c = np.asarray(records.candidate["prediction"], dtype=np.int64)
-    k = max(k, int(max(label.max(), pred_b.max(), pred_c.max())) + 1)
-    cells, inverse, counts = np.unique(
-        (label * k + pred_b) * k + pred_c, return_inverse=True, return_counts=True
-    )
-    cell_label, cell_b, cell_c = cells // (k * k), (cells // k) % k, cells % k
-    rng = np.random.default_rng([seed, 2])
+def cell_deltas(metric: CellCounts, records: PairedRecords, resamples: int, seed: int) -> Array:
+    """Resampled deltas (candidate - baseline) of a `CellCounts` metric; needs n ≥ 2."""
+    keys, context = metric.cells(records)
+    cells, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    rng = np.random.default_rng([seed, metric.stream])
     deltas = [
-        _macro_f1(c, cell_label, cell_c, k) - _macro_f1(c, cell_label, cell_b, k)
-        for c in _cell_count_chunks(rng, counts, inverse, resamples)
+        metric.delta(c, cells, context) for c in _cell_count_chunks(rng, counts, inverse, resamples)
     ]
     return np.concatenate(deltas)
 
@@ -304,20 +303,7 @@ def _cell_count_chunks(
             yield np.bincount(keys.ravel(), minlength=m * u).reshape(m, u).astype(np.float64)
 
 
-def _macro_f1(
-    cell_counts: Array, cell_label: NDArray[np.int64], cell_pred: NDArray[np.int64], k: int
-) -> Array:
-    """Macro-F1 per resample row from cell counts (the same rule as `metrics.macro_f1`)."""
-    hit = cell_label == cell_pred
-    true_pos = _group_sum(cell_counts[:, hit], cell_label[hit], k)
-    support = _group_sum(cell_counts, cell_label, k)
-    predicted = _group_sum(cell_counts, cell_pred, k)
-    denom = support + predicted
-    f1 = np.divide(2.0 * true_pos, denom, out=np.zeros_like(denom), where=denom > 0)
-    return np.asarray(f1.mean(axis=1), dtype=np.float64)
-
-
-def _group_sum(values: Array, group: NDArray[np.int64], k: int) -> Array:
+def group_sum(values: Array, group: NDArray[np.int64], k: int) -> Array:
     """Column sums of `values` (rows × cells) by the cells' group (a class) -> rows × k."""
     out = np.zeros((values.shape[0], k))
     if group.size == 0:

@@ -17,16 +17,18 @@ Methods by metric kind:
   the boundary a small-n mean metric's p and CI can disagree.
 - ratio: paired bootstrap over whole examples, Σnum/Σden recomputed for both sides per resample;
   p from the bootstrap distribution of log(candidate / baseline), CI on the transformed delta.
-- corpus: paired bootstrap over examples with the full label set (macro-F1) or bins (ECE).
+- corpus: paired bootstrap over examples through the metric's own resampler (`WeightedSums`:
+  resampled weighted column sums, e.g. ECE's bins; `CellCounts`: multinomial cell counts, e.g.
+  macro-F1 over (label, baseline prediction, candidate prediction) with the full label set).
 All CIs are percentile intervals: BCa needs an O(n²) jackknife at n = 100,000.
 
 Non-finite per-example values (NaN, ±inf, inf - inf) make that metric's statistics p = NaN and
 CI = (NaN, NaN), whatever its kind: the verdict fails the metric and keeps it out of Holm.
 
-The resampling itself (weights, chunked sums, percentile CI and its dual bootstrap p,
-macro-F1 and ECE resampling) lives in `resampling`. A metric's p and CI do not depend on which
-other metrics are requested; each permutation test draws from a stream keyed by its metric's
-name. Deterministic given `seed`.
+The resampling itself (weights, chunked sums, percentile CI and its dual bootstrap p, cell
+counts) lives in `resampling`; no metric name appears here. A metric's p and CI do not depend
+on which other metrics are requested; each permutation test draws from a stream keyed by its
+metric's name. Deterministic given `seed`.
 """
 
 from __future__ import annotations
@@ -40,44 +42,18 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats as sps
 
-from .metrics import MetricSpec
+from .metrics import T_TEST_MIN_N, Metric, TestName, all_finite, f64
 from .records import PairedRecords
-from .resampling import (
-    BootstrapPlan,
-    bootstrap_p,
-    macro_f1_deltas,
-    multinomial_weights,
-    percentile_ci,
-    poisson_weights,
-    weight_chunks,
-)
-
-# The public surface; the resampling names are re-exported so callers keep one entry point.
-__all__ = [
-    "T_TEST_MIN_N",
-    "MetricStats",
-    "bootstrap_p",
-    "mcnemar",
-    "mcnemar_p",
-    "mean_test_p",
-    "multinomial_weights",
-    "newcombe_ci",
-    "paired_statistics",
-    "percentile_ci",
-    "poisson_weights",
-    "weight_chunks",
-]
+from .resampling import BootstrapPlan, CellCounts, bootstrap_p, cell_deltas, percentile_ci
 
 Array = NDArray[np.float64]
-
-T_TEST_MIN_N = 1000  # paired t-test from here on, sign-flip permutation test below
 
 
 @dataclass(frozen=True)
 class MetricStats:
     """One metric's paired test: what `verdict.apply_significance` consumes."""
 
-    test: str
+    test: TestName
     p_value: float  # two-sided, H0: no difference between baseline and candidate
     ci_low: float  # CI on delta = candidate - baseline, in the metric's own units
     ci_high: float
@@ -88,7 +64,7 @@ class MetricStats:
 
 def paired_statistics(
     records: PairedRecords,
-    specs: Mapping[str, MetricSpec],
+    specs: Mapping[str, Metric],
     *,
     confidence: float = 0.95,
     resamples: int = 2000,
@@ -99,31 +75,31 @@ def paired_statistics(
     base, cand = records.baseline, records.candidate
     plan = BootstrapPlan()
     out: dict[str, MetricStats] = {}
-    for name, spec in specs.items():
-        needed = _needed_columns(name, spec)
-        if not all(c is not None and c in base and c in cand for c in needed):
+    for name, metric in specs.items():
+        if not all(c in base and c in cand for c in metric.columns):
             continue
-        if not all(_all_finite(side[c]) for side in (base, cand) for c in needed if c):
-            out[name] = MetricStats(_test_name(name, spec, records.n), *_NAN_STATS, records.n)
-        elif spec.kind == "binary":
-            assert spec.column is not None
-            out[name] = mcnemar(base[spec.column], cand[spec.column], confidence)
-        elif spec.kind == "mean":
-            assert spec.column is not None
+        test = metric.test_name(records.n)
+        if not all(all_finite(side[c]) for side in (base, cand) for c in metric.columns):
+            out[name] = MetricStats(test, *_NAN_STATS, records.n)
+        elif metric.kind == "binary":
+            column = metric.columns[0]
+            out[name] = mcnemar(base[column], cand[column], confidence)
+        elif metric.kind == "mean":
+            column = metric.columns[0]
             with np.errstate(over="ignore"):  # finite values whose difference overflows
-                diff = _f64(cand[spec.column]) - _f64(base[spec.column])
-            if not _all_finite(diff):
-                out[name] = MetricStats(_test_name(name, spec, records.n), *_NAN_STATS, records.n)
+                diff = f64(cand[column]) - f64(base[column])
+            if not all_finite(diff):
+                out[name] = MetricStats(test, *_NAN_STATS, records.n)
             elif diff.size >= T_TEST_MIN_N:
                 out[name] = _paired_t(diff, confidence)
             else:
-                plan.add_mean(name, diff, _test_name(name, spec, diff.size))
-        elif spec.kind == "ratio":
-            plan.add_ratio(name, spec, records)
-        elif name == "macro_f1":
-            out[name] = _macro_f1_stats(records, alpha, resamples, seed)
-        elif name == "ece":
-            plan.add_ece(name, records)
+                plan.add_mean(name, diff, test)
+        elif metric.kind == "ratio":
+            plan.add_ratio(name, metric, records)
+        elif isinstance(metric.resampler, CellCounts):
+            out[name] = _cell_stats(metric.resampler, records, alpha, resamples, seed)
+        else:
+            plan.add_block(name, metric.resampler.block(records), test)
     deltas = plan.run(records.n, resamples, np.random.default_rng(seed))
     for name, delta_star in deltas.items():
         rng_perm = np.random.default_rng([seed, 1, zlib.crc32(name.encode())])
@@ -141,42 +117,15 @@ def paired_statistics(
 _NAN_STATS = (math.nan, math.nan, math.nan)  # p, ci_low, ci_high
 
 
-def _macro_f1_stats(records: PairedRecords, alpha: float, resamples: int, seed: int) -> MetricStats:
+def _cell_stats(
+    resampler: CellCounts, records: PairedRecords, alpha: float, resamples: int, seed: int
+) -> MetricStats:
     n = records.n
     if n < 2:
         return MetricStats("paired_bootstrap", 1.0, math.nan, math.nan, n)
-    delta = macro_f1_deltas(records, resamples, seed)
+    delta = cell_deltas(resampler, records, resamples, seed)
     low, high = percentile_ci(delta, alpha)
     return MetricStats("paired_bootstrap", bootstrap_p(delta), low, high, n)
-
-
-def _needed_columns(name: str, spec: MetricSpec) -> list[str | None]:
-    """The per-example columns (both sides) a metric is computed from; None: unknown."""
-    if spec.kind in ("binary", "mean"):
-        return [spec.column]
-    if spec.kind == "ratio":
-        return list(spec.ratio or (None,))
-    corpus: dict[str, list[str | None]] = {
-        "macro_f1": ["label", "prediction"],
-        "ece": ["correct", "confidence"],
-    }
-    return corpus.get(name, [None])
-
-
-def _test_name(name: str, spec: MetricSpec, n: int) -> str:
-    if spec.kind == "binary":
-        return "mcnemar_exact"
-    if spec.kind == "mean":
-        return "paired_t" if n >= T_TEST_MIN_N else "paired_permutation"
-    return "paired_bootstrap_log_ratio" if spec.kind == "ratio" else "paired_bootstrap"
-
-
-def _all_finite(values: NDArray[np.float64] | NDArray[np.int64]) -> bool:
-    return bool(np.isfinite(values).all())
-
-
-def _f64(values: NDArray[np.float64] | NDArray[np.int64]) -> Array:
-    return np.asarray(values, dtype=np.float64)
 
 
 # --- binary: exact McNemar -------------------------------------------------------------------
@@ -189,10 +138,10 @@ def mcnemar(
 ) -> MetricStats:
     """Exact McNemar test on paired 0/1 outcomes, and Newcombe's CI on the accuracy delta."""
     n = int(np.size(baseline_correct))
-    if not (_all_finite(baseline_correct) and _all_finite(candidate_correct)):
+    if not (all_finite(baseline_correct) and all_finite(candidate_correct)):
         return MetricStats("mcnemar_exact", *_NAN_STATS, n)
-    base = _f64(baseline_correct) > 0.5
-    cand = _f64(candidate_correct) > 0.5
+    base = f64(baseline_correct) > 0.5
+    cand = f64(candidate_correct) > 0.5
     n_fixed = int(np.count_nonzero(cand & ~base))
     n_broken = int(np.count_nonzero(base & ~cand))
     both = int(np.count_nonzero(base & cand))
@@ -264,7 +213,7 @@ def mean_test_p(diff: Array, resamples: int, rng: np.random.Generator) -> tuple[
     NaN when a difference is not finite (NaN, ±inf, inf - inf): there is no test to run."""
     n = diff.size
     test = "paired_t" if n >= T_TEST_MIN_N else "paired_permutation"
-    if not _all_finite(diff):
+    if not all_finite(diff):
         return test, math.nan
     if n < 2 or not np.any(diff):
         return test, 1.0

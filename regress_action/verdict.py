@@ -1,6 +1,6 @@
 """The verdict: deltas, direction-aware statuses, significance gating and the overall status.
 
-Imports numpy-free pure Python plus `metrics`, `report`, `spec` (no torch, SQL or GitHub).
+Pure Python plus `metrics`, `tasks`, `report`, `spec` (no torch, SQL or GitHub).
 
 Rules (DESIGN §4), for each metric with tolerance `tol` (the per-metric absolute/relative
 tolerance, else the threshold):
@@ -21,18 +21,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from .errors import ConfigError
-from .metrics import REGISTRY, MetricKind, MetricSpec, unknown_metric_message
+from .metrics import Metric, MetricKind
 from .report import MetricResult
 from .spec import OverallStatus, Status, VerdictConfig
+from .tasks import TASKS, unknown_metric_message
 
 log = logging.getLogger("regress_action")
 
-# Direction by name, from the registry (the same name has the same direction in every task).
+# Direction by name, from the task registry (a name has the same direction in every task).
 DIRECTIONS: dict[str, bool] = {
-    name: spec.higher_is_better for metrics in REGISTRY.values() for name, spec in metrics.items()
+    name: metric.higher_is_better
+    for task in TASKS.values()
+    for name, metric in task.all_metrics().items()
 }
 KINDS: dict[str, MetricKind] = {
-    name: spec.kind for metrics in REGISTRY.values() for name, spec in metrics.items()
+    name: metric.kind for task in TASKS.values() for name, metric in task.all_metrics().items()
 }
 
 
@@ -79,7 +82,7 @@ def judge_metric(
     baseline: float | None,
     candidate: float | None,
     config: VerdictConfig,
-    spec: MetricSpec | None = None,
+    spec: Metric | None = None,
 ) -> MetricResult:
     """Compare one metric's baseline and candidate values."""
     higher_is_better = spec.higher_is_better if spec else DIRECTIONS.get(name)
@@ -132,7 +135,7 @@ def judge(
     baseline: Mapping[str, float | None],
     candidate: Mapping[str, float | None],
     config: VerdictConfig,
-    specs: Mapping[str, MetricSpec] | None = None,
+    specs: Mapping[str, Metric] | None = None,
     *,
     log_regressions: bool = True,
 ) -> dict[str, MetricResult]:

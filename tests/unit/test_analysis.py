@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from regress_action.analysis import flips, per_class
 from regress_action.records import PairedRecords
+from regress_action.tasks.classification import flips, per_class
+from regress_action.tasks.lm import loss_increases
 
 
 @pytest.fixture
@@ -52,14 +53,14 @@ def test_lm_loss_increases():
     cand = {"nll_sum": np.array([25.0, 12.0, 0.0, 5.0]), "tokens": tokens}
     records = PairedRecords("lm", np.array([7, 8, 9, 6]), base, cand)
     # Mean token loss: 2.0 -> 2.5 (+0.5), 1.0 -> 3.0 (+2.0), no tokens (skipped), 2.0 -> 1.0.
-    result = flips(records)
+    result = loss_increases(records)
     assert [e.example_id for e in result.loss_increases] == [8, 7]
     assert [e.loss_delta for e in result.loss_increases] == [2.0, 0.5]
     assert (result.loss_increases[0].baseline_loss, result.loss_increases[0].candidate_loss) == (
         1.0,
         3.0,
     )
-    assert [e.example_id for e in flips(records, top=1).loss_increases] == [8]
+    assert [e.example_id for e in loss_increases(records, top=1).loss_increases] == [8]
     assert result.newly_wrong == result.newly_right == []
 
 

@@ -10,11 +10,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from regress_action.adapters import adapter_for
-from regress_action.engine import evaluate_pair
+from regress_action.engine import PassOptions, evaluate, evaluate_pair
 from regress_action.errors import ConfigError, DataError, ModelOutputError
-from regress_action.metrics import compute, select_metrics
 from regress_action.spec import IGNORE_INDEX, TaskSpec
+from regress_action.tasks import adapter_for, select_metrics
 
 CLS = TaskSpec(modality="vision", task="classification", num_classes=7)
 LM = TaskSpec(modality="text", task="lm", vocab_size=256)
@@ -94,16 +93,15 @@ def test_classification_metrics_match_a_reference() -> None:
         Table(cand_logits),
         _index_dataset(labels),
         adapter_for(CLS),
-        batch_size=32,
-        device="cpu",
+        PassOptions(batch_size=32, device="cpu"),
     )
-    specs = select_metrics("classification", None, 7)
+    specs = select_metrics(CLS, None)
     assert list(specs) == ["accuracy", "loss", "top5_accuracy", "macro_f1", "ece"]
     for side, logits in (("baseline", base_logits), ("candidate", cand_logits)):
         expected = _reference_classification(logits, labels)
         cols = result.records.side(side)
         for name, spec in specs.items():
-            assert compute(spec, cols, 7, name) == pytest.approx(expected[name], abs=1e-6), name
+            assert spec.value(cols, 7) == pytest.approx(expected[name], abs=1e-6), name
     assert result.records.n == n
     assert np.array_equal(result.records.example_ids, np.arange(n))
 
@@ -111,7 +109,7 @@ def test_classification_metrics_match_a_reference() -> None:
 def test_both_models_run_once_per_batch() -> None:
     labels = torch.zeros(100, dtype=torch.long)
     base, cand = Table(torch.randn(100, 7)), Table(torch.randn(100, 7))
-    evaluate_pair(base, cand, _index_dataset(labels), adapter_for(CLS), batch_size=25)
+    evaluate_pair(base, cand, _index_dataset(labels), adapter_for(CLS), PassOptions(batch_size=25))
     assert base.calls == cand.calls == 4
 
 
@@ -130,7 +128,7 @@ def test_lm_metrics_match_a_reference_with_padding() -> None:
             return logits[idx]
 
     result = evaluate_pair(
-        Fixed(), Fixed(), TensorDataset(inputs, targets), adapter_for(LM), batch_size=4
+        Fixed(), Fixed(), TensorDataset(inputs, targets), adapter_for(LM), PassOptions(batch_size=4)
     )
     nll = tokens = correct = 0.0
     for i in range(n):
@@ -142,21 +140,19 @@ def test_lm_metrics_match_a_reference_with_padding() -> None:
             nll -= math.log(probs[y])
             tokens += 1
             correct += max(range(v), key=lambda k: probs[k]) == y
-    specs = select_metrics("lm", None, vocab_size=256)
+    specs = select_metrics(LM, None)
     cols = result.records.baseline
-    assert compute(specs["loss"], cols) == pytest.approx(nll / tokens, rel=1e-6)
-    assert compute(specs["perplexity"], cols) == pytest.approx(math.exp(nll / tokens), rel=1e-6)
-    assert compute(specs["token_accuracy"], cols) == pytest.approx(correct / tokens)
-    assert compute(specs["bits_per_byte"], cols) == pytest.approx(
-        nll / tokens / math.log(2), rel=1e-6
-    )
+    assert specs["loss"].value(cols) == pytest.approx(nll / tokens, rel=1e-6)
+    assert specs["perplexity"].value(cols) == pytest.approx(math.exp(nll / tokens), rel=1e-6)
+    assert specs["token_accuracy"].value(cols) == pytest.approx(correct / tokens)
+    assert specs["bits_per_byte"].value(cols) == pytest.approx(nll / tokens / math.log(2), rel=1e-6)
     assert cols["tokens"][0] == 5
 
 
 def test_perplexity_is_not_an_average_of_batch_perplexities() -> None:
     cols = {"nll_sum": np.array([1.0, 30.0]), "tokens": np.array([1.0, 10.0])}
-    spec = select_metrics("lm", ["perplexity"], vocab_size=256)["perplexity"]
-    assert compute(spec, cols) == pytest.approx(math.exp(31 / 11))
+    spec = select_metrics(LM, ["perplexity"])["perplexity"]
+    assert spec.value(cols) == pytest.approx(math.exp(31 / 11))
 
 
 def test_wrong_number_of_classes_is_a_model_output_error() -> None:
@@ -197,7 +193,7 @@ def test_empty_dataset_is_a_data_error() -> None:
 
 def test_unknown_metric_fails_with_a_hint() -> None:
     with pytest.raises(ConfigError, match="did you mean 'perplexity'"):
-        select_metrics("lm", ["perplexty"], vocab_size=256)
+        select_metrics(LM, ["perplexty"])
 
 
 def test_unavailable_cuda_is_a_config_error() -> None:
@@ -210,7 +206,7 @@ def test_unavailable_cuda_is_a_config_error() -> None:
             Table(torch.zeros(2, 7)),
             _index_dataset(labels),
             adapter_for(CLS),
-            device="cuda",
+            PassOptions(device="cuda"),
         )
 
 
@@ -253,3 +249,16 @@ def test_a_label_outside_the_classes_is_a_data_error() -> None:
             _index_dataset(labels),
             adapter_for(CLS),
         )
+
+
+def test_the_one_model_pass_gives_the_records_of_the_paired_pass() -> None:
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 7, (50,), generator=gen)
+    base, cand = Table(torch.randn(50, 7, generator=gen)), Table(torch.randn(50, 7, generator=gen))
+    dataset, adapter = _index_dataset(labels), adapter_for(CLS)
+    paired = evaluate_pair(base, cand, dataset, adapter, PassOptions(batch_size=16)).records
+    alone = evaluate(cand, dataset, adapter, PassOptions(batch_size=7)).records
+    assert np.array_equal(alone.example_ids, paired.example_ids)
+    assert set(alone.columns) == set(paired.candidate)
+    for name, values in alone.columns.items():
+        assert np.array_equal(values, paired.candidate[name]), name

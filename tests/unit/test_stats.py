@@ -11,11 +11,21 @@ from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from regress_action import metrics, resampling, stats
-from regress_action.metrics import CLASSIFICATION_METRICS, LM_METRICS, MetricSpec
+from regress_action import resampling, stats
+from regress_action.metrics import T_TEST_MIN_N, Metric
 from regress_action.records import PairedRecords
+from regress_action.resampling import (
+    bootstrap_p,
+    multinomial_weights,
+    percentile_ci,
+    poisson_weights,
+    weight_chunks,
+)
 from regress_action.spec import VerdictConfig
 from regress_action.stats import MetricStats, mcnemar, mcnemar_p, newcombe_ci, paired_statistics
+from regress_action.tasks.classification import METRICS as CLASSIFICATION_METRICS
+from regress_action.tasks.classification import macro_f1
+from regress_action.tasks.lm import METRICS as LM_METRICS
 from regress_action.verdict import apply_significance, holm, judge
 
 K = 10
@@ -208,9 +218,7 @@ def test_large_lm_difference_is_significant_and_ci_holds_the_delta():
     result = paired_statistics(records, LM_METRICS, resamples=500)
     for name in ("loss", "perplexity", "bits_per_byte"):
         stat = result[name]
-        delta = metrics.compute(LM_METRICS[name], records.candidate) - metrics.compute(
-            LM_METRICS[name], records.baseline
-        )
+        delta = LM_METRICS[name].value(records.candidate) - LM_METRICS[name].value(records.baseline)
         assert stat.test == "paired_bootstrap_log_ratio"
         assert stat.p_value < 0.01
         assert 0 < stat.ci_low <= delta <= stat.ci_high
@@ -236,9 +244,7 @@ def test_deterministic_given_seed():
 
 def reference_weights(records, resamples, seed):
     """The weight rows `paired_statistics` draws: one per resample, in example order."""
-    return np.concatenate(
-        list(stats.weight_chunks(np.random.default_rng(seed), records.n, resamples))
-    )
+    return np.concatenate(list(weight_chunks(np.random.default_rng(seed), records.n, resamples)))
 
 
 def order_statistic_ci(delta, k):
@@ -254,7 +260,7 @@ def slow_delta(spec, name, records, weights):
     index = np.repeat(np.arange(records.n), weights.astype(np.int64))
     for side in (records.baseline, records.candidate):
         cols = {key: value[index] for key, value in side.items()}
-        sides.append(metrics.compute(spec, cols, records.num_classes, name))
+        sides.append(spec.value(cols, records.num_classes))
     return sides[1] - sides[0]
 
 
@@ -277,7 +283,7 @@ def test_vectorised_bootstrap_equals_a_slow_loop(monkeypatch, poisson):
             assert low == np.quantile(delta, alpha / 2, method="inverted_cdf")
             assert result[name].ci_low == pytest.approx(low, rel=1e-9, abs=1e-12)
             assert result[name].ci_high == pytest.approx(high, rel=1e-9, abs=1e-12)
-            assert result[name].p_value == stats.bootstrap_p(delta)
+            assert result[name].p_value == bootstrap_p(delta)
 
 
 def test_macro_f1_bootstrap_equals_a_slow_loop():
@@ -294,21 +300,21 @@ def test_macro_f1_bootstrap_equals_a_slow_loop():
     for row in draws:
         code = np.repeat(cells, row)
         labels, base, cand = code // (K * K), (code // K) % K, code % K
-        delta.append(metrics.macro_f1(labels, cand, K) - metrics.macro_f1(labels, base, K))
+        delta.append(macro_f1(labels, cand, K) - macro_f1(labels, base, K))
     low, high = order_statistic_ci(np.array(delta), 5)  # k = ⌈0.05 · 200 / 2⌉
     assert (result.ci_low, result.ci_high) == (pytest.approx(low), pytest.approx(high))
-    assert result.p_value == stats.bootstrap_p(np.array(delta))
+    assert result.p_value == bootstrap_p(np.array(delta))
 
 
 def test_poisson_weights_have_poisson_moments():
-    weights = stats.poisson_weights(np.random.default_rng(0), 100_000, 5)
+    weights = poisson_weights(np.random.default_rng(0), 100_000, 5)
     assert weights.mean() == pytest.approx(1.0, abs=0.005)
     assert weights.var() == pytest.approx(1.0, abs=0.01)
     assert np.mean(weights == 0) == pytest.approx(math.exp(-1), abs=0.003)
 
 
 def test_multinomial_weights_are_draw_counts():
-    weights = stats.multinomial_weights(np.random.default_rng(0), 50, 30)
+    weights = multinomial_weights(np.random.default_rng(0), 50, 30)
     assert weights.shape == (30, 50)
     np.testing.assert_array_equal(weights.sum(axis=1), 50)
 
@@ -341,7 +347,7 @@ GATE = VerdictConfig(significance="gate", threshold=0.0, alpha=0.05)
 
 def gate_regressed(records, specs, resamples=200, seed=0):
     values = {
-        side: {name: metrics.compute(spec, cols, K, name) for name, spec in specs.items()}
+        side: {name: spec.value(cols, K) for name, spec in specs.items()}
         for side, cols in (("baseline", records.baseline), ("candidate", records.candidate))
     }
     results = judge(values["baseline"], values["candidate"], GATE, specs)
@@ -411,7 +417,7 @@ def test_mean_test_p_is_nan_for_non_finite_differences(n, bad):
     diff = np.random.default_rng(n).normal(0.3, 1.0, n)
     diff[n // 2] = {"nan": math.nan, "inf": math.inf, "inf-inf": math.inf - math.inf}[bad]
     name, p = stats.mean_test_p(diff, 2000, np.random.default_rng(0))
-    assert name == ("paired_t" if n >= stats.T_TEST_MIN_N else "paired_permutation")
+    assert name == ("paired_t" if n >= T_TEST_MIN_N else "paired_permutation")
     assert math.isnan(p)
 
 
@@ -476,15 +482,15 @@ def test_bootstrap_p_and_ci_agree_at_the_review_boundary():
     # 50 of 2000 resampled deltas ≤ 0 at α = 0.05: p = 0.05 is not < α, so 0 is in the CI.
     for below, significant in [(50, False), (49, True), (51, False)]:
         delta = np.r_[np.linspace(-1.0, 0.0, below), np.linspace(0.01, 1.0, 2000 - below)]
-        p = stats.bootstrap_p(delta)
-        low, high = stats.percentile_ci(delta, 0.05)
+        p = bootstrap_p(delta)
+        low, high = percentile_ci(delta, 0.05)
         assert p == pytest.approx(2 * below / 2000)
         assert (p < 0.05) == significant == excludes_zero(low, high)
     # With 1/B ≥ α no p can fall below α (the floor is 1/B): the interval is unbounded.
     delta = np.linspace(0.1, 1.0, 10)
-    assert stats.bootstrap_p(delta) == 0.1
-    assert stats.percentile_ci(delta, 0.1) == (-math.inf, math.inf)
-    assert stats.percentile_ci(delta, 0.2) == (0.1, 1.0)  # k = 1: the extremes
+    assert bootstrap_p(delta) == 0.1
+    assert percentile_ci(delta, 0.1) == (-math.inf, math.inf)
+    assert percentile_ci(delta, 0.2) == (0.1, 1.0)  # k = 1: the extremes
 
 
 def test_bootstrap_p_below_alpha_iff_zero_outside_the_interval():
@@ -500,12 +506,12 @@ def test_bootstrap_p_below_alpha_iff_zero_outside_the_interval():
         alphas += (
             edges + [np.nextafter(a, 0.0) for a in edges] + [np.nextafter(a, 1) for a in edges]
         )
-        p = stats.bootstrap_p(delta)
+        p = bootstrap_p(delta)
         assert 1 / size <= p <= 1.0
         for alpha in alphas:
             if not 0 < alpha < 1:
                 continue
-            low, high = stats.percentile_ci(delta, float(alpha))
+            low, high = percentile_ci(delta, float(alpha))
             assert low <= high
             assert (p < alpha) == excludes_zero(low, high), (delta, alpha, p, low, high)
             checked += 1
@@ -531,7 +537,9 @@ def test_paired_statistics_p_below_alpha_iff_zero_outside_the_ci(seed):
 # --- determinism across metric sets -------------------------------------------------------------
 
 
-EXTRA_MEAN = {"mean_confidence": MetricSpec(True, "mean", "mean confidence", column="confidence")}
+EXTRA_MEAN = {
+    "mean_confidence": Metric("mean_confidence", True, "mean", "mean confidence", ("confidence",))
+}
 
 
 @pytest.mark.parametrize("n", [300, 20_000])  # multinomial and Poisson weights

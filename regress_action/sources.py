@@ -1,0 +1,309 @@
+"""The eval-set sources: one entry per kind of input, each saying how it is recognised and
+loaded. `data.load_eval_set` asks them in order; a new source is one new entry in `SOURCES`
+(and its tests), in the style of pydantic-settings' sources.
+
+| source         | recognised by                | examples (item i -> (input, target))       |
+|----------------|------------------------------|--------------------------------------------|
+| `dataset`      | a `torch.utils.data.Dataset` | the user's own; the caller gives the task  |
+| `builtin`      | a name a task registers      | generated (`tasks.builtin_datasets`)       |
+| `image_folder` | a directory                  | `root/<class_name>/*.png` (jpg, jpeg, bmp) |
+| `jsonl`        | a `.jsonl` file              | `{"text": ...}` lines, byte-level windows  |
+| `npz`          | a `.npz` file                | the arrays of the task that reads them     |
+
+Details per source:
+- `jsonl`: the text's UTF-8 bytes are the tokens (vocab 256). A text longer than JSONL_MAX_LEN + 1
+  bytes becomes several consecutive examples (windows overlapping by one byte, so each byte after
+  the first is predicted once: the whole text is evaluated). input_ids = bytes[:-1] padded with
+  0, target_ids = bytes[1:] padded with -100 (the ignore index), to the longest example's
+  length. Blank lines, and texts under 2 bytes (nothing to predict), are skipped.
+- `npz`: the task whose arrays the file holds (`images` + `labels` for classification, `inputs`
+  + `targets` for regression; see each task's `read_npz`), or the task the caller names.
+  Classification: `images` (N, C, H, W) or (N, H, W) (channels-last (N, H, W, C) with C in
+  1/3/4 is transposed); uint8 is scaled to [0, 1], floats are kept; `labels` (N,) non-negative
+  ints; num_classes = len(class_names) when the file has a `class_names` array, else max label
+  + 1 (a class above the largest label present cannot be known otherwise: store `class_names`).
+- `image_folder`: class names sorted -> label ids; all images must share one size; grayscale
+  sets stay 1-channel, any RGB image makes all 3-channel. Examples are ordered round-robin over
+  the classes (the i-th file of each class, files sorted by name), so the first `max_examples`
+  cover the classes evenly.
+
+Torch layer: imports torch, numpy and (lazily, for image folders) Pillow; never SQLAlchemy,
+PyGithub or jinja2.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from .errors import DataError
+from .spec import IGNORE_INDEX, TaskSpec
+from .tasks import TASKS, builtin_datasets, get_task
+
+JSONL_MAX_LEN = 256
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass
+class Loaded:
+    """What a source read: the examples, the task they show (None: the caller's), class names."""
+
+    dataset: Dataset[Any]
+    task: TaskSpec | None
+    class_names: list[str] | None = None
+
+
+class Source:
+    """One kind of eval-set input."""
+
+    name: ClassVar[str]
+
+    def detect(self, source: Any) -> bool:
+        raise NotImplementedError
+
+    def load(self, source: Any, max_examples: int | None) -> Loaded:
+        raise NotImplementedError
+
+    def label(self, source: Any) -> str:
+        """The eval set's default name in reports."""
+        return Path(source).name if isinstance(source, str | Path) else str(source)
+
+
+class UserDataset(Source):
+    name = "dataset"
+
+    def detect(self, source: Any) -> bool:
+        return isinstance(source, Dataset)
+
+    def label(self, source: Any) -> str:
+        return type(source).__name__
+
+    def load(self, source: Any, max_examples: int | None) -> Loaded:
+        try:
+            size = len(source)
+        except TypeError:
+            raise DataError(
+                f"dataset {self.label(source)!r} has no len(); an eval set must be a map-style "
+                "Dataset with __len__ and __getitem__"
+            ) from None
+        if max_examples is not None and max_examples < size:
+            source = Subset(source, range(max_examples))
+        return Loaded(source, None)
+
+
+class Builtin(Source):
+    name = "builtin"
+
+    def detect(self, source: Any) -> bool:
+        return isinstance(source, str) and source in builtin_datasets()
+
+    def label(self, source: Any) -> str:
+        return str(source)
+
+    def load(self, source: Any, max_examples: int | None) -> Loaded:
+        builtin = builtin_datasets()[source]
+        dataset = builtin.load("eval", None)
+        if max_examples is not None and isinstance(dataset, TensorDataset):
+            dataset = TensorDataset(*(tensor[:max_examples] for tensor in dataset.tensors))
+        names = list(builtin.class_names) if builtin.class_names else None
+        return Loaded(dataset, TaskSpec.model_validate(builtin.spec), names)
+
+
+class ImageFolder(Source):
+    name = "image_folder"
+
+    def detect(self, source: Any) -> bool:
+        return isinstance(source, str | Path) and Path(source).is_dir()
+
+    def load(self, source: Any, max_examples: int | None) -> Loaded:
+        return _load_image_folder(Path(source), max_examples)
+
+
+class Jsonl(Source):
+    name = "jsonl"
+
+    def detect(self, source: Any) -> bool:
+        return isinstance(source, str | Path) and Path(source).suffix.lower() == ".jsonl"
+
+    def load(self, source: Any, max_examples: int | None) -> Loaded:
+        task = TaskSpec(modality="text", task="lm", vocab_size=256)
+        return Loaded(_load_jsonl(Path(source), max_examples), task)
+
+
+class Npz(Source):
+    name = "npz"
+
+    def detect(self, source: Any) -> bool:
+        return isinstance(source, str | Path) and Path(source).suffix.lower() == ".npz"
+
+    def load(self, source: Any, max_examples: int | None) -> Loaded:
+        return _load_npz(Path(source), max_examples)
+
+
+# Asked in this order: the first that recognises the input loads it.
+SOURCES: tuple[Source, ...] = (UserDataset(), Builtin(), ImageFolder(), Jsonl(), Npz())
+
+
+def source_for(source: Any) -> Source | None:
+    return next((entry for entry in SOURCES if entry.detect(source)), None)
+
+
+# ---------------------------------------------------------------- JSONL text
+
+
+def _load_jsonl(path: Path, max_examples: int | None) -> TensorDataset:
+    rows: list[bytes] = []
+    try:
+        with path.open("rb") as handle:
+            for lineno, raw in enumerate(handle, start=1):
+                if max_examples is not None and len(rows) >= max_examples:
+                    break
+                rows.extend(_windows(_jsonl_row(path, lineno, raw)))
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not rows:
+        raise DataError(
+            f'{path} has no usable lines; each line must be {{"text": "..."}} '
+            "with at least 2 bytes of text"
+        )
+    rows = rows[:max_examples]
+    length = max(len(row) for row in rows) - 1
+    inputs = torch.zeros((len(rows), length), dtype=torch.int64)
+    targets = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.int64)
+    for i, row in enumerate(rows):
+        tokens = torch.frombuffer(bytearray(row), dtype=torch.uint8).to(torch.int64)
+        inputs[i, : len(row) - 1] = tokens[:-1]
+        targets[i, : len(row) - 1] = tokens[1:]
+    return TensorDataset(inputs, targets)
+
+
+def _windows(data: bytes | None) -> list[bytes]:
+    """A text as consecutive examples of at most JSONL_MAX_LEN predicted tokens; windows
+    overlap by one byte, so every byte after the first is predicted exactly once."""
+    if data is None:
+        return []
+    step = JSONL_MAX_LEN
+    return [data[start : start + step + 1] for start in range(0, len(data) - 1, step)]
+
+
+def _jsonl_row(path: Path, lineno: int, raw: bytes) -> bytes | None:
+    """The line's token bytes, None for a skipped line; a DataError naming file:line if bad."""
+    if not raw.strip():
+        return None
+    where = f"{path}:{lineno}"
+    if lineno == 1:
+        raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors)
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f'{where}: not valid JSON ({exc.msg}); each line must be {{"text": "..."}}'
+        ) from None
+    except UnicodeDecodeError:
+        raise DataError(f"{where}: not UTF-8; save the file as UTF-8") from None
+    text = record.get("text") if isinstance(record, dict) else None
+    if not isinstance(text, str):
+        raise DataError(f'{where}: expected an object with a string "text" field')
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{where}: text contains an unpaired surrogate escape; fix it") from None
+    return data if len(data) >= 2 else None
+
+
+# ---------------------------------------------------------------- .npz arrays
+
+
+def _load_npz(path: Path, max_examples: int | None, task_name: str | None = None) -> Loaded:
+    try:
+        # Our own handle: np.load leaks the one it opens when the archive is corrupt.
+        with path.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
+            arrays: dict[str, NDArray[Any]] = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot read {path} as .npz ({exc}); save it with numpy.savez") from None
+    readers = [task for task in TASKS.values() if task.npz_keys]
+    task = next((t for t in readers if all(key in arrays for key in t.npz_keys)), None)
+    if task is None:
+        # Name what is missing for the layout the file comes closest to.
+        closest = max(readers, key=lambda t: sum(key in arrays for key in t.npz_keys))
+        missing = [key for key in closest.npz_keys if key not in arrays]
+        found = ", ".join(sorted(arrays)) or "none"
+        example = ", ".join(f"{key}=..." for key in closest.npz_keys)
+        others = "; or ".join(f"{', '.join(t.npz_keys)} ({t.name})" for t in readers)
+        raise DataError(
+            f"{path} has no {' / '.join(missing)} array (found: {found}); save it with "
+            f"numpy.savez(path, {example}) — arrays by task: {others}"
+        )
+    read = get_task(task.name).read_npz(arrays, str(path))
+    end = read.targets.shape[0] if max_examples is None else max_examples
+    dataset = TensorDataset(
+        torch.from_numpy(read.inputs[:end]), torch.from_numpy(read.targets[:end])
+    )
+    return Loaded(dataset, TaskSpec.model_validate(read.spec), read.class_names)
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def _load_image_folder(root: Path, max_examples: int | None) -> Loaded:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(
+            f"image folder {root} has {len(classes)} class sub-folder(s); lay it out as "
+            f"{root}/<class_name>/*.png with at least two classes"
+        )
+    per_class = [_class_files(root / name) for name in classes]
+    depth = max(len(files) for files in per_class)
+    # Round-robin: the first max_examples cover every class, not just the first ones.
+    order = [
+        (files[i], label)
+        for i in range(depth)
+        for label, files in enumerate(per_class)
+        if i < len(files)
+    ][:max_examples]
+    images = _read_images(root, [file for file, _ in order])
+    labels = torch.tensor([label for _, label in order], dtype=torch.int64)
+    task = TaskSpec(modality="vision", task="classification", num_classes=len(classes))
+    return Loaded(TensorDataset(images, labels), task, classes)
+
+
+def _class_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(
+            f"class folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)}); "
+            "add images or remove the folder"
+        )
+    return files
+
+
+def _read_images(root: Path, files: list[Path]) -> torch.Tensor:
+    from PIL import Image  # lazily: only image folders need Pillow
+
+    arrays: list[NDArray[np.uint8]] = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                gray = image.mode in {"1", "L", "LA", "I", "I;16", "F"}
+                pixels = np.asarray(image.convert("L" if gray else "RGB"), dtype=np.uint8)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read image {file} ({exc}); fix or remove it") from None
+        array = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        if arrays and array.shape[1:] != arrays[0].shape[1:]:
+            raise DataError(
+                f"image {file} is {array.shape[2]}x{array.shape[1]} but {files[0]} is "
+                f"{arrays[0].shape[2]}x{arrays[0].shape[1]}; all images in {root} must share "
+                "one size (resize them)"
+            )
+        arrays.append(array)
+    channels = max(array.shape[0] for array in arrays)
+    stacked = np.stack([np.broadcast_to(a, (channels, *a.shape[1:])) for a in arrays])
+    return torch.from_numpy(stacked.astype(np.float32) / np.float32(255.0))

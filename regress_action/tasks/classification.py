@@ -1,0 +1,384 @@
+"""The classification task (vision or text): logits (B, C) and integer labels (B,).
+
+Owns its metrics (accuracy, loss, top-5 accuracy, macro-F1, ECE, with the one implementation of
+ECE binning and of the F1 formula that both the value and its bootstrap use), its adapter, its
+analysis (newly wrong / newly right examples, per-class accuracy), its `.npz` layout (`images`,
+`labels`, optional `class_names`) and the built-in `vision_tiny`. Torch only inside the adapter.
+
+Record columns: `label` (int64, shared by both sides), `prediction` (int64), `correct` (0/1),
+`loss` (per-example NLL), `confidence` (max softmax probability), `top5_correct` (0/1; only
+with more than 5 classes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..analysis import Rows, column_delta, examples
+from ..errors import DataError
+from ..metrics import Array, Metric, f64
+from ..records import Columns, PairedRecords
+from ..report import ClassRow, Flips
+from ..resampling import Block, CellCounts, WeightedSums, group_sum
+from .base import (
+    Analysis,
+    BuiltinDataset,
+    NpzArrays,
+    SizeField,
+    Task,
+    forward_inputs,
+    int64,
+    logits_of,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import Dataset
+
+    from ..spec import TaskSpec
+
+ECE_BINS = 15
+TOP_K = 5
+
+# --- ECE -------------------------------------------------------------------------------------
+
+
+def ece_bins(confidence: Array) -> NDArray[np.int64]:
+    """Equal-width confidence bins 0..ECE_BINS-1 (a confidence on a bin edge goes below it)."""
+    return np.clip(np.ceil(confidence * ECE_BINS).astype(np.int64) - 1, 0, ECE_BINS - 1)
+
+
+def ece(correct: Array, confidence: Array) -> float:
+    """Expected calibration error with equal-width confidence bins (torchmetrics' L1 norm)."""
+    correct, confidence = f64(correct), f64(confidence)
+    n = confidence.size
+    if n == 0 or not np.isfinite(confidence).all():
+        return math.nan
+    index = ece_bins(confidence)
+    acc_sum = np.bincount(index, weights=correct, minlength=ECE_BINS)
+    conf_sum = np.bincount(index, weights=confidence, minlength=ECE_BINS)
+    return float(np.abs(conf_sum - acc_sum).sum() / n)
+
+
+def _ece_block(records: PairedRecords) -> Block:
+    # ECE = Σ_bins |Σ_{i in bin} (confidence_i - correct_i)| / n; an example's bin is fixed,
+    # only its weight is resampled. Block: [1, one column per occupied baseline bin, one per
+    # occupied candidate bin], a bin's column holding (confidence - correct) for its examples.
+    columns = [np.ones(records.n)]
+    base_bins = 0
+    for side in (records.baseline, records.candidate):
+        confidence, correct = f64(side["confidence"]), f64(side["correct"])
+        bins = ece_bins(confidence)
+        gap = confidence - correct
+        occupied = np.unique(bins)
+        columns.extend(np.where(bins == b, gap, 0.0) for b in occupied)
+        if side is records.baseline:
+            base_bins = occupied.size
+    split = 1 + base_bins
+
+    def delta(sums: Array) -> Array:
+        base, cand = np.abs(sums[:, 1:split]).sum(axis=1), np.abs(sums[:, split:]).sum(axis=1)
+        ece_delta: Array = (cand - base) / sums[:, 0]
+        return ece_delta
+
+    return np.column_stack(columns), delta
+
+
+# --- macro-F1 --------------------------------------------------------------------------------
+
+
+def _f1_mean(true_pos: Array, support: Array, predicted: Array) -> Array:
+    """Mean F1 over the classes (last axis); a class with no support and no prediction is 0."""
+    denom = np.asarray(support + predicted, dtype=np.float64)
+    f1 = np.divide(2.0 * true_pos, denom, out=np.zeros_like(denom), where=denom > 0)
+    return np.asarray(f1.mean(axis=-1), dtype=np.float64)
+
+
+def macro_f1(labels: NDArray[np.int64], predictions: NDArray[np.int64], num_classes: int) -> float:
+    """Macro F1 over the full label set."""
+    labels, predictions = int64(labels), int64(predictions)
+    true_pos = np.bincount(labels[labels == predictions], minlength=num_classes)[:num_classes]
+    support = np.bincount(labels, minlength=num_classes)[:num_classes]
+    predicted = np.bincount(predictions, minlength=num_classes)[:num_classes]
+    return float(_f1_mean(f64(true_pos), f64(support), f64(predicted)))
+
+
+def _f1_cells(records: PairedRecords) -> tuple[NDArray[np.int64], int]:
+    label = int64(records.baseline["label"])
+    pred_b, pred_c = int64(records.baseline["prediction"]), int64(records.candidate["prediction"])
+    k = max(int(records.num_classes or 0), int(max(label.max(), pred_b.max(), pred_c.max())) + 1)
+    return (label * k + pred_b) * k + pred_c, k
+
+
+def _f1_delta(counts: Array, cells: NDArray[np.int64], k: int) -> Array:
+    cell_label, cell_b, cell_c = cells // (k * k), (cells // k) % k, cells % k
+
+    def f1(cell_pred: NDArray[np.int64]) -> Array:
+        hit = cell_label == cell_pred
+        true_pos = group_sum(counts[:, hit], cell_label[hit], k)
+        return _f1_mean(true_pos, group_sum(counts, cell_label, k), group_sum(counts, cell_pred, k))
+
+    return f1(cell_c) - f1(cell_b)
+
+
+def _macro_f1_value(columns: Columns, num_classes: int | None) -> float:
+    labels = int64(columns["label"])
+    predictions = int64(columns["prediction"])
+    k = num_classes or int(max(labels.max(initial=0), predictions.max(initial=0))) + 1
+    return macro_f1(labels, predictions, k)
+
+
+def _ece_value(columns: Columns, num_classes: int | None) -> float:
+    return ece(f64(columns["correct"]), f64(columns["confidence"]))
+
+
+METRICS: dict[str, Metric] = {
+    "accuracy": Metric("accuracy", True, "binary", "top-1 accuracy", ("correct",)),
+    "loss": Metric("loss", False, "mean", "mean cross-entropy (nats)", ("loss",)),
+    "top5_accuracy": Metric("top5_accuracy", True, "binary", "top-5 accuracy", ("top5_correct",)),
+    "macro_f1": Metric(
+        "macro_f1",
+        True,
+        "corpus",
+        "macro-averaged F1 over all classes",
+        ("label", "prediction"),
+        whole_set=_macro_f1_value,
+        resampler=CellCounts(_f1_cells, _f1_delta),
+    ),
+    "ece": Metric(
+        "ece",
+        False,
+        "corpus",
+        f"expected calibration error ({ECE_BINS} bins)",
+        ("correct", "confidence"),
+        whole_set=_ece_value,
+        resampler=WeightedSums(_ece_block),
+    ),
+}
+
+# --- adapter ---------------------------------------------------------------------------------
+
+
+class ClassificationAdapter:
+    """Logits (B, C) and integer labels (B,) → loss, correct, prediction, confidence, top-5."""
+
+    task: str = "classification"
+    shared: tuple[str, ...] = ("label",)
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.top5 = num_classes > TOP_K
+
+    forward = staticmethod(forward_inputs)
+
+    def records(self, output: Any, batch: Any, side: str) -> dict[str, torch.Tensor]:
+        import torch
+        import torch.nn.functional as F
+
+        from ..errors import ModelOutputError
+
+        target = batch[1].long()
+        logits = logits_of(output, side)
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise ModelOutputError(
+                f"the {side} model returned logits of shape {tuple(logits.shape)}, but the task "
+                f"has num_classes={self.num_classes}; expected (batch, {self.num_classes}). "
+                "Check the model or the task's num_classes"
+            )
+        if bool(((target < 0) | (target >= self.num_classes)).any()):
+            bad = target[(target < 0) | (target >= self.num_classes)][0]
+            raise DataError(
+                f"the eval set has label {int(bad)}, outside 0..{self.num_classes - 1} for "
+                f"num_classes={self.num_classes}; fix the labels or the task's num_classes"
+            )
+        logits = logits.float()
+        log_probs = F.log_softmax(logits, dim=1)
+        loss = -log_probs.gather(1, target.view(-1, 1)).squeeze(1)
+        confidence, prediction = log_probs.max(dim=1)
+        columns = {
+            "label": target,
+            "prediction": prediction,
+            "correct": (prediction == target).to(torch.float32),
+            "loss": loss,
+            "confidence": confidence.exp(),
+        }
+        if self.top5:
+            top5 = logits.topk(TOP_K, dim=1).indices
+            columns["top5_correct"] = (top5 == target.view(-1, 1)).any(dim=1).to(torch.float32)
+        return columns
+
+
+# --- analysis --------------------------------------------------------------------------------
+
+
+def flips(records: PairedRecords, *, top: int | None = None) -> Flips:
+    """Newly wrong (largest loss increase first) and newly right (largest decrease first)."""
+    base_ok = np.asarray(records.baseline["correct"]) > 0.5
+    cand_ok = np.asarray(records.candidate["correct"]) > 0.5
+    loss_delta = column_delta(records, "loss")
+    wrong = np.flatnonzero(base_ok & ~cand_ok)
+    right = np.flatnonzero(~base_ok & cand_ok)
+    if loss_delta is not None:  # ties keep example order
+        wrong = wrong[np.argsort(-loss_delta[wrong], kind="stable")]
+        right = right[np.argsort(loss_delta[right], kind="stable")]
+    return Flips(
+        newly_wrong=_flipped(records, wrong[:top]), newly_right=_flipped(records, right[:top])
+    )
+
+
+def _flipped(records: PairedRecords, index: NDArray[np.intp]) -> list[Any]:
+    base, cand = records.baseline, records.candidate
+    rows: Rows = {
+        "example_id": records.example_ids[index].tolist(),
+        "label": np.asarray(base["label"])[index].tolist(),
+        "baseline_prediction": np.asarray(base["prediction"])[index].tolist(),
+        "candidate_prediction": np.asarray(cand["prediction"])[index].tolist(),
+    }
+    if "loss" in base and "loss" in cand:
+        base_loss, cand_loss = f64(base["loss"])[index], f64(cand["loss"])[index]
+        rows["baseline_loss"] = base_loss.tolist()
+        rows["candidate_loss"] = cand_loss.tolist()
+        rows["loss_delta"] = (cand_loss - base_loss).tolist()
+    return examples(rows, len(index))
+
+
+def per_class(records: PairedRecords, class_names: list[str] | None = None) -> list[ClassRow]:
+    """Per-class accuracy of both sides, worst delta first; classes without examples omitted."""
+    label = int64(records.baseline["label"])
+    num_classes = max(int(records.num_classes or 0), int(label.max()) + 1 if label.size else 0)
+    support = np.bincount(label, minlength=num_classes)
+    base_hits = np.bincount(label, weights=records.baseline["correct"], minlength=num_classes)
+    cand_hits = np.bincount(label, weights=records.candidate["correct"], minlength=num_classes)
+    present = np.flatnonzero(support)
+    base_acc = base_hits[present] / support[present]
+    cand_acc = cand_hits[present] / support[present]
+    delta = cand_acc - base_acc
+    order = np.argsort(delta, kind="stable")  # ties: by label
+    names = class_names or []
+    return [
+        ClassRow(
+            label=int(present[i]),
+            name=names[int(present[i])] if int(present[i]) < len(names) else None,
+            n=int(support[present[i]]),
+            baseline_accuracy=float(base_acc[i]),
+            candidate_accuracy=float(cand_acc[i]),
+            delta=float(delta[i]),
+        )
+        for i in order
+    ]
+
+
+# --- .npz layout -----------------------------------------------------------------------------
+
+
+def _npz_images(where: str, images: NDArray[Any]) -> NDArray[np.float32]:
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4 and images.shape[1] not in (1, 3, 4) and images.shape[3] in (1, 3, 4):
+        images = images.transpose(0, 3, 1, 2)  # channels-last -> (N, C, H, W)
+    if images.ndim != 4:
+        raise DataError(
+            f"{where}: images has shape {images.shape}; expected (N, C, H, W) or (N, H, W)"
+        )
+    if images.dtype == np.uint8:
+        return np.ascontiguousarray(images, dtype=np.float32) / np.float32(255.0)
+    if np.issubdtype(images.dtype, np.floating):
+        return np.ascontiguousarray(images, dtype=np.float32)
+    raise DataError(
+        f"{where}: images has dtype {images.dtype}; save uint8 (0-255) or float (0-1) pixels"
+    )
+
+
+def _npz_labels(where: str, labels: NDArray[Any]) -> NDArray[np.int64]:
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"{where}: labels has shape {labels.shape} and dtype {labels.dtype}; "
+            "expected a 1-D integer array (labels.astype(numpy.int64))"
+        )
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{where}: labels contain {labels.min()}; labels must be >= 0")
+    return labels.astype(np.int64)
+
+
+def _npz_class_names(
+    where: str, names: NDArray[Any] | None, labels: NDArray[np.int64]
+) -> list[str] | None:
+    if names is None:
+        return None
+    if names.ndim != 1 or names.dtype.kind not in "US":
+        raise DataError(f"{where}: class_names must be a 1-D array of strings")
+    result = [str(item) for item in names.tolist()]
+    if labels.size and int(labels.max()) >= len(result):
+        raise DataError(
+            f"{where}: label {int(labels.max())} has no entry in class_names "
+            f"({len(result)} names); name every class"
+        )
+    return result
+
+
+# --- the task --------------------------------------------------------------------------------
+
+
+def _vision_tiny(split: str, n: int | None) -> Dataset[Any]:
+    from ..builtin_data import builtin_split
+
+    return builtin_split("vision_tiny", split, n)
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    description = "classification: logits (batch, num_classes), integer labels"
+    modalities = ("vision", "text")
+    sizes = (SizeField("num_classes", "num-classes"),)
+    report_fragments = ("flips.md.j2", "per_class.md.j2")
+    npz_keys = ("images", "labels")
+
+    def all_metrics(self) -> dict[str, Metric]:
+        return dict(METRICS)
+
+    def metrics(self, spec: TaskSpec) -> dict[str, Metric]:
+        """Top-5 accuracy only with more than 5 classes."""
+        metrics = self.all_metrics()
+        if spec.num_classes is None or spec.num_classes <= TOP_K:
+            metrics.pop("top5_accuracy")
+        return metrics
+
+    def adapter(self, spec: TaskSpec) -> ClassificationAdapter:
+        assert spec.num_classes is not None
+        return ClassificationAdapter(spec.num_classes)
+
+    def analyse(self, records: PairedRecords, class_names: list[str] | None) -> Analysis:
+        return Analysis(flips=flips(records), per_class=per_class(records, class_names))
+
+    def read_npz(self, arrays: Mapping[str, NDArray[Any]], where: str) -> NpzArrays:
+        images, labels = _npz_images(where, arrays["images"]), _npz_labels(where, arrays["labels"])
+        if images.shape[0] != labels.shape[0]:
+            raise DataError(
+                f"{where}: {images.shape[0]} images but {labels.shape[0]} labels; they must match"
+            )
+        if labels.shape[0] == 0:
+            raise DataError(f"eval set {where!r} has no examples; give it at least one")
+        class_names = _npz_class_names(where, arrays.get("class_names"), labels)
+        num_classes = len(class_names) if class_names else int(labels.max(initial=0)) + 1
+        if num_classes < 2:
+            raise DataError(
+                f"{where}: all labels are 0; add a class_names array naming every class"
+            )
+        spec = {"modality": "vision", "task": self.name, "num_classes": num_classes}
+        return NpzArrays(images, labels, spec, class_names)
+
+
+def _builtin() -> tuple[BuiltinDataset, ...]:
+    from ..builtin_data import VISION_CLASSES
+
+    spec = {"modality": "vision", "task": "classification", "num_classes": len(VISION_CLASSES)}
+    return (BuiltinDataset("vision_tiny", spec, _vision_tiny, tuple(VISION_CLASSES)),)
+
+
+ClassificationTask.builtin = _builtin()
+TASK = ClassificationTask()
