@@ -29,6 +29,7 @@ __all__ = [
     "builtin_datasets",
     "get_task",
     "metrics_for",
+    "modality_names",
     "select_metrics",
     "task_names",
     "unknown_metric_message",
@@ -39,6 +40,11 @@ TASKS: dict[str, Task] = {task.name: task for task in (classification.TASK, lm.T
 
 def task_names() -> tuple[str, ...]:
     return tuple(TASKS)
+
+
+def modality_names() -> tuple[str, ...]:
+    """Every modality some task accepts, sorted."""
+    return tuple(sorted({modality for task in TASKS.values() for modality in task.modalities}))
 
 
 def get_task(name: str) -> Task:
