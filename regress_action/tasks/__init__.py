@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..metrics import Metric
-from . import classification, lm
+from . import classification, lm, regression
 from .base import Adapter, Analysis, BuiltinDataset, Task
 
 if TYPE_CHECKING:
@@ -35,7 +35,9 @@ __all__ = [
     "unknown_metric_message",
 ]
 
-TASKS: dict[str, Task] = {task.name: task for task in (classification.TASK, lm.TASK)}
+TASKS: dict[str, Task] = {
+    task.name: task for task in (classification.TASK, lm.TASK, regression.TASK)
+}
 
 
 def task_names() -> tuple[str, ...]:
