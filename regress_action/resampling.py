@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import stats as sps
 
 from .metrics import Metric, TestName, all_finite, f64, transform_array
 from .records import PairedRecords
@@ -219,6 +218,8 @@ def poisson_weights(rng: np.random.Generator, n: int, rows: int, out: Array | No
 @cache
 def _poisson_table() -> Array:
     # Quantiles at the 65,536 mid-points: P(w = k) is matched to within 2^-16.
+    from scipy import stats as sps  # only for large n; the task registry imports this module
+
     return np.asarray(sps.poisson.ppf((np.arange(1 << 16) + 0.5) / (1 << 16), 1.0), np.float64)
 
 
