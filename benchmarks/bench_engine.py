@@ -103,8 +103,8 @@ CHILD = """
 import sys, torch
 sys.path.insert(0, {here!r})
 from bench_engine import Synthetic, small, TASK
-from regress_action.adapters import adapter_for
-from regress_action.engine import evaluate_pair
+from regress_action.engine import PassOptions, evaluate_pair
+from regress_action.tasks import adapter_for
 
 def status(key):
     for line in open("/proc/self/status"):
@@ -112,12 +112,12 @@ def status(key):
             return int(line.split()[1]) * 1024
 
 n = int(sys.argv[1])
-evaluate_pair(small(0), small(1), Synthetic(64), adapter_for(TASK), device="cpu")  # warm-up
+evaluate_pair(small(0), small(1), Synthetic(64), adapter_for(TASK), PassOptions(device="cpu"))
 before = status("VmRSS:")
 with open("/proc/self/clear_refs", "w") as f:  # resets the peak (VmHWM) to the current RSS
     f.write("5")
-result = evaluate_pair(small(0), small(1), Synthetic(n), adapter_for(TASK), batch_size=256,
-                       device="cpu")
+result = evaluate_pair(small(0), small(1), Synthetic(n), adapter_for(TASK),
+                       PassOptions(batch_size=256, device="cpu"))
 print(status("VmHWM:") - before)
 """
 

@@ -16,10 +16,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from regress_action.analysis import flips, per_class
-from regress_action.metrics import CLASSIFICATION_METRICS, LM_METRICS
 from regress_action.records import PairedRecords
 from regress_action.stats import paired_statistics
+from regress_action.tasks.classification import METRICS as CLASSIFICATION_METRICS
+from regress_action.tasks.classification import flips, per_class
+from regress_action.tasks.lm import METRICS as LM_METRICS
+from regress_action.tasks.lm import loss_increases
 
 NUM_CLASSES = 10
 
@@ -93,7 +95,7 @@ def main() -> None:
         "flips_per_class_s": best_of(
             args.repeat, lambda: (flips(cls), per_class(cls, [str(c) for c in range(10)]))
         ),
-        "lm_flips_s": best_of(args.repeat, lambda: flips(lm)),
+        "lm_flips_s": best_of(args.repeat, lambda: loss_increases(lm)),
         "metrics": {
             "classification": list(cls_specs),
             "lm": list(lm_specs),
