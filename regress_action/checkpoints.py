@@ -1,40 +1,123 @@
-"""Checkpoint files: detecting their format from their content, and their sha256.
+"""Checkpoint files, read without running them: the content `Probe` that format detection asks,
+the sha256, and the one-line errors every format's loader shares.
 
-Owns `detect_format`, `sha256_file` and the helpers that the loaders in `models` share with
-detection (`existing_file`, `state_from`, `corrupt`, `describe`). Torch layer: imports torch and
-the contract modules (`errors`, `spec`); never SQLAlchemy, PyGithub or jinja2, nor the app, cli,
-store or render modules.
+Owns `Probe`, `sha256_file`, `state_from`, `importable_from` and the error helpers
+(`existing_file`, `corrupt`, `describe`, `reading`). Which format a file is belongs to the entries
+in `formats`; this module only answers questions about bytes. Imports torch only inside
+functions (`regress-action --help` must not import it); never `models`, SQLAlchemy, PyGithub or
+jinja2, nor the app, cli, store or render modules.
 
-Safety: detection never runs the file's code; it only runs `torch.load(weights_only=True)`,
+Safety: nothing here runs the file's code; the only load is `torch.load(weights_only=True)`,
 which refuses any pickled object that is not a tensor or a plain container.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import importlib
 import pickle
+import sys
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import ModelLoadError, RegressActionError
-from .spec import CheckpointFormat
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
+    "Probe",
     "corrupt",
     "describe",
-    "detect_format",
     "existing_file",
+    "importable_from",
+    "reading",
     "sha256_file",
     "state_from",
 ]
 
 # Keys under which training frameworks nest the weights inside a saved dict.
 _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
+# Enough for every magic number and header prefix a format entry looks at.
+_HEAD_BYTES = 64
+# Pickled torch.save files (pre-zip) start with the pickle protocol opcode; these suffixes are
+# never such files, so a broken one is reported as unreadable rather than unpickled.
+_NOT_LEGACY_SUFFIXES = {".safetensors", ".pt2"}
+
+
+class Probe:
+    """Facts about one checkpoint's bytes, each read on demand and at most once.
+
+    Format entries decide from these; the probe never decides a format itself.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = existing_file(path)
+        with self.path.open("rb") as handle:
+            self.head = handle.read(_HEAD_BYTES)
+        self._names: list[str] | None = None
+        self._loaded: tuple[Any] | None = None  # (result,); (None,) when weights_only refused
+        self._refused = False
+
+    @property
+    def is_zip(self) -> bool:
+        return self.head.startswith(b"PK\x03\x04")
+
+    def zip_names(self) -> list[str]:
+        """The archive's member names; [] for a file that is not a zip archive."""
+        if not self.is_zip:
+            return []
+        if self._names is None:
+            with self._zip_errors(), zipfile.ZipFile(self.path) as archive:
+                self._names = archive.namelist()
+        return self._names
+
+    def zip_member(self, suffix: str) -> bytes | None:
+        """The first member whose name ends with `suffix`, or None."""
+        names = [n for n in self.zip_names() if n.endswith(suffix)]
+        if not names:
+            return None
+        with self._zip_errors(), zipfile.ZipFile(self.path) as archive:
+            return archive.read(names[0])
+
+    def is_torch_save(self) -> bool:
+        """A `torch.save` file: a zip with a data.pkl, or a legacy (pre-zip) pickle."""
+        if self.is_zip:
+            return any(n.endswith("data.pkl") for n in self.zip_names())
+        suffix = self.path.suffix.lower()
+        return self.head.startswith(b"\x80") and suffix not in _NOT_LEGACY_SUFFIXES
+
+    def pickles_objects(self) -> bool:
+        """True for a torch.save file that `weights_only=True` refuses: it pickles objects."""
+        self.weights_only_load()
+        return self._refused
+
+    def weights_only_load(self) -> Any:
+        """`torch.load(weights_only=True)` of a torch.save file (None if it pickles objects)."""
+        if self._loaded is None:
+            self._loaded = (self._load(),)
+        return self._loaded[0]
+
+    def _load(self) -> Any:
+        import torch
+
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True, mmap=self.is_zip)
+        except pickle.UnpicklingError:
+            self._refused = True  # weights_only refused a non-tensor global: a pickled object
+            return None
+        except Exception as exc:
+            raise corrupt(self.path, describe(exc)) from None
+
+    @contextmanager
+    def _zip_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (zipfile.BadZipFile, OSError, KeyError) as exc:
+            raise corrupt(self.path, f"a damaged zip archive ({exc})") from None
 
 
 def sha256_file(path: Path) -> str:
@@ -45,22 +128,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def detect_format(path: Path) -> CheckpointFormat:
-    """The checkpoint's format, from its content (not its name), without running its code."""
-    path = existing_file(path)
-    with path.open("rb") as handle:
-        head = handle.read(9)
-    if head.startswith(b"PK\x03\x04"):
-        return _detect_zip(path)
-    if _looks_like_safetensors(path, head):
-        return "safetensors"
-    if path.suffix.lower() in {".safetensors", ".pt2"} or not head.startswith(b"\x80"):
-        raise corrupt(path, "not a safetensors, torch.save, TorchScript or torch.export file")
-    return _classify_torch_save(path, mmap=False)  # legacy (pre-zip) torch.save file
-
-
 def state_from(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
     """The tensor mapping in a torch.load result, also when nested under a 'state_dict' key."""
+    import torch
+
     if isinstance(loaded, Mapping):
         for key in _NESTED_STATE_KEYS:
             if isinstance(loaded.get(key), Mapping):
@@ -74,58 +145,19 @@ def state_from(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
     )
 
 
-# ---------------------------------------------------------------- detection
-
-
-def _detect_zip(path: Path) -> CheckpointFormat:
+@contextmanager
+def importable_from(root: Path) -> Iterator[None]:
+    """Put the user's repository first on sys.path for one import, then restore sys.path."""
+    entry = str(root)
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    importlib.invalidate_caches()  # files written since the last import must be seen
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            marker = [n for n in names if n.endswith("archive_format")]
-            if marker and archive.read(marker[0]).strip() == b"pt2":
-                return "export"
-    except (zipfile.BadZipFile, OSError, KeyError) as exc:
-        raise corrupt(path, f"a damaged zip archive ({exc})") from None
-    if any("/code/" in n or n.endswith("constants.pkl") for n in names):
-        return "torchscript"
-    if any(n.endswith("data.pkl") for n in names):
-        return _classify_torch_save(path, mmap=True)
-    raise corrupt(path, "a zip archive that is neither torch.save, TorchScript nor torch.export")
-
-
-def _looks_like_safetensors(path: Path, head: bytes) -> bool:
-    """True for a complete safetensors file; a ModelLoadError for a truncated one."""
-    # Layout: 8-byte little-endian header length, a JSON header starting with "{", the data.
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    header_len, size = int.from_bytes(head[:8], "little"), path.stat().st_size
-    if 8 + header_len > size:
-        raise corrupt(path, "a safetensors header longer than the file")
-    try:
-        with path.open("rb") as handle:
-            handle.seek(8)
-            header = json.loads(handle.read(header_len))
-        data_len = max(
-            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-            default=0,
-        )
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        raise corrupt(path, f"an unreadable safetensors header ({describe(exc)})") from None
-    if 8 + header_len + data_len != size:
-        raise corrupt(path, f"safetensors data of {size - 8 - header_len} bytes, not {data_len}")
-    return True
-
-
-def _classify_torch_save(path: Path, *, mmap: bool) -> CheckpointFormat:
-    """state_dict if `weights_only=True` loads a mapping of tensors; pickle if it refuses."""
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:
-        return "pickle"  # weights_only refused a non-tensor global: a pickled object
-    except Exception as exc:
-        raise corrupt(path, describe(exc)) from None
-    state_from(loaded, path)
-    return "state_dict"
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
 
 
 # ---------------------------------------------------------------- errors
@@ -143,6 +175,17 @@ def corrupt(path: Path, detail: str) -> ModelLoadError:
         f"cannot load checkpoint {path}: {detail}; the file may be truncated or corrupt, "
         "re-save or re-download it"
     )
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Any failure while parsing the file becomes one line naming it, never a traceback."""
+    try:
+        yield
+    except RegressActionError:
+        raise
+    except Exception as exc:
+        raise corrupt(path, describe(exc)) from None
 
 
 def describe(exc: BaseException) -> str:

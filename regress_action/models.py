@@ -1,8 +1,10 @@
 """Models: registering a checkpoint (format, sha256, factory) and loading it safely.
 
-Owns `make_source`, `load_model`, `save_checkpoint` and the factory import; format detection and
-the sha256 live in `checkpoints` (re-exported here). Torch layer: imports torch and safetensors;
-never SQLAlchemy, PyGithub or jinja2, nor the app, cli, store or render modules.
+Owns `make_source`, `load_model`, `save_checkpoint`, `ExportedModule` and the factory import
+(building the model a weights-only format loads into). What each format is, how it is detected,
+loaded, saved and fingerprinted belongs to its entry in `formats`; `detect_format` and
+`sha256_file` are re-exported here. Torch layer: imports torch; never SQLAlchemy, PyGithub or
+jinja2, nor the app, cli, store or render modules.
 
 Safety: nothing is unpickled with `weights_only=False` unless the caller opts in
 (`allow_pickle=True`).
@@ -10,23 +12,20 @@ Safety: nothing is unpickled with `weights_only=False` unless the caller opts in
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
-import pickle
 import re
-import sys
-import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .checkpoints import corrupt, describe, detect_format, existing_file, sha256_file, state_from
-from .errors import ChecksumMismatchError, ModelLoadError, RegressActionError
+from .checkpoints import describe, existing_file, importable_from, sha256_file
+from .errors import ChecksumMismatchError, ModelLoadError
+from .formats import REGISTRY, FormatEntry, LoadContext
 from .spec import CheckpointFormat, ModelSource
 
 __all__ = [
@@ -39,7 +38,10 @@ __all__ = [
     "sha256_file",
 ]
 
-WEIGHTS_ONLY_FORMATS: tuple[CheckpointFormat, ...] = ("safetensors", "state_dict")
+# The built-in formats that hold only weights and so need a factory.
+WEIGHTS_ONLY_FORMATS: tuple[CheckpointFormat, ...] = tuple(
+    entry.name for entry in REGISTRY if entry.needs_factory
+)
 _FACTORY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -63,6 +65,11 @@ class ExportedModule(nn.Module):
         return self
 
 
+def detect_format(path: Path) -> CheckpointFormat:
+    """The checkpoint's format, from its content (not its name), without running its code."""
+    return REGISTRY.detect(Path(path)).name
+
+
 def make_source(
     path: str | Path,
     *,
@@ -72,13 +79,9 @@ def make_source(
 ) -> ModelSource:
     """Describe a checkpoint for registration: its format, sha256 and (if needed) factory."""
     file = existing_file(Path(path))
-    resolved: CheckpointFormat = format or detect_format(file)
+    entry = REGISTRY.get(format) if format else REGISTRY.detect(file)
     kwargs = dict(factory_kwargs or {})
-    if resolved in WEIGHTS_ONLY_FORMATS and not factory:
-        raise ModelLoadError(
-            f"checkpoint {file} holds only weights ({resolved}); pass a factory "
-            "'package.module:callable' that builds the model, e.g. regress_action.zoo:tiny_cnn"
-        )
+    entry.validate(file, factory)
     if factory is not None:
         _split_factory(factory)
     try:
@@ -89,8 +92,8 @@ def make_source(
         ) from None
     return ModelSource(
         checkpoint=str(path),
-        format=resolved,
-        sha256=sha256_file(file),
+        format=entry.name,
+        sha256=entry.fingerprint(file),
         factory=factory,
         factory_kwargs=kwargs,
     )
@@ -110,21 +113,12 @@ def load_model(
     """
     root = (workdir or Path.cwd()).resolve()
     path = existing_file(root / source.checkpoint)
+    entry = REGISTRY.get(source.format)
     if verify_checksum:
-        _verify_checksum(path, source.sha256)
-    if source.format == "pickle" and not allow_pickle:
-        raise ModelLoadError(
-            f"checkpoint {path} is a pickled whole model; loading it can run arbitrary code. "
-            "Re-save it as safetensors or a state dict, or pass --allow-pickle if you trust it"
-        )
-    loaders: dict[CheckpointFormat, Callable[[Path, ModelSource, Path], nn.Module]] = {
-        "safetensors": _load_safetensors,
-        "state_dict": _load_state_dict,
-        "torchscript": _load_torchscript,
-        "export": _load_export,
-        "pickle": _load_pickle,
-    }
-    module = loaders[source.format](path, source, root)
+        _verify_checksum(path, source.sha256, entry)
+    entry.check_allowed(path, allow_pickle=allow_pickle)
+    with_weights = functools.partial(_with_weights, source=source, root=root, path=path)
+    module = entry.load(path, LoadContext(root=root, with_weights=with_weights))
     return module.to("cpu").eval()
 
 
@@ -142,67 +136,16 @@ def save_checkpoint(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if format == "safetensors":
-        # Own contiguous copies: safetensors refuses tensors that share storage (tied weights).
-        weights = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-        save_file(weights, str(path))
-    elif format == "state_dict":
-        torch.save(module.state_dict(), path)
-    elif format == "pickle":
-        torch.save(module, path)
-    else:
-        was_training = module.training
-        module.eval()
-        try:
-            save = _save_torchscript if format == "torchscript" else _save_export
-            save(module, path, example_input)
-        finally:
-            module.train(was_training)
+    REGISTRY.get(format).save(module, path, example_input)
 
 
-# ---------------------------------------------------------------- loading
+# ---------------------------------------------------------------- weights into a factory model
 
 
-def _load_safetensors(path: Path, source: ModelSource, root: Path) -> nn.Module:
-    with _reading(path):
-        state = load_file(str(path), device="cpu")
+def _with_weights(
+    state: Mapping[str, torch.Tensor], *, source: ModelSource, root: Path, path: Path
+) -> nn.Module:
     return _apply_state(_build(source, root), state, path, source)
-
-
-def _load_state_dict(path: Path, source: ModelSource, root: Path) -> nn.Module:
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ModelLoadError(
-            f"checkpoint {path} holds pickled Python objects, not just tensors; re-save "
-            "model.state_dict(), or register it with format 'pickle' and --allow-pickle"
-        ) from None
-    except Exception as exc:
-        raise corrupt(path, describe(exc)) from None
-    return _apply_state(_build(source, root), state_from(loaded, path), path, source)
-
-
-def _load_torchscript(path: Path, source: ModelSource, root: Path) -> nn.Module:
-    with _reading(path), _quiet_jit():
-        module: nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
-    return module
-
-
-def _load_export(path: Path, source: ModelSource, root: Path) -> nn.Module:
-    with _reading(path):
-        program = torch.export.load(str(path))
-    return ExportedModule(program.module())
-
-
-def _load_pickle(path: Path, source: ModelSource, root: Path) -> nn.Module:
-    with _importable_from(root), _reading(path):
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(loaded, nn.Module):
-        raise ModelLoadError(
-            f"checkpoint {path} unpickles to a {type(loaded).__name__}, not a torch.nn.Module; "
-            "save the whole model with torch.save(model, path)"
-        )
-    return loaded
 
 
 def _apply_state(
@@ -258,7 +201,7 @@ def _build(source: ModelSource, root: Path) -> nn.Module:
             "'package.module:callable'; register it again with a factory"
         )
     module_name, attribute = _split_factory(factory)
-    with _importable_from(root):
+    with importable_from(root):
         try:
             target: Any = importlib.import_module(module_name)
         except Exception as exc:
@@ -292,69 +235,13 @@ def _call_factory(target: Any, factory: str, kwargs: dict[str, Any]) -> nn.Modul
     return module
 
 
-@contextmanager
-def _importable_from(root: Path) -> Iterator[None]:
-    """Put the user's repository first on sys.path for one import, then restore sys.path."""
-    entry = str(root)
-    added = entry not in sys.path
-    if added:
-        sys.path.insert(0, entry)
-    importlib.invalidate_caches()  # files written since the last import must be seen
-    try:
-        yield
-    finally:
-        if added and entry in sys.path:
-            sys.path.remove(entry)
-
-
-# ---------------------------------------------------------------- saving
-
-
-def _save_torchscript(module: nn.Module, path: Path, example_input: torch.Tensor | None) -> None:
-    with _quiet_jit():
-        if example_input is not None:
-            compiled = torch.jit.trace(module, example_input)  # type: ignore[no-untyped-call]
-        else:
-            compiled = torch.jit.script(module)
-        torch.jit.save(compiled, str(path))
-
-
-def _save_export(module: nn.Module, path: Path, example_input: torch.Tensor | None) -> None:
-    if example_input is None:
-        raise ValueError("saving in format 'export' needs an example_input")
-    # Dim.AUTO: dynamic where the model allows (batch, sequence length), static otherwise.
-    dims = {i: torch.export.Dim.AUTO for i in range(example_input.dim())}
-    program = torch.export.export(module, (example_input,), dynamic_shapes=(dims,))
-    torch.export.save(program, str(path))
-
-
-@contextmanager
-def _quiet_jit() -> Iterator[None]:
-    # torch 2.13 deprecates torch.jit.*; TorchScript checkpoints are still a supported input,
-    # and the warning is for code authors, not for the users of this tool.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r".*torch\.jit\.\w+. is deprecated", DeprecationWarning)
-        yield
-
-
 # ---------------------------------------------------------------- errors
 
 
-def _verify_checksum(path: Path, recorded: str) -> None:
-    actual = sha256_file(path)
+def _verify_checksum(path: Path, recorded: str, entry: FormatEntry) -> None:
+    actual = entry.fingerprint(path)
     if actual != recorded:
         raise ChecksumMismatchError(
             f"checkpoint {path} changed since it was registered (sha256 {recorded[:12]}… "
             f"recorded, {actual[:12]}… now); register it again with `regress-action runs add`"
         )
-
-
-@contextmanager
-def _reading(path: Path) -> Iterator[None]:
-    """Any failure while parsing the file becomes one line naming it, never a traceback."""
-    try:
-        yield
-    except RegressActionError:
-        raise
-    except Exception as exc:
-        raise corrupt(path, describe(exc)) from None

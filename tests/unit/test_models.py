@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
+import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
+from regress_action.checkpoints import Probe
+from regress_action.cli_args import build_parser
 from regress_action.errors import ChecksumMismatchError, ModelLoadError
+from regress_action.formats import REGISTRY, FormatEntry, FormatRegistry, LoadContext
 from regress_action.models import (
+    WEIGHTS_ONLY_FORMATS,
     ExportedModule,
     detect_format,
     load_model,
@@ -24,13 +33,7 @@ from regress_action.zoo import tiny_cnn, tiny_lm
 
 LM_FACTORY = "regress_action.zoo:tiny_lm"
 CNN_FACTORY = "regress_action.zoo:tiny_cnn"
-FORMATS: tuple[CheckpointFormat, ...] = (
-    "safetensors",
-    "state_dict",
-    "torchscript",
-    "export",
-    "pickle",
-)
+FORMATS: tuple[CheckpointFormat, ...] = REGISTRY.names()
 
 
 def _lm() -> tuple[nn.Module, torch.Tensor]:
@@ -66,7 +69,7 @@ def test_every_format_round_trips_with_identical_outputs(
 ) -> None:
     module, x = build()  # type: ignore[operator]
     path = _save(tmp_path, fmt, module, x)
-    needs_factory = fmt in ("safetensors", "state_dict")
+    needs_factory = REGISTRY.get(fmt).needs_factory
     source = make_source(
         path,
         factory=factory if needs_factory else None,
@@ -332,3 +335,157 @@ def test_export_needs_an_example_input(tmp_path: Path) -> None:
     module, _ = _cnn()
     with pytest.raises(ValueError, match="example_input"):
         save_checkpoint(module, tmp_path / "m.pt2", "export")
+
+
+# ---------------------------------------------------------------- the format registry
+
+
+def test_builtin_formats_and_their_declared_properties() -> None:
+    assert set(FORMATS) == {"safetensors", "state_dict", "export", "torchscript", "pickle"}
+    assert WEIGHTS_ONLY_FORMATS == ("safetensors", "state_dict")
+    assert {e.name for e in REGISTRY if e.needs_factory} == set(WEIGHTS_ONLY_FORMATS)
+    assert [e.name for e in REGISTRY if not e.safe_without_opt_in] == ["pickle"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_detection_picks_the_entry_that_saved_the_file(tmp_path: Path, fmt: str) -> None:
+    module, x = _cnn()
+    path = _save(tmp_path, fmt, module, x)
+    assert REGISTRY.detect(path) is REGISTRY.get(fmt)
+    # Detection order: every entry tried before the winner says no to this file.
+    probe = Probe(path)
+    earlier = REGISTRY.names()[: REGISTRY.names().index(fmt)]
+    assert not [name for name in earlier if REGISTRY.get(name).detect(probe)]
+    assert REGISTRY.get(fmt).fingerprint(path) == sha256_file(path)
+
+
+def test_torchscript_is_tried_before_torch_save_zip(tmp_path: Path) -> None:
+    # A TorchScript archive is also a torch.save-style zip (it has a data.pkl): order decides.
+    module, x = _cnn()
+    path = _save(tmp_path, "torchscript", module, x)
+    assert Probe(path).is_torch_save()
+    names = REGISTRY.names()
+    assert names.index("export") < names.index("torchscript") < names.index("state_dict")
+    assert names.index("safetensors") < names.index("pickle")
+
+
+def _format_choices() -> tuple[str, ...]:
+    def sub(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        found: argparse.ArgumentParser = action.choices[name]
+        return found
+
+    add = sub(sub(build_parser(), "runs"), "add")
+    option = next(a for a in add._actions if "--format" in a.option_strings)
+    assert option.choices is not None
+    return tuple(option.choices)
+
+
+def test_format_choices_come_from_the_registry() -> None:
+    assert _format_choices() == REGISTRY.names()
+
+
+def test_unknown_format_names_are_refused(tmp_path: Path) -> None:
+    module, x = _cnn()
+    path = _save(tmp_path, "safetensors", module, x)
+    with pytest.raises(ModelLoadError) as exc:
+        make_source(path, factory=CNN_FACTORY, format="onnx")
+    assert _one_line(exc) == (
+        f"unknown checkpoint format 'onnx'; use one of {', '.join(REGISTRY.names())}"
+    )
+    with pytest.raises(ValidationError, match="unknown checkpoint format 'onnx'"):
+        ModelSource(checkpoint=str(path), format="onnx", sha256="0" * 64)
+    with pytest.raises(ValueError, match="already registered"):
+        FormatRegistry(REGISTRY).register(REGISTRY.get("pickle"))
+
+
+def test_registry_module_does_not_import_torch() -> None:
+    code = "import sys, regress_action.formats; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+class NpzWeights(FormatEntry):
+    """A throwaway format: weights in a NumPy .npz (a zip of .npy members), for a factory."""
+
+    name = "npz_weights"
+    needs_factory = True
+
+    def detect(self, probe: Probe) -> bool:
+        names = probe.zip_names()
+        return bool(names) and all(n.endswith(".npy") for n in names)
+
+    def load(self, path: Path, context: LoadContext) -> nn.Module:
+        with np.load(path, allow_pickle=False) as archive:
+            state = {k: torch.from_numpy(archive[k]) for k in archive.files}
+        return context.with_weights(state)
+
+    def save(self, module: nn.Module, path: Path, example_input: torch.Tensor | None) -> None:
+        with path.open("wb") as handle:
+            np.savez(handle, **{k: v.detach().numpy() for k, v in module.state_dict().items()})
+
+
+class UnsafeNpzWeights(NpzWeights):
+    name = "unsafe_npz_weights"
+    safe_without_opt_in = False
+
+
+@pytest.fixture
+def npz_format() -> Iterator[FormatEntry]:
+    entry = REGISTRY.register(NpzWeights())
+    try:
+        yield entry
+    finally:
+        REGISTRY.unregister(entry.name)
+
+
+def test_a_new_format_is_one_registered_entry(tmp_path: Path, npz_format: FormatEntry) -> None:
+    module, x = _cnn()
+    path = tmp_path / "weights.npz"
+    save_checkpoint(module, path, "npz_weights")
+    assert detect_format(path) == "npz_weights"
+    assert _format_choices()[-1] == "npz_weights"
+    source = make_source(path, factory=CNN_FACTORY, factory_kwargs={"width": 4})
+    assert (source.format, source.sha256) == ("npz_weights", sha256_file(path))
+    loaded = load_model(source)
+    torch.testing.assert_close(loaded(x), module(x), rtol=0, atol=0)
+    with pytest.raises(ModelLoadError, match=r"holds only weights \(npz_weights\)"):
+        make_source(path)
+
+
+def test_an_unregistered_format_is_unknown_again(tmp_path: Path) -> None:
+    module, _ = _cnn()
+    path = tmp_path / "weights.npz"
+    NpzWeights().save(module, path, None)
+    with pytest.raises(ModelLoadError, match=r"a zip archive that is neither torch\.save"):
+        detect_format(path)
+    entry = REGISTRY.register(NpzWeights())
+    try:
+        source = make_source(path, factory=CNN_FACTORY, factory_kwargs={"width": 4})
+    finally:
+        REGISTRY.unregister(entry.name)
+    assert "npz_weights" not in REGISTRY.names()
+    with pytest.raises(ValidationError, match="unknown checkpoint format 'npz_weights'"):
+        ModelSource.model_validate(source.model_dump())
+
+
+def test_a_new_unsafe_format_needs_the_opt_in(tmp_path: Path) -> None:
+    module, x = _cnn()
+    path = tmp_path / "weights.npz"
+    NpzWeights().save(module, path, None)
+    registry = FormatRegistry(REGISTRY)
+    registry.register(UnsafeNpzWeights(), before="export")
+    assert registry.names()[0] == "unsafe_npz_weights"
+    assert registry.detect(path).name == "unsafe_npz_weights"
+    entry = REGISTRY.register(UnsafeNpzWeights())
+    try:
+        source = make_source(path, factory=CNN_FACTORY, factory_kwargs={"width": 4})
+        with pytest.raises(ModelLoadError) as exc:
+            load_model(source)
+        assert _one_line(exc) == (
+            f"checkpoint {path} (unsafe_npz_weights) can run arbitrary code when loaded; "
+            "re-save it as safetensors, or pass --allow-pickle if you trust it"
+        )
+        torch.testing.assert_close(load_model(source, allow_pickle=True)(x), module(x))
+    finally:
+        REGISTRY.unregister(entry.name)
