@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 from .compare import ReportContext, build_report, metric_specs
 from .errors import ConfigError
 from .files import StagedFile, check_distinct, check_writable
-from .render import render_markdown
+from .render import TREND_POINTS, render_markdown
 from .report import DatasetInfo, Report, RunInfo
 from .spec import CheckpointFormat, EvalConfig, RunCreate, RunRecord, TaskSpec, VerdictConfig
 
 if TYPE_CHECKING:
     import torch
 
-    from .adapters import Adapter
     from .data import EvalSet
     from .store import ExperimentDB
+    from .tasks import Adapter
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,6 @@ class CompareRequest:
     markdown_path: Path | None = None
     commit: str | None = None
     allow_pickle: bool = False
-    trend_limit: int = 10
     record: bool = True
 
 
@@ -63,7 +62,6 @@ class Outputs:
     db: ExperimentDB | None = None
     json_path: Path | None = None
     markdown_path: Path | None = None
-    trend_limit: int = 10
 
 
 def check_outputs(paths: dict[str, Path | None], db: ExperimentDB | None) -> None:
@@ -109,9 +107,9 @@ def evaluate_models(
     adapter: Adapter | None = None,
 ) -> Report:
     """Load the eval set, run both models in one pass and build the report (not yet recorded)."""
-    from .adapters import adapter_for
     from .data import load_eval_set
-    from .engine import evaluate_pair
+    from .engine import PassOptions, evaluate_pair
+    from .tasks import adapter_for
 
     metric_specs(task, context.verdict)  # unknown metric names fail before any work
     eval_set = load_eval_set(
@@ -125,10 +123,8 @@ def evaluate_models(
         candidate,
         eval_set.dataset,
         adapter or adapter_for(task),
-        batch_size=eval_cfg.batch_size,
-        device=eval_cfg.device,
-        bf16=eval_cfg.bf16,
-        progress=eval_cfg.progress,
+        PassOptions(eval_cfg.batch_size, eval_cfg.device, eval_cfg.progress),
+        num_classes=task.num_classes,
     )
     context = ReportContext(
         task=task,
@@ -156,7 +152,7 @@ def finish(report: Report, outputs: Outputs) -> CompareOutcome:
             staged["json"] = StagedFile(outputs.json_path, "JSON report")
         if outputs.markdown_path is not None:
             staged["markdown"] = StagedFile(outputs.markdown_path, "Markdown report")
-        _record(report, outputs)
+        _record(report, outputs.db)
         markdown = render_markdown(report)
         if "json" in staged:
             staged.pop("json").commit(report.to_json() + "\n")
@@ -168,14 +164,11 @@ def finish(report: Report, outputs: Outputs) -> CompareOutcome:
     return CompareOutcome(report=report, markdown=markdown)
 
 
-def _record(report: Report, outputs: Outputs) -> None:
-    db = outputs.db
-    if db is None or report.baseline.run_id is None or report.candidate.run_id is None:
+def _record(report: Report, db: ExperimentDB | None) -> None:
+    if db is None:
         return
-    report.comparison_id = db.create_comparison(
-        report.baseline.run_id, report.candidate.run_id, report.notes, report=report
-    )
-    report.trend = db.trend(report.report_name, report.dataset.name, outputs.trend_limit)
+    report.comparison_id = db.create_comparison(report)
+    report.trend = db.trend(report.report_name, report.dataset.name, TREND_POINTS)
 
 
 def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
@@ -212,7 +205,6 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
         db=db if request.record else None,
         json_path=request.json_path,
         markdown_path=request.markdown_path,
-        trend_limit=request.trend_limit,
     )
     return finish(report, outputs)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +31,7 @@ from sqlalchemy import Connection, RowMapping, make_url, select
 
 from .errors import StoreError
 from .report import MetricResult, Report, TrendPoint
-from .spec import ModelSource, OverallStatus, RunCreate, RunRecord, TaskSpec
+from .spec import ModelSource, RunCreate, RunRecord, TaskSpec
 from .store_schema import (
     FLOAT_METRIC_COLUMNS,
     WRITE_OPTION,
@@ -45,7 +45,6 @@ from .store_schema import (
     runs,
 )
 
-_OVERALL_STATUSES: tuple[OverallStatus, ...] = ("improved", "neutral", "regressed")
 _NONFINITE_TEXT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
@@ -108,6 +107,18 @@ def _require_sqlite_file(url: str, display: str) -> None:
             f"no ExperimentDB at {display}; check --db / REGRESS_DB, or register runs first "
             "with `regress-action runs add`"
         )
+
+
+@contextmanager
+def open_db(db: ExperimentDB | str | Path | None, *, create: bool = True) -> Iterator[ExperimentDB]:
+    """The one way to open the ExperimentDB: a URL, a path or None (REGRESS_DB, else
+    ./regress.db) is opened here and closed on exit; an open ExperimentDB is used as it is and
+    left open for its owner. `create=False`: see `ExperimentDB`."""
+    if isinstance(db, ExperimentDB):
+        yield db
+        return
+    with ExperimentDB(db, create=create) as opened:
+        yield opened
 
 
 class ExperimentDB:
@@ -249,71 +260,50 @@ class ExperimentDB:
 
     # --- comparisons -----------------------------------------------------------------------
 
-    def create_comparison(
-        self,
-        baseline_run_id: int,
-        candidate_run_id: int,
-        notes: str,
-        *,
-        report: Report | None = None,
-        dataset: str = "",
-        fingerprint: str = "",
-        n_examples: int = 0,
-        threshold: float = 0.01,
-        status: str = "neutral",
-        report_name: str = "default",
-        commit: str | None = None,
-        metrics: Iterable[MetricResult] = (),
-    ) -> int:
-        """Record one comparison and its metric rows in one transaction; returns its id.
+    def create_comparison(self, report: Report) -> int:
+        """Record a finished report (the comparison row, one row per metric and the report as
+        JSON with `comparison_id` set) in one transaction; returns the comparison's id.
 
-        With `report`, the dataset, fingerprint, size, threshold, status, report name, commit
-        and metrics come from it, empty `notes` fall back to its notes, and it is stored as
-        JSON with `comparison_id` set. Unknown run ids: StoreError, nothing written.
+        Both runs must be registered: a report without run ids, or with unknown ones, is a
+        StoreError and nothing is written.
         """
+        baseline_run_id, candidate_run_id = report.baseline.run_id, report.candidate.run_id
+        if baseline_run_id is None or candidate_run_id is None:
+            raise StoreError(
+                "a comparison is recorded between two registered runs; this report has no "
+                "baseline or candidate run id (register them with `regress-action runs add`)"
+            )
+        if not math.isfinite(report.threshold):
+            raise StoreError(f"threshold {report.threshold!r} is not finite; pass e.g. 0.01")
         values: dict[str, Any] = {
             "created_at": datetime.now(UTC),
             "baseline_run_id": baseline_run_id,
             "candidate_run_id": candidate_run_id,
-            "report_name": report_name,
-            "dataset": dataset,
-            "fingerprint": fingerprint,
-            "n_examples": n_examples,
-            "threshold": threshold,
-            "status": status,
-            "notes": notes,
-            "commit": commit,
+            "report_name": report.report_name,
+            "dataset": report.dataset.name,
+            "fingerprint": report.dataset.fingerprint,
+            "n_examples": report.dataset.n,
+            "threshold": report.threshold,
+            "status": report.status,
+            "notes": report.notes,
+            "commit": report.commit,
         }
-        if report is not None:
-            values.update(_report_values(report, notes))
-            metrics = report.metrics.values()
-        metric_list = list(metrics)
-        self._check_comparison_values(values)
         with self._write() as conn:
             self._check_runs_exist(conn, (baseline_run_id, candidate_run_id))
             comparison_id: int = conn.execute(
                 comparisons.insert().values(values).returning(comparisons.c.id)
             ).scalar_one()
-            if report is not None:
-                stored = report.model_copy(update={"comparison_id": comparison_id})
-                conn.execute(
-                    comparisons.update()
-                    .where(comparisons.c.id == comparison_id)
-                    .values(report_json=stored.model_dump_json())
-                )
-            if metric_list:
-                rows = [_encode_metric(m, comparison_id, i) for i, m in enumerate(metric_list)]
+            stored = report.model_copy(update={"comparison_id": comparison_id})
+            conn.execute(
+                comparisons.update()
+                .where(comparisons.c.id == comparison_id)
+                .values(report_json=stored.model_dump_json())
+            )
+            metrics = list(report.metrics.values())
+            if metrics:
+                rows = [_encode_metric(m, comparison_id, i) for i, m in enumerate(metrics)]
                 conn.execute(comparison_metrics.insert(), rows)
         return comparison_id
-
-    def _check_comparison_values(self, values: dict[str, Any]) -> None:
-        if values["status"] not in _OVERALL_STATUSES:
-            raise StoreError(
-                f"unknown comparison status {values['status']!r}; "
-                f"use one of {', '.join(_OVERALL_STATUSES)}"
-            )
-        if not math.isfinite(values["threshold"]):
-            raise StoreError(f"threshold {values['threshold']!r} is not finite; pass e.g. 0.01")
 
     def _check_runs_exist(self, conn: Connection, run_ids: Sequence[int]) -> None:
         found = set(conn.execute(select(runs.c.id).where(runs.c.id.in_(run_ids))).scalars())
@@ -365,19 +355,15 @@ class ExperimentDB:
             result.setdefault(row["comparison_id"], []).append(_decode_metric(row))
         return result
 
-    def trend(
-        self, report_name: str, dataset: str, limit: int = 10, before_id: int | None = None
-    ) -> list[TrendPoint]:
-        """The last `limit` comparisons of this report name and dataset (ids below `before_id`
-        when given), oldest first, each with the candidate value of every metric."""
+    def trend(self, report_name: str, dataset: str, limit: int = 10) -> list[TrendPoint]:
+        """The last `limit` comparisons of this report name and dataset, oldest first, each
+        with the candidate value of every metric."""
         query = (
             select(comparisons)
             .where(comparisons.c.report_name == report_name, comparisons.c.dataset == dataset)
             .order_by(comparisons.c.id.desc())
             .limit(limit)
         )
-        if before_id is not None:
-            query = query.where(comparisons.c.id < before_id)
         points = [
             TrendPoint(
                 comparison_id=record.id,
@@ -400,16 +386,3 @@ def _comparison_record(row: RowMapping, metrics: list[MetricResult]) -> Comparis
         metrics=metrics,
     )
     return ComparisonRecord.model_validate(values)
-
-
-def _report_values(report: Report, notes: str) -> dict[str, Any]:
-    return {
-        "report_name": report.report_name,
-        "dataset": report.dataset.name,
-        "fingerprint": report.dataset.fingerprint,
-        "n_examples": report.dataset.n,
-        "threshold": report.threshold,
-        "status": report.status,
-        "notes": notes or report.notes,
-        "commit": report.commit,
-    }

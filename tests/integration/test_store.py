@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy
@@ -19,7 +20,7 @@ import sqlalchemy.exc
 from sqlalchemy import func, inspect, select
 
 from regress_action.errors import StoreError
-from regress_action.report import DatasetInfo, MetricResult, Report
+from regress_action.report import DatasetInfo, MetricResult, Report, RunInfo
 from regress_action.spec import ModelSource, RunCreate, TaskSpec
 from regress_action.store import ExperimentDB
 from regress_action.store_schema import (
@@ -32,6 +33,7 @@ from regress_action.store_schema import (
     schema_version,
 )
 from tests.pg_server import free_port
+from tests.report_factory import make_report
 
 LM_TASK = TaskSpec(modality="text", task="lm", vocab_size=256)
 
@@ -63,19 +65,18 @@ def make_metric(name: str, baseline: float, candidate: float, **extra: object) -
     return MetricResult.model_validate(fields)
 
 
-def make_report(metrics: list[MetricResult], **extra: object) -> Report:
-    fields: dict[str, object] = {
+def report_of(metrics: list[MetricResult], **fields: Any) -> Report:
+    """A report between runs 1 and 2 on lm_tiny with these metrics; `fields` override."""
+    defaults: dict[str, Any] = {
         "report_name": "nightly",
         "status": "improved",
         "notes": "from the report",
-        "task": LM_TASK,
         "dataset": DatasetInfo(name="lm_tiny", fingerprint="f1ng3r", n=128),
         "threshold": 0.02,
         "commit": "deadbeef",
         "metrics": {metric.name: metric for metric in metrics},
     }
-    fields.update(extra)
-    return Report.model_validate(fields)
+    return make_report("lm", **(defaults | fields))
 
 
 @pytest.fixture
@@ -125,13 +126,20 @@ def test_unknown_run_is_a_store_error(db_url: str) -> None:
 # --- comparisons ---------------------------------------------------------------------------
 
 
-def test_minimal_create_comparison(db: ExperimentDB) -> None:
-    comparison_id = db.create_comparison(1, 2, "accuracy: +0.04")
+def test_a_report_without_metrics(db: ExperimentDB) -> None:
+    comparison_id = db.create_comparison(report_of([], notes="accuracy: +0.04"))
     record = db.get_comparison(comparison_id)
     assert (record.baseline_run_id, record.candidate_run_id) == (1, 2)
     assert record.notes == "accuracy: +0.04"
     assert record.metrics == []
-    assert record.report is None
+    assert record.report is not None and record.report["metrics"] == {}
+
+
+def test_a_report_without_run_ids_is_refused(db: ExperimentDB, db_url: str) -> None:
+    report = report_of([], candidate=RunInfo(name="not registered"))
+    with pytest.raises(StoreError, match="no baseline or candidate run id"):
+        db.create_comparison(report)
+    assert count_rows(db_url, comparisons) == 0
 
 
 def test_comparison_from_report_keeps_full_precision_and_stats(db: ExperimentDB) -> None:
@@ -150,8 +158,8 @@ def test_comparison_from_report_keeps_full_precision_and_stats(db: ExperimentDB)
         significant=True,
     )
     loss = make_metric("loss", 2.5, 2.25, higher_is_better=False, kind="mean", gated=False)
-    report = make_report([accuracy, loss])
-    comparison_id = db.create_comparison(1, 2, "accuracy: +0.2", report=report)
+    report = report_of([accuracy, loss], notes="accuracy: +0.2")
+    comparison_id = db.create_comparison(report)
 
     record = db.get_comparison(comparison_id)
     assert record.metrics == [accuracy, loss]  # the report's order, every field
@@ -183,8 +191,8 @@ def test_non_finite_values_round_trip(db: ExperimentDB) -> None:
         p_value=math.nan,
     )
     fine = make_metric("accuracy", 0.5, 0.75)
-    report = make_report([broken, fine], status="regressed")
-    comparison_id = db.create_comparison(1, 2, "loss: NaN", report=report)
+    report = report_of([broken, fine], status="regressed", notes="loss: NaN")
+    comparison_id = db.create_comparison(report)
 
     stored = db.get_comparison(comparison_id).metrics[0]
     assert math.isnan(stored.baseline or 0.0)
@@ -201,22 +209,26 @@ def test_non_finite_values_round_trip(db: ExperimentDB) -> None:
     assert db.trend("nightly", "lm_tiny")[0].metrics["loss"] == math.inf
 
 
-def test_duplicate_metric_rolls_back_the_whole_comparison(db: ExperimentDB, db_url: str) -> None:
+def test_a_failing_metric_row_rolls_back_the_whole_comparison(
+    db: ExperimentDB, db_url: str
+) -> None:
     metric = make_metric("accuracy", 0.5, 0.6)
+    # Two entries for one metric name: the comparison row is inserted first, then the second
+    # metric row breaks the (comparison_id, name) key.
+    twice = report_of([]).model_copy(update={"metrics": {"a": metric, "b": metric}})
     with pytest.raises(sqlalchemy.exc.IntegrityError):
-        # The comparison row is inserted first, then the second metric row violates the key.
-        db.create_comparison(1, 2, "dup", metrics=[metric, metric])
+        db.create_comparison(twice)
     assert count_rows(db_url, comparisons) == 0
     assert count_rows(db_url, comparison_metrics) == 0
     assert db.list_comparisons() == []
-    db.create_comparison(1, 2, "after", metrics=[metric])  # the DB is still usable
+    db.create_comparison(report_of([metric]))  # the DB is still usable
     assert count_rows(db_url, comparison_metrics) == 1
 
 
 def test_unknown_candidate_writes_nothing(db: ExperimentDB, db_url: str) -> None:
-    report = make_report([make_metric("accuracy", 0.5, 0.6)])
+    report = report_of([make_metric("accuracy", 0.5, 0.6)], candidate=RunInfo(run_id=99))
     with pytest.raises(StoreError) as caught:
-        db.create_comparison(1, 99, "x", report=report)
+        db.create_comparison(report)
     assert caught.value.exit_code == 2
     assert "unknown run id 99" in str(caught.value)
     assert count_rows(db_url, comparisons) == 0
@@ -230,7 +242,9 @@ def test_unknown_comparison_is_a_store_error(db: ExperimentDB) -> None:
 
 def test_list_comparisons_filters_newest_first(db: ExperimentDB) -> None:
     ids = {
-        (name, dataset): db.create_comparison(1, 2, "", report_name=name, dataset=dataset)
+        (name, dataset): db.create_comparison(
+            report_of([], report_name=name, dataset=DatasetInfo(name=dataset, fingerprint="", n=8))
+        )
         for name in ("a", "b")
         for dataset in ("lm_tiny", "vision_tiny")
     }
@@ -243,20 +257,19 @@ def test_list_comparisons_filters_newest_first(db: ExperimentDB) -> None:
     assert db.list_comparisons(dataset="nope") == []
 
 
-def test_trend_is_oldest_first_limited_and_before_id(db: ExperimentDB) -> None:
+def test_trend_is_oldest_first_and_limited(db: ExperimentDB) -> None:
     ids = []
     for step in range(5):
         metric = make_metric("accuracy", 0.5, 0.5 + step / 100)
-        ids.append(db.create_comparison(1, 2, "", report=make_report([metric])))
-        db.create_comparison(1, 2, "", report_name="nightly", dataset="other")  # never in trend
+        ids.append(db.create_comparison(report_of([metric])))
+        other = DatasetInfo(name="other", fingerprint="", n=8)
+        db.create_comparison(report_of([metric], dataset=other))  # never in the trend
 
     points = db.trend("nightly", "lm_tiny", limit=3)
     assert [p.comparison_id for p in points] == ids[-3:]
     assert [p.metrics["accuracy"] for p in points] == [0.5 + s / 100 for s in (2, 3, 4)]
     assert points[0].commit == "deadbeef"
     assert points[0].status == "improved"
-    before = db.trend("nightly", "lm_tiny", limit=2, before_id=ids[3])
-    assert [p.comparison_id for p in before] == ids[1:3]
     assert db.trend("nightly", "missing") == []
 
 
@@ -329,14 +342,15 @@ def test_version_1_database_is_upgraded_in_place(db_url: str) -> None:
         assert db.get_run(2).name == "old-b"
 
         new_metric = make_metric("loss", 2.0, 1.5, ci_low=-0.6, ci_high=-0.4, significant=True)
-        new_id = db.create_comparison(1, 2, "", metrics=[new_metric], dataset="lm_tiny")
+        new_id = db.create_comparison(report_of([new_metric], report_name="default"))
         assert db.get_comparison(new_id).metrics == [new_metric]
         assert [p.comparison_id for p in db.trend("default", "lm_tiny")] == [1, new_id]
 
     engine = sqlalchemy.create_engine(db_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(select(schema_version.c.version)).scalars().all() == [2]
+            versions = conn.execute(select(schema_version.c.version)).scalars().all()
+            assert versions == [SCHEMA_VERSION]
             columns = {c["name"] for c in inspect(conn).get_columns("comparison_metrics")}
             indexes = {i["name"] for i in inspect(conn).get_indexes("comparisons")}
     finally:
@@ -351,9 +365,8 @@ def test_newer_schema_is_refused(db_url: str) -> None:
     with pytest.raises(StoreError) as caught:
         ExperimentDB(db_url)
     message = str(caught.value)
-    assert "schema version 9, newer than this regress-action (2)" in message
+    assert f"schema version 9, newer than this regress-action ({SCHEMA_VERSION})" in message
     assert "upgrade regress-action" in message
-    assert SCHEMA_VERSION == 2
 
 
 @pytest.mark.postgres
@@ -448,8 +461,13 @@ def _open_and_write(url: str, barrier: Barrier, writer: int) -> None:
         candidate = db.add_run(make_run(f"candidate-{writer}"))
         for step in range(COMPARISONS_PER_WRITER):
             metric = make_metric("accuracy", 0.5, 0.5 + step / 1000)
-            note = f"writer {writer} step {step}"
-            db.create_comparison(baseline.id, candidate.id, note, metrics=[metric])
+            report = report_of(
+                [metric],
+                notes=f"writer {writer} step {step}",
+                baseline=RunInfo(run_id=baseline.id),
+                candidate=RunInfo(run_id=candidate.id),
+            )
+            db.create_comparison(report)
 
 
 def test_parallel_first_runs_and_writers_lose_nothing(db_url: str) -> None:
@@ -483,7 +501,8 @@ def test_parallel_first_runs_and_writers_lose_nothing(db_url: str) -> None:
     engine = sqlalchemy.create_engine(db_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(select(schema_version.c.version)).scalars().all() == [2]
+            versions = conn.execute(select(schema_version.c.version)).scalars().all()
+            assert versions == [SCHEMA_VERSION]
     finally:
         engine.dispose()
 
