@@ -42,7 +42,7 @@ bench: install
 	$(PY) benchmarks/bench_stats.py
 
 schema: install
-	$(PY) -m regress_action.render --write-schema
+	$(PY) -m regress_action.schema
 
 clean:
 	rm -rf $(VENV) regress-demo regress.db regress.db-wal regress.db-shm .pytest_cache .mypy_cache .ruff_cache

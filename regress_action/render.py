@@ -15,18 +15,16 @@ shared axis would flatten every other bar.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import re
 from dataclasses import dataclass, replace
 from functools import cache
 from importlib.resources import files
-from pathlib import Path
 
 import jinja2
 
-from .report import FlipExample, MetricResult, Report, TrendPoint, report_json_schema
+from .report import FlipExample, MetricResult, Report, TrendPoint
+from .tasks import TASKS
 
 MAX_COMMENT_CHARS = 65_536
 FLIP_ROWS = 10
@@ -36,7 +34,6 @@ TEXT_CHARS = 120  # user text (names, reasons) is clipped to this many character
 
 STATUS_MARKS = {"improved": "🟢", "regressed": "🔴", "neutral": "⚪", "new": "🆕", "failed": "⚠️"}
 OVERALL_MARKS = {"regressed": "❌", "improved": "✅", "neutral": "➖"}
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "report.schema.json"
 
 
 def _sig(magnitude: float, digits: int) -> str:
@@ -190,6 +187,7 @@ class View:
     trend: Trend | None
     loss_increases: list[FlipExample]  # largest first, whatever order the engine gave
     detail: Detail
+    fragments: tuple[str, ...]  # the task's templates for its analysis, in report order
     notice: str | None = None
 
 
@@ -229,7 +227,14 @@ def _chart(metrics: list[MetricResult]) -> Chart | None:
     def unit(value: float | None) -> bool:
         return value is not None and 0.0 <= value <= 1.0  # False for NaN
 
-    charted = [m for m in metrics if unit(m.baseline) and unit(m.candidate)]
+    # Split in one pass: `m not in charted` would compare pydantic models pairwise, O(n²).
+    charted: list[MetricResult] = []
+    skipped: list[str] = []
+    for m in metrics:
+        if unit(m.baseline) and unit(m.candidate):
+            charted.append(m)
+        else:
+            skipped.append(md_escape(m.name))
     if not charted:
         return None
     labels, baseline, candidate = [], [], []
@@ -237,7 +242,6 @@ def _chart(metrics: list[MetricResult]) -> Chart | None:
         labels += [f"{mermaid_label(m.name)} · base", f"{mermaid_label(m.name)} · cand"]
         baseline += [mermaid_number(m.baseline or 0.0), "0"]
         candidate += ["0", mermaid_number(m.candidate or 0.0)]
-    skipped = [md_escape(m.name) for m in metrics if m not in charted]
     return Chart(labels, baseline, candidate, skipped)
 
 
@@ -270,6 +274,12 @@ def _largest_loss_increases(report: Report) -> list[FlipExample]:
     return sorted(items, key=key)
 
 
+def _fragments(task: str) -> tuple[str, ...]:
+    """The task's own report fragments (none for a task this version does not know)."""
+    found = TASKS.get(task)
+    return found.report_fragments if found is not None else ()
+
+
 def build_view(report: Report, detail: Detail = TRUNCATION_STEPS[0]) -> View:
     metrics = list(report.metrics.values())
     has_stats = any(_has_stats(m) for m in metrics)
@@ -284,6 +294,7 @@ def build_view(report: Report, detail: Detail = TRUNCATION_STEPS[0]) -> View:
         trend=_trend(report) if detail.trend else None,
         loss_increases=_largest_loss_increases(report),
         detail=detail,
+        fragments=_fragments(report.task.task),
     )
 
 
@@ -322,7 +333,6 @@ def environment() -> jinja2.Environment:
         code=code_span,
         short=short,
         mermaid_label=mermaid_label,
-        mermaid_number=mermaid_number,
         status_cell=status_cell,
         class_name=_class_name,
     )
@@ -387,30 +397,3 @@ def _hard_cut(text: str, notice: str, max_chars: int) -> str:
     while comment_length(notice) > max_chars:
         notice = notice[:-1]
     return notice
-
-
-def schema_text() -> str:
-    """The published JSON schema of the report artifact, exactly as committed."""
-    return json.dumps(report_json_schema(), indent=2, sort_keys=True) + "\n"
-
-
-def write_schema(path: Path = SCHEMA_PATH) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(schema_text(), encoding="utf-8")
-    return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m regress_action.render")
-    parser.add_argument("--write-schema", action="store_true", help=f"regenerate {SCHEMA_PATH}")
-    parser.add_argument("report", nargs="?", type=Path, help="a JSON report to print as Markdown")
-    args = parser.parse_args(argv)
-    if args.write_schema:
-        print(write_schema())
-    if args.report is not None:
-        print(render_markdown(Report.load(args.report)), end="")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

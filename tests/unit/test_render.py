@@ -8,7 +8,6 @@ them and review the diff:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -38,7 +37,6 @@ from regress_action.report import (
     Report,
     RunInfo,
     TrendPoint,
-    report_json_schema,
 )
 from tests.report_factory import (
     CREATED_AT,
@@ -470,27 +468,6 @@ def test_templates_load_from_the_package_not_the_cwd(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert render_markdown(make_report()).startswith("### ❌")
-
-
-def test_published_schema_is_current() -> None:
-    committed = render.SCHEMA_PATH.read_text(encoding="utf-8")
-    assert committed == render.schema_text(), (
-        "regress_action/schemas/report.schema.json is out of date with the Report model; "
-        "regenerate it with `python -m regress_action.render --write-schema`"
-    )
-    assert json.loads(committed) == report_json_schema()
-
-
-def test_write_schema(tmp_path: Path) -> None:
-    path = render.write_schema(tmp_path / "schema.json")
-    assert path.read_text(encoding="utf-8") == render.schema_text()
-
-
-def test_cli_prints_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "report.json"
-    path.write_text(make_report().to_json(), encoding="utf-8")
-    assert render.main([str(path)]) == 0
-    assert capsys.readouterr().out == render_markdown(make_report())
 
 
 def test_user_text_cannot_mention_people() -> None:

@@ -1,4 +1,5 @@
-"""The JSON artifact validates against the published schema, non-finite values included."""
+"""The published JSON schema: current with the Report model, and the artifact validates against
+it, non-finite values included."""
 
 from __future__ import annotations
 
@@ -8,12 +9,19 @@ from pathlib import Path
 
 import jsonschema
 
+from regress_action import schema
 from regress_action.report import Report
 from tests.report_factory import make_report
 
-SCHEMA = json.loads(
-    (Path(__file__).resolve().parents[2] / "regress_action/schemas/report.schema.json").read_text()
-)
+COMMITTED = Path(__file__).resolve().parents[2] / "regress_action/schemas/report.schema.json"
+SCHEMA = json.loads(COMMITTED.read_text(encoding="utf-8"))
+
+
+def test_the_committed_schema_is_what_the_model_generates(tmp_path: Path) -> None:
+    assert schema.main(["--output", str(tmp_path / "schema.json")]) == 0
+    assert (tmp_path / "schema.json").read_text(encoding="utf-8") == COMMITTED.read_text(
+        encoding="utf-8"
+    ), "the Report model changed: regenerate the schema with `make schema` and commit it"
 
 
 def test_reports_validate_against_the_published_schema() -> None:
