@@ -14,18 +14,13 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from .cli_args import build_parser
+from .cli_args import build_parser, flag_name
+from .config import checkpoint_request, compare_request, task_from
 from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_REGRESSION, ConfigError, RegressActionError
-from .spec import TaskSpec, VerdictConfig, parse_tolerances
 
-if TYPE_CHECKING:
-    from .store import ExperimentDB
-
-log = logging.getLogger("regress_action")
 Handler = Callable[[argparse.Namespace], int]
 
 # ---------------------------------------------------------------- commands
@@ -41,49 +36,20 @@ def _emit(text: object) -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
-def _open_db(args: argparse.Namespace, *, create: bool = True) -> ExperimentDB:
-    from .store import ExperimentDB
-
-    return ExperimentDB(args.db, create=create)
-
-
-def verdict_config(args: argparse.Namespace) -> VerdictConfig:
-    try:
-        tolerances = parse_tolerances(",".join(args.tolerance))
-    except ValueError as exc:
-        raise ConfigError(f"--tolerance: {exc}") from None
-    return VerdictConfig(
-        threshold=args.threshold,
-        tolerances=tolerances,
-        metrics=tuple(args.metrics) if args.metrics else None,
-        gate=tuple(args.gate) if args.gate else None,
-        significance=args.significance,
-        alpha=args.alpha,
-        resamples=args.resamples,
-        seed=args.seed,
-    )
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .app import CompareRequest, run_compare
+    from .app import run_compare
+    from .store import open_db
 
-    request = CompareRequest(
+    request = compare_request(
+        args,
+        flag_name,
         baseline_run_id=args.baseline_run_id,
         candidate_run_id=args.candidate_run_id,
-        dataset=args.dataset,
-        verdict=verdict_config(args),
-        batch_size=args.batch_size,
-        max_examples=args.max_examples,
-        device=args.device,
-        report_name=args.report_name,
-        json_path=args.json_out,
-        markdown_path=args.markdown_out,
         commit=args.commit,
-        allow_pickle=args.allow_pickle,
-        record=not args.no_record,
+        record=args.record,
     )
     # A comparison needs registered runs: a missing SQLite file is a mistyped --db.
-    with _open_db(args, create=False) as db:
+    with open_db(args.db, create=False) as db:
         outcome = run_compare(request, db)
     _emit(outcome.report.to_json())
     regressed = outcome.report.status == "regressed"
@@ -91,45 +57,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_add(args: argparse.Namespace) -> int:
-    from .app import CheckpointRequest, register_checkpoint
+    from .app import register_checkpoint
+    from .store import open_db
 
-    if args.task == "lm" and args.num_classes is not None:
-        raise ConfigError("--num-classes is for --task classification; an lm has --vocab-size")
-    if args.task == "classification" and args.vocab_size is not None:
-        raise ConfigError("--vocab-size is for --task lm; a classifier has --num-classes")
-    defaults = (
-        {"modality": "text", "vocab_size": 256} if args.task == "lm" else {"modality": "vision"}
-    )
-    given = {"modality": args.modality, "vocab_size": args.vocab_size}
-    try:
-        task = TaskSpec.model_validate(
-            {
-                **defaults,
-                **{key: value for key, value in given.items() if value is not None},
-                "task": args.task,
-                "num_classes": args.num_classes,
-            }
-        )
-    except ValidationError as exc:
-        raise ConfigError(f"task: {_first_error(exc)}; pass --num-classes N") from None
-    request = CheckpointRequest(
+    task = task_from(args, flag_name)
+    assert task is not None, "--task is a required flag"
+    request = checkpoint_request(
+        args,
         checkpoint=args.checkpoint,
         task=task,
-        name=args.name,
-        factory=args.factory,
-        factory_kwargs=args.factory_kwargs,
-        format=args.format,
         git_sha=args.git_sha,
-        allow_pickle=args.allow_pickle,
+        name=args.name,
+        format=args.format,
     )
-    with _open_db(args) as db:
+    with open_db(args.db) as db:
         run = register_checkpoint(db, request)
     _emit(run.id)
     return EXIT_OK
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
-    with _open_db(args, create=False) as db:
+    from .store import open_db
+
+    with open_db(args.db, create=False) as db:
         runs = db.list_runs()
     if args.json:
         _emit(json.dumps([run.model_dump(mode="json") for run in runs], indent=2))
@@ -144,7 +94,9 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_comparisons_list(args: argparse.Namespace) -> int:
-    with _open_db(args, create=False) as db:
+    from .store import open_db
+
+    with open_db(args.db, create=False) as db:
         rows = db.list_comparisons(
             limit=args.limit, report_name=args.report_name, dataset=args.dataset
         )
@@ -180,8 +132,9 @@ def _comparison_summary(row: object) -> dict[str, object]:
 def cmd_comparisons_show(args: argparse.Namespace) -> int:
     from .render import render_markdown
     from .report import Report
+    from .store import open_db
 
-    with _open_db(args, create=False) as db:
+    with open_db(args.db, create=False) as db:
         row = db.get_comparison(args.id)
     if row.report is None:
         raise ConfigError(f"comparison {args.id} was recorded without a report")
@@ -192,9 +145,10 @@ def cmd_comparisons_show(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import make_workdir, run_demo
+    from .store import open_db
 
     make_workdir(args.workdir)  # before the database is created
-    with _open_db(args) as db:
+    with open_db(args.db) as db:
         return run_demo(db, args.workdir, args.db)
 
 
@@ -205,7 +159,7 @@ def cmd_action(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from .action import publish
+    from .publish import publish
 
     return publish(
         args.report,

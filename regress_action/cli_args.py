@@ -1,19 +1,22 @@
 """The `regress-action` argument parser: option types and sub-commands.
 
-Standard library plus `spec` (value checks shared with the Action) and the package version;
-no torch, no database. Each sub-command names its handler in `cli.HANDLERS`.
+Standard library plus `spec` (value checks shared with the Action), `formats` (the `--format`
+choices) and the package version; no torch, no database. Each sub-command names its handler
+in `cli.HANDLERS`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
-from .spec import check_report_name
+from .formats import REGISTRY
+from .spec import check_report_name, parse_tolerances
+from .tasks import modality_names, task_names
 
 if TYPE_CHECKING:  # argparse's class is not subscriptable at run time
     Subparsers = argparse._SubParsersAction[Any]
@@ -77,6 +80,30 @@ def _name_list(text: str) -> list[str]:
     return [part.strip() for part in text.replace("\n", ",").split(",") if part.strip()]
 
 
+class _Tolerances(argparse.Action):
+    """Repeatable `--tolerance METRIC=VALUE[, ...]`, gathered into one dict of tolerances."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        gathered = dict(getattr(namespace, self.dest) or {})
+        try:
+            parsed = parse_tolerances(str(values))
+        except ValueError as exc:
+            raise argparse.ArgumentError(self, str(exc)) from None
+        repeated = sorted(parsed.keys() & gathered.keys())
+        if repeated:
+            metric = repeated[0]
+            raise argparse.ArgumentError(
+                self, f"{metric} is given twice; give both parts in one ({metric}=0.02|5%)"
+            )
+        setattr(namespace, self.dest, gathered | parsed)
+
+
 def _json_object(text: str) -> dict[str, object]:
     try:
         value = json.loads(text)
@@ -88,6 +115,19 @@ def _json_object(text: str) -> dict[str, object]:
 
 
 # ---------------------------------------------------------------- parser
+
+# Options whose flag is not their attribute name with dashes (see `flag_name`).
+_FLAGS = {
+    "tolerances": "--tolerance",
+    "json_path": "--json-out",
+    "markdown_path": "--markdown-out",
+    "record": "--no-record",
+}
+
+
+def flag_name(attribute: str) -> str:
+    """The flag of a parsed option, to name it in an error: `tolerances` -> `--tolerance`."""
+    return _FLAGS.get(attribute, "--" + attribute.replace("_", "-"))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,8 +157,9 @@ def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--metrics", type=_name_list, help="comma-separated metrics to report")
     group.add_argument(
         "--tolerance",
-        action="append",
-        default=[],
+        dest="tolerances",
+        action=_Tolerances,
+        default={},
         metavar="METRIC=VALUE",
         help="per-metric tolerance: absolute (loss=0.02) or relative to |baseline| "
         "(perplexity=5%%); repeatable",
@@ -165,8 +206,12 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_verdict_options(parser)
     _add_db(parser)
-    parser.add_argument("--json-out", type=Path, help="write the JSON report here")
-    parser.add_argument("--markdown-out", type=Path, help="write the Markdown report here")
+    parser.add_argument(
+        "--json-out", dest="json_path", type=Path, help="write the JSON report here"
+    )
+    parser.add_argument(
+        "--markdown-out", dest="markdown_path", type=Path, help="write the Markdown report here"
+    )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=_positive_int, default=64)
     parser.add_argument("--max-examples", type=_positive_int)
@@ -188,7 +233,10 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         help="allow loading pickled whole-model checkpoints (runs arbitrary code: trusted only)",
     )
     parser.add_argument(
-        "--no-record", action="store_true", help="do not record the comparison in the DB"
+        "--no-record",
+        dest="record",
+        action="store_false",
+        help="do not record the comparison in the DB",
     )
 
 
@@ -199,16 +247,14 @@ def _add_runs(sub: Subparsers) -> None:
     add.add_argument(
         "checkpoint", help="a .safetensors, .pt (state dict), .pt2 or TorchScript file"
     )
-    add.add_argument("--task", choices=["lm", "classification"], required=True)
-    add.add_argument("--modality", choices=["text", "vision"])
+    add.add_argument("--task", choices=task_names(), required=True)
+    add.add_argument("--modality", choices=modality_names())
     add.add_argument("--num-classes", type=_positive_int)
     add.add_argument("--vocab-size", type=_positive_int)
     add.add_argument("--name", help="run name (default: the file name)")
     add.add_argument("--factory", help='"package.module:callable" building the model')
     add.add_argument("--factory-kwargs", type=_json_object, default={}, metavar="JSON")
-    add.add_argument(
-        "--format", choices=["safetensors", "state_dict", "export", "torchscript", "pickle"]
-    )
+    add.add_argument("--format", choices=REGISTRY.names())
     add.add_argument("--git-sha")
     add.add_argument("--allow-pickle", action="store_true")
     _add_db(add)

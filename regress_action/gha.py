@@ -1,6 +1,7 @@
 """The GitHub Actions runner's file and stdout protocols: step outputs (`GITHUB_OUTPUT`), the job
-summary (`GITHUB_STEP_SUMMARY`), workflow commands (`::error::`, `::group::`, `::add-mask::`) and
-the event payload (which pull request, which head commit).
+summary (`GITHUB_STEP_SUMMARY`), workflow commands (`::error::`, `::group::`, `::add-mask::`),
+a step's errors as one `::error::` line and an exit code (`guarded`) and the event payload
+(which pull request, which head commit).
 
 Standard library only (no PyGithub, no torch): the API lookups live in `github`.
 """
@@ -11,12 +12,13 @@ import contextlib
 import json
 import secrets
 import sys
-from collections.abc import Iterator, Mapping
+import traceback
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import GitHubError
+from .errors import EXIT_INTERNAL, GitHubError, RegressActionError, UserError
 
 # GitHub rejects a step summary over 1 MiB ("$GITHUB_STEP_SUMMARY upload aborted").
 SUMMARY_LIMIT_BYTES = 1024 * 1024
@@ -79,6 +81,26 @@ class Commands:
             yield
         finally:
             self._emit("::endgroup::")
+
+
+def guarded(commands: Commands, body: Callable[[], int], *, title: str) -> int:
+    """Run a step's `body` and return its exit code. A user error is one `::error::` line and
+    its exit code (2); anything else is a bug: exit 3, with the traceback on stderr."""
+    try:
+        return body()
+    except UserError as exc:
+        commands.error(str(exc), title=title)
+        return exc.exit_code
+    except RegressActionError as exc:
+        commands.error(f"internal error: {exc}", title=title)
+        return exc.exit_code
+    except Exception as exc:  # a bug: keep the traceback for the report, exit 3
+        traceback.print_exc(file=sys.stderr)
+        commands.error(
+            f"internal error ({type(exc).__name__}: {exc}); please report it with this log",
+            title=title,
+        )
+        return EXIT_INTERNAL
 
 
 def format_outputs(outputs: Mapping[str, str]) -> str:

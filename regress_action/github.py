@@ -25,9 +25,6 @@ from .settings import ClientTuning
 # alarming noise; the outcome is reported by this module's callers instead.
 logging.getLogger("github").setLevel(logging.WARNING)
 
-# GITHUB_TOKEN is an installation token of the github-actions app: GET /user answers 403
-# "Resource not accessible by integration", and its comments are authored by this login.
-GITHUB_ACTIONS_LOGIN = "github-actions[bot]"
 FORK_HINT = (
     "pull requests from forks get a read-only token; see the README section 'Fork pull "
     "requests' (post from a workflow_run workflow with `regress-action publish`), and give the "
@@ -82,8 +79,8 @@ def make_client(api_url: str, token: str, tuning: ClientTuning) -> Github:
     )
 
 
-class Commenter:
-    """One repository's PR comments through a PyGithub client (what `action` talks to)."""
+class PyGithubCommenter:
+    """The `publish.Commenter` port on PyGithub: one repository's PR comments."""
 
     def __init__(self, gh: Github, repository: str) -> None:
         self._gh = gh
@@ -105,9 +102,11 @@ class Commenter:
         )
 
 
-def open_commenter(api_url: str, token: str, repository: str, tuning: ClientTuning) -> Commenter:
-    """A Commenter on `repository`; builds the client only (PyGithub sends nothing yet)."""
-    return Commenter(make_client(api_url, token, tuning), repository)
+def open_commenter(
+    api_url: str, token: str, repository: str, tuning: ClientTuning
+) -> PyGithubCommenter:
+    """A commenter on `repository`; builds the client only (PyGithub sends nothing yet)."""
+    return PyGithubCommenter(make_client(api_url, token, tuning), repository)
 
 
 def token_login(gh: Github) -> str | None:

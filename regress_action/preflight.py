@@ -1,8 +1,8 @@
 """The action's inputs checked before anything is registered, evaluated or written.
 
 A bad input must fail fast, name the input as action.yml spells it, and leave nothing behind
-(no run registered in a cached database, no empty report folder). Imports settings, spec,
-metrics, store types and files; never torch or PyGithub.
+(no run registered in a cached database, no empty report folder). Imports settings, config,
+spec, the task registry, store types and files; never torch or PyGithub.
 """
 
 from __future__ import annotations
@@ -11,25 +11,28 @@ import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import verdict_config
 from .errors import ConfigError, UserError
 from .files import check_distinct, check_writable
-from .metrics import metrics_for_task, unknown_metric_message
-from .spec import BUILTIN_DATASETS, RunRecord, TaskSpec
+from .settings import input_label
+from .spec import RunRecord, TaskSpec, VerdictConfig
+from .tasks import builtin_datasets, metrics_for, unknown_metric_message
 
 if TYPE_CHECKING:
     from .settings import ActionInputs
     from .store import ExperimentDB
 
 
-def check_inputs(inputs: ActionInputs, db: ExperimentDB) -> None:
-    """Raise a ConfigError naming the first bad input; touch nothing."""
-    _check_dataset(str(inputs.dataset))
-    task = _task(inputs, db)
+def check_inputs(inputs: ActionInputs, given: TaskSpec | None, db: ExperimentDB) -> None:
+    """Raise a ConfigError naming the first bad input; touch nothing. `given` is the task the
+    task inputs describe (None when they are not set)."""
+    _check_dataset(inputs.dataset)
+    task = _runs_task(inputs, given, db)
     if task is not None:
-        _check_metric_names(inputs, task)
+        _check_metric_names(verdict_config(inputs, input_label), task)
     paths: dict[str, Path | None] = {
-        "input json-path": inputs.resolved_json_path(),
-        "input markdown-path": inputs.resolved_markdown_path(),
+        input_label("json_path"): inputs.json_path,
+        input_label("markdown_path"): inputs.markdown_path,
     }
     for name, path in paths.items():
         try:
@@ -40,19 +43,20 @@ def check_inputs(inputs: ActionInputs, db: ExperimentDB) -> None:
 
 
 def _check_dataset(dataset: str) -> None:
-    if dataset in BUILTIN_DATASETS or Path(dataset).exists():
+    builtin = list(builtin_datasets())
+    if dataset in builtin or Path(dataset).exists():
         return
-    close = difflib.get_close_matches(dataset, BUILTIN_DATASETS, n=1)
+    close = difflib.get_close_matches(dataset, builtin, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise ConfigError(
         f"input dataset: {dataset!r} is neither a built-in dataset nor a path in the workspace "
-        f"({Path.cwd()}); {hint}built-in: {', '.join(BUILTIN_DATASETS)}"
+        f"({Path.cwd()}); {hint}built-in: {', '.join(builtin)}"
     )
 
 
-def _task(inputs: ActionInputs, db: ExperimentDB) -> TaskSpec | None:
-    """The runs' task: a registered run's, or the task inputs for checkpoints; checks that
-    each run id exists and each checkpoint file is there."""
+def _runs_task(inputs: ActionInputs, given: TaskSpec | None, db: ExperimentDB) -> TaskSpec | None:
+    """The runs' task: a registered run's, or the task inputs' (`given`) for checkpoints;
+    checks that each run id exists and each checkpoint file is there."""
     task: TaskSpec | None = None
     for side in ("baseline", "candidate"):
         run_id: int | None = getattr(inputs, f"{side}_run_id")
@@ -66,7 +70,6 @@ def _task(inputs: ActionInputs, db: ExperimentDB) -> TaskSpec | None:
                 f"input {side}-checkpoint: no file {str(checkpoint)!r} in the workspace "
                 f"({Path.cwd()}); check the path (relative to the repository root)"
             )
-        given = inputs.task_spec()
         if given is None:
             raise ConfigError(
                 f"input task is required with {side}-checkpoint: set task (lm or "
@@ -83,13 +86,13 @@ def _get_run(db: ExperimentDB, run_id: int, name: str) -> RunRecord:
         raise ConfigError(f"input {name}: {exc}") from None
 
 
-def _check_metric_names(inputs: ActionInputs, task: TaskSpec) -> None:
-    available = list(metrics_for_task(task.task, task.num_classes, task.vocab_size))
-    reported = list(inputs.metrics or available)
+def _check_metric_names(verdict: VerdictConfig, task: TaskSpec) -> None:
+    available = list(metrics_for(task))
+    reported = list(verdict.metrics or available)
     for name, names, allowed in (
-        ("metrics", inputs.metrics or (), available),
-        ("gate", inputs.gate or (), reported),
-        ("metric-tolerances", tuple(inputs.metric_tolerances), reported),
+        ("metrics", verdict.metrics or (), available),
+        ("gate", verdict.gate or (), reported),
+        ("metric-tolerances", tuple(verdict.tolerances), reported),
     ):
         for metric in names:
             if metric not in allowed:

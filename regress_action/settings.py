@@ -3,6 +3,8 @@
 
 Owns input parsing and validation (lists, tolerances, JSON kwargs, run-id-or-checkpoint rules) and
 turns a pydantic ValidationError into one ConfigError naming the input by its action.yml name.
+Field names are those of the CLI's options for the same concept (`tolerances` is the input
+`metric-tolerances`, `factory` is `model-factory`), so `config` builds the configs from either.
 Imports pydantic, pydantic-settings, `errors` and `spec` only (no torch, no PyGithub).
 """
 
@@ -28,7 +30,6 @@ from .errors import ConfigError
 from .spec import (
     MetricTolerance,
     SignificanceMode,
-    TaskSpec,
     check_device,
     check_report_name,
     parse_tolerances,
@@ -75,20 +76,18 @@ class ActionInputs(BaseSettings):
     candidate_run_id: int | None = _input("candidate-run-id", default=None, ge=1)
     baseline_checkpoint: str | None = _input("baseline-checkpoint", default=None)
     candidate_checkpoint: str | None = _input("candidate-checkpoint", default=None)
-    model_factory: str | None = _input("model-factory", default=None)
-    model_kwargs: dict[str, Any] = _input("model-kwargs", default_factory=dict)
-    task: Literal["lm", "classification"] | None = _input("task", default=None)
-    modality: Literal["text", "vision"] | None = _input("modality", default=None)
+    factory: str | None = _input("model-factory", default=None)
+    factory_kwargs: dict[str, Any] = _input("model-kwargs", default_factory=dict)
+    task: str | None = _input("task", default=None)  # a name in the task registry
+    modality: str | None = _input("modality", default=None)
     num_classes: int | None = _input("num-classes", default=None, ge=2)
     vocab_size: int | None = _input("vocab-size", default=None, ge=2)
     allow_pickle: bool = _input("allow-pickle", default=False)
-    dataset: str | None = _input("dataset", default=None)
+    dataset: str = _input("dataset")
     threshold: float = _input("threshold", default=0.01, ge=0, allow_inf_nan=False)
     metrics: tuple[str, ...] | None = _input("metrics", default=None)
     gate: tuple[str, ...] | None = _input("gate", default=None)
-    metric_tolerances: dict[str, MetricTolerance] = _input(
-        "metric-tolerances", default_factory=dict
-    )
+    tolerances: dict[str, MetricTolerance] = _input("metric-tolerances", default_factory=dict)
     significance: SignificanceMode = _input("significance", default="report")
     alpha: float = _input("alpha", default=0.05, gt=0, lt=1)
     db_url: str = _input("db-url", default=DEFAULT_DB_URL, min_length=1)
@@ -109,12 +108,12 @@ class ActionInputs(BaseSettings):
             return split_list(value) or None
         return value
 
-    @field_validator("metric_tolerances", mode="before")
+    @field_validator("tolerances", mode="before")
     @classmethod
     def _tolerances(cls, value: Any) -> Any:
         return parse_tolerances(value) if isinstance(value, str) else value
 
-    @field_validator("model_kwargs", mode="before")
+    @field_validator("factory_kwargs", mode="before")
     @classmethod
     def _kwargs(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -157,39 +156,16 @@ class ActionInputs(BaseSettings):
                     f"inputs {side}-run-id / {side}-checkpoint: set exactly one of them "
                     f"(a run id from the ExperimentDB, or a checkpoint path to register)"
                 )
-        if self.dataset is None:
-            raise ValueError("input dataset is required: a built-in name (lm_tiny, vision_tiny) "
-                             "or a path in the workspace")  # fmt: skip
         return self
 
-    def task_spec(self) -> TaskSpec | None:
-        """The task for checkpoints registered on the fly, or None to let the engine infer it."""
-        if self.task is None:
-            return None
-        if self.task == "lm" and self.num_classes is not None:
-            raise ConfigError("input num-classes is for task classification; an lm has vocab-size")
-        if self.task == "classification" and self.vocab_size is not None:
-            raise ConfigError("input vocab-size is for task lm; a classifier has num-classes")
-        modality = self.modality or ("text" if self.task == "lm" else "vision")
-        try:
-            return TaskSpec(
-                modality=modality,
-                task=self.task,
-                num_classes=self.num_classes,
-                # Byte-level (256) by default, as `regress-action runs add` does.
-                vocab_size=self.vocab_size or (256 if self.task == "lm" else None),
-            )
-        except ValidationError as exc:
-            message = exc.errors()[0]["msg"].removeprefix("Value error, ")
-            raise ConfigError(
-                f"inputs task / modality / num-classes / vocab-size: {message}"
-            ) from None
-
-    def resolved_json_path(self) -> Path:
-        return self.json_path or Path("regress-action") / f"{_slug(self.report_name)}.json"
-
-    def resolved_markdown_path(self) -> Path:
-        return self.markdown_path or Path("regress-action") / f"{_slug(self.report_name)}.md"
+    @model_validator(mode="after")
+    def _default_report_paths(self) -> Self:
+        # In a folder of their own, named after the report: matrix jobs do not overwrite each
+        # other's files, and the artifact upload step takes one folder.
+        folder = Path("regress-action")
+        self.json_path = self.json_path or folder / f"{_slug(self.report_name)}.json"
+        self.markdown_path = self.markdown_path or folder / f"{_slug(self.report_name)}.md"
+        return self
 
 
 def _slug(name: str) -> str:
@@ -209,7 +185,6 @@ class RunnerEnv(BaseSettings):
     github_sha: str | None = None
     github_output: Path | None = None
     github_step_summary: Path | None = None
-    github_workspace: Path | None = None
     github_run_id: str | None = None
 
     def run_url(self) -> str | None:
@@ -249,6 +224,14 @@ def input_names() -> dict[str, str]:
     return names
 
 
+def input_label(field_name: str) -> str:
+    """How a workflow names an ActionInputs field in an error: `input metric-tolerances`."""
+    for name, field in input_names().items():
+        if field == field_name:
+            return f"input {name}"
+    return f"input {field_name.replace('_', '-')}"
+
+
 _S = TypeVar("_S", bound=BaseSettings)
 
 
@@ -274,6 +257,8 @@ def _describe(cls: type[BaseSettings], exc: ValidationError) -> str:
     loc = [str(part) for part in error["loc"]]
     if not loc:  # a model-level rule; its message names the inputs itself
         return message
+    if error["type"] == "missing":
+        return f"{_source_name(cls, loc[0])} is required: set it in the step's `with:`"
     got = error.get("input")
     shown = "" if got is None or isinstance(got, Mapping) else f" (got {str(got)[:80]!r})"
     return f"{_source_name(cls, loc[0])}: {message}{shown}"

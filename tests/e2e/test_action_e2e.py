@@ -1,27 +1,31 @@
-"""End to end: the real entrypoint as a subprocess, in the environment the runner gives a Docker
-action (hyphenated INPUT_* names, GITHUB_EVENT_PATH, GITHUB_OUTPUT, GITHUB_STEP_SUMMARY,
-GITHUB_API_URL, GITHUB_REPOSITORY, cwd = the workspace), talking real HTTP to the local
-GitHub-compatible server.
+"""End to end: the entrypoint in the environment the runner gives a Docker action (hyphenated
+INPUT_* names, GITHUB_EVENT_PATH, GITHUB_OUTPUT, GITHUB_STEP_SUMMARY, GITHUB_API_URL,
+GITHUB_REPOSITORY, cwd = the workspace), talking real HTTP to the local GitHub-compatible server.
 
+Where the process is the subject (its exit code, the runner's environment, the stdout protocol)
+the installed `regress-action` runs as a subprocess; elsewhere the same entry (`cli.main`) runs
+in this process with the same environment, which spares a torch import per run.
 `regress-action publish` drives most comment scenarios from a JSON report (no torch needed);
-`regress-action action` runs the whole path on models trained by `regress-action demo`.
+`regress-action action` runs the whole path on two tiny lm_tiny models made once per module.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
-import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from regress_action import cli
 from regress_action.report import MetricResult, Report
+from regress_action.store import ExperimentDB
 from tests.gh_server import BOT_LOGIN, BOT_TOKEN, MAX_BODY_CHARS, FakeGitHub
 from tests.report_factory import make_report
 
@@ -66,7 +70,9 @@ class Runner:
         event: str = "pull_request",
         payload: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        process: bool = False,
     ) -> Result:
+        """Run `regress-action ARGS`: a subprocess with `process`, else in this process."""
         if payload is None:
             payload = {"pull_request": {"number": PR, "head": {"sha": HEAD}}} if event else {}
         event_path = self.home / "event.json"
@@ -93,27 +99,40 @@ class Runner:
             **{f"INPUT_{name.upper()}": value for name, value in (inputs or {}).items()},
             **(env or {}),
         }
-        proc = subprocess.run(
-            [EXE, *args],
-            cwd=self.workspace,
-            env=environ,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        return Result(
-            proc.returncode,
-            proc.stdout,
-            proc.stderr,
-            parse_outputs(output.read_text()),
-            summary.read_text(),
-        )
+        run = _subprocess if process else _in_process
+        rc, stdout, stderr = run(list(args), environ, self.workspace)
+        return Result(rc, stdout, stderr, parse_outputs(output.read_text()), summary.read_text())
 
     def publish(self, report: Report, *extra: str, **kwargs: Any) -> Result:
         path = self.workspace / "report.json"
         path.write_text(report.to_json())
         env = {"GITHUB_TOKEN": BOT_TOKEN, **kwargs.pop("env", {})}
         return self.run("publish", "--report", "report.json", *extra, env=env, **kwargs)
+
+
+def _subprocess(args: list[str], environ: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    proc = subprocess.run(
+        [EXE, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=300
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _in_process(args: list[str], environ: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(environ)
+    try:
+        with (
+            contextlib.chdir(cwd),
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+        ):
+            rc = cli.main(args)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return rc, stdout.getvalue(), stderr.getvalue()
 
 
 def parse_outputs(text: str) -> dict[str, str]:
@@ -228,11 +247,11 @@ def test_oversized_report_is_truncated_under_the_limit(runner: Runner) -> None:
 
 
 def test_exit_code_follows_status_and_fail_on_regression(runner: Runner) -> None:
-    regressed = runner.publish(make_report(), env={"GITHUB_TOKEN": ""})
+    regressed = runner.publish(make_report(), env={"GITHUB_TOKEN": ""}, process=True)
     assert regressed.rc == 1
     errors = regressed.lines("::error")
     assert len(errors) == 2 and "accuracy" in errors[0]
-    assert runner.publish(make_report("lm")).rc == 0  # improved
+    assert runner.publish(make_report("lm"), process=True).rc == 0  # improved
 
 
 def test_publish_fail_on_regression_false(runner: Runner) -> None:
@@ -265,14 +284,14 @@ def test_5xx_after_retries_is_a_warning(runner: Runner) -> None:
 
 
 def test_the_token_is_masked_and_never_printed_otherwise(runner: Runner) -> None:
-    result = runner.publish(make_report("lm"))
+    result = runner.publish(make_report("lm"), process=True)
     assert result.lines(f"::add-mask::{BOT_TOKEN}")
     printed = (result.stdout + result.stderr).replace(f"::add-mask::{BOT_TOKEN}", "")
     assert BOT_TOKEN not in printed
 
 
 def test_a_missing_report_is_one_error_line(runner: Runner) -> None:
-    result = runner.run("publish", "--report", "nope.json")
+    result = runner.run("publish", "--report", "nope.json", process=True)
     assert result.rc == 2
     (error,) = result.lines("::error")
     assert "nope.json" in error
@@ -283,7 +302,9 @@ def test_a_missing_report_is_one_error_line(runner: Runner) -> None:
 
 def test_bad_input_is_one_error_line_naming_it(runner: Runner) -> None:
     inputs = {"baseline-run-id": "1", "candidate-run-id": "2", "dataset": "lm_tiny"}
-    result = runner.run("action", inputs={**inputs, "threshold": "lots", "comment": ""})
+    result = runner.run(
+        "action", inputs={**inputs, "threshold": "lots", "comment": ""}, process=True
+    )
     assert result.rc == 2, result.stdout + result.stderr
     (error,) = result.lines("::error")
     assert "input threshold" in error
@@ -292,57 +313,71 @@ def test_bad_input_is_one_error_line_naming_it(runner: Runner) -> None:
     assert runner.server.requests == []
 
 
+@dataclass(frozen=True)
+class LmRuns:
+    """Two lm_tiny models, saved and registered: `trained` is clearly better than `untrained`
+    on every metric, so either order gives a clear improvement or regression."""
+
+    db: Path
+    folder: Path
+    trained: int
+    untrained: int
+
+    def inputs(self, baseline: int, candidate: int, **more: str) -> dict[str, str]:
+        return {
+            "baseline-run-id": str(baseline),
+            "candidate-run-id": str(candidate),
+            "dataset": "lm_tiny",
+            "db-url": f"sqlite:///{self.db}",
+            "github-token": BOT_TOKEN,
+            "device": "cpu",
+            "significance": "off",
+            **more,
+        }
+
+    def checkpoint_inputs(self, **more: str) -> dict[str, str]:
+        return {
+            "baseline-checkpoint": str(self.folder / "untrained.safetensors"),
+            "candidate-checkpoint": str(self.folder / "trained.safetensors"),
+            "model-factory": "regress_action.zoo:tiny_lm",
+            "task": "lm",
+            "github-token": BOT_TOKEN,
+            "device": "cpu",
+            "significance": "off",
+            **more,
+        }
+
+
 @pytest.fixture(scope="module")
-def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A database with the demo's tiny trained runs (lm_tiny: 1 baseline, 2 improved, ...)."""
-    folder = tmp_path_factory.mktemp("demo")
-    db = folder / "demo.db"
-    proc = subprocess.run(
-        [EXE, "demo", "--db", f"sqlite:///{db}", "--workdir", str(folder / "work")],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    yield db
+def lm_runs(tmp_path_factory: pytest.TempPathFactory) -> LmRuns:
+    import torch
 
+    from regress_action.app import CheckpointRequest, register_checkpoint
+    from regress_action.config import task_spec
+    from regress_action.models import save_checkpoint
+    from regress_action.train import train_tiny_lm
+    from regress_action.zoo import tiny_lm
 
-def lm_runs(db: Path, *, improved: bool) -> tuple[str, str]:
-    """(baseline, candidate) run ids of the demo's lm_tiny suite, found by name."""
-    listing = subprocess.run(
-        [EXE, "runs", "list", "--db", f"sqlite:///{db}", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    runs = json.loads(listing.stdout)
-    lm = [r for r in runs if r["task"]["task"] == "lm"]
-    wanted = "improved" if improved else "regressed"
-    candidate = next(r for r in lm if wanted in r["name"])
-    baseline = next(r for r in lm if "baseline" in r["name"])
-    return str(baseline["id"]), str(candidate["id"])
+    folder = tmp_path_factory.mktemp("lm")
+    torch.manual_seed(0)
+    models = {"trained": train_tiny_lm("baseline"), "untrained": tiny_lm().eval()}
+    ids: dict[str, int] = {}
+    with ExperimentDB(folder / "runs.db") as db:
+        for name, model in models.items():
+            path = folder / f"{name}.safetensors"
+            save_checkpoint(model, path, "safetensors")
+            request = CheckpointRequest(
+                checkpoint=str(path), task=task_spec("lm"), factory="regress_action.zoo:tiny_lm"
+            )
+            ids[name] = register_checkpoint(db, request).id
+    return LmRuns(folder / "runs.db", folder, ids["trained"], ids["untrained"])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("fail", "expected"), [("true", 1), ("false", 0)])
-def test_action_full_path_on_a_regression(
-    runner: Runner, demo_db: Path, fail: str, expected: int
-) -> None:
-    baseline, candidate = lm_runs(demo_db, improved=False)
-    inputs = {
-        "baseline-run-id": baseline,
-        "candidate-run-id": candidate,
-        "dataset": "lm_tiny",
-        "db-url": f"sqlite:///{demo_db}",
-        "github-token": BOT_TOKEN,
-        "fail-on-regression": fail,
-        "device": "cpu",
-        "significance": "off",
-        "metrics": "",
-    }
-    result = runner.run("action", inputs=inputs)
-    assert result.rc == expected, result.stdout + result.stderr
+def test_action_full_path_on_a_regression(runner: Runner, lm_runs: LmRuns) -> None:
+    inputs = lm_runs.inputs(lm_runs.trained, lm_runs.untrained, metrics="")
+    result = runner.run("action", inputs=inputs, process=True)
+    assert result.rc == 1, result.stdout + result.stderr
     assert result.outputs["status"] == "regressed"
     assert result.outputs["regressed-metrics"]
     assert result.outputs["comparison-id"].isdigit()
@@ -352,22 +387,22 @@ def test_action_full_path_on_a_regression(
     assert result.summary and len(bodies(runner.server)) == 1
     assert result.outputs["comment-url"]
     assert result.lines("::group::")
-    kind = "::error" if fail == "true" else "::warning"
-    assert len(result.lines(kind)) == len(report.regressed_metrics)
+    assert len(result.lines("::error")) == len(report.regressed_metrics)
 
 
 @pytest.mark.slow
-def test_action_improvement_then_rerun_edits_the_comment(runner: Runner, demo_db: Path) -> None:
-    baseline, candidate = lm_runs(demo_db, improved=True)
-    inputs = {
-        "baseline-run-id": baseline,
-        "candidate-run-id": candidate,
-        "dataset": "lm_tiny",
-        "db-url": f"sqlite:///{demo_db}",
-        "github-token": BOT_TOKEN,
-        "device": "cpu",
-        "significance": "off",
-    }
+def test_action_regression_without_failing_the_job(runner: Runner, lm_runs: LmRuns) -> None:
+    inputs = lm_runs.inputs(lm_runs.trained, lm_runs.untrained, **{"fail-on-regression": "false"})
+    result = runner.run("action", inputs=inputs)
+    assert result.rc == 0, result.stdout + result.stderr
+    assert result.outputs["status"] == "regressed"
+    assert result.lines("::error") == []
+    assert len(result.lines("::warning")) == len(result.outputs["regressed-metrics"].split(","))
+
+
+@pytest.mark.slow
+def test_action_improvement_then_rerun_edits_the_comment(runner: Runner, lm_runs: LmRuns) -> None:
+    inputs = lm_runs.inputs(lm_runs.untrained, lm_runs.trained)
     first = runner.run("action", inputs=inputs)
     assert first.rc == 0, first.stdout + first.stderr
     assert first.outputs["status"] == "improved"
@@ -377,31 +412,19 @@ def test_action_improvement_then_rerun_edits_the_comment(runner: Runner, demo_db
     assert second.outputs["comparison-id"] != first.outputs["comparison-id"]
     push = runner.run("action", inputs=inputs, event="push", payload={})
     assert push.rc == 0 and len(bodies(runner.server)) == 1
-    assert re.search(r"not a pull request", push.stdout)
+    assert any("not a pull request" in line for line in push.lines("::notice"))
 
 
 @pytest.mark.slow
-def test_action_registers_checkpoints_on_the_fly(runner: Runner, demo_db: Path) -> None:
-    from regress_action.builtin_data import builtin_task
-
-    work = demo_db.parent / "work"
-    task = builtin_task("lm_tiny")
-    inputs = {
-        "baseline-checkpoint": str(work / "lm_tiny-baseline.safetensors"),
-        "candidate-checkpoint": str(work / "lm_tiny-improved.safetensors"),
-        "model-factory": "regress_action.zoo:tiny_lm",
-        "task": "lm",
-        "vocab-size": str(task.vocab_size),
-        "dataset": "lm_tiny",
-        "github-token": BOT_TOKEN,
-        "device": "cpu",
-        "significance": "off",
-        "report-name": "on the fly",
-    }
+def test_action_registers_checkpoints_on_the_fly(runner: Runner, lm_runs: LmRuns) -> None:
+    inputs = lm_runs.checkpoint_inputs(dataset="lm_tiny", **{"report-name": "on the fly"})
     result = runner.run("action", inputs=inputs)
     assert result.rc == 0, result.stdout + result.stderr
-    assert (runner.workspace / "regress-action.db").exists()  # the default db-url
+    assert result.outputs["status"] == "improved"
+    with ExperimentDB(runner.workspace / "regress-action.db") as db:  # the default db-url
+        assert [run.name for run in db.list_runs()] == ["untrained", "trained"]
     assert result.outputs["report-json"] == "regress-action/on-the-fly.json"
+    assert (runner.workspace / result.outputs["report-json"]).is_file()
     assert any("registered baseline checkpoint" in line for line in result.stdout.splitlines())
     assert bodies(runner.server)[0].rstrip().endswith("<!-- regress-action:on the fly -->")
 
@@ -414,31 +437,25 @@ def test_action_registers_checkpoints_on_the_fly(runner: Runner, demo_db: Path) 
         ({"dataset": "data/missing.jsonl"}, "input dataset"),
         ({"metrics": "perplexty"}, "input metrics"),
         ({"gate": "token_accuracy", "metrics": "loss"}, "input gate"),
+        ({"metric-tolerances": "ece=0.1"}, "input metric-tolerances"),
+        ({"num-classes": "10"}, "input num-classes is for input task classification"),
         ({"json-path": "/proc/none/report.json"}, "input json-path"),
     ],
 )
 def test_bad_inputs_fail_before_anything_is_registered(
-    runner: Runner, demo_db: Path, bad: dict[str, str], named: str
+    runner: Runner, lm_runs: LmRuns, bad: dict[str, str], named: str
 ) -> None:
-    work = demo_db.parent / "work"
-    inputs = {
-        "baseline-checkpoint": str(work / "lm_tiny-baseline.safetensors"),
-        "candidate-checkpoint": str(work / "lm_tiny-improved.safetensors"),
-        "model-factory": "regress_action.zoo:tiny_lm",
-        "task": "lm",
-        "dataset": "lm_tiny\n",  # a YAML block scalar's trailing newline is trimmed
-        "github-token": BOT_TOKEN,
-        **bad,
-    }
+    # A YAML block scalar's trailing newline is trimmed.
+    inputs = {**lm_runs.checkpoint_inputs(dataset="lm_tiny\n"), **bad}
     if "baseline-run-id" in bad:
         del inputs["baseline-checkpoint"]
     result = runner.run("action", inputs=inputs)
     assert result.rc == 2, result.stdout + result.stderr
     (error,) = result.lines("::error")
     assert named in error
-    listing = subprocess.run(
-        [EXE, "runs", "list", "--json"], cwd=runner.workspace, capture_output=True, text=True
-    )
-    assert listing.stdout.strip() in ("", "[]")  # no run registered (or no database at all)
+    database = runner.workspace / "regress-action.db"
+    if database.exists():
+        with ExperimentDB(database) as db:
+            assert db.list_runs() == []
     assert not (runner.workspace / "regress-action").exists()
     assert runner.server.requests == []

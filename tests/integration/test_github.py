@@ -12,7 +12,6 @@ import pytest
 from regress_action import gha
 from regress_action.errors import GitHubError
 from regress_action.github import (
-    GITHUB_ACTIONS_LOGIN,
     CommentNotPosted,
     make_client,
     marker,
@@ -22,7 +21,7 @@ from regress_action.github import (
     with_marker,
 )
 from regress_action.settings import ClientTuning
-from tests.gh_server import BOT_TOKEN, OTHER_TOKEN, USER_TOKEN, FakeGitHub
+from tests.gh_server import BOT_LOGIN, BOT_TOKEN, OTHER_TOKEN, USER_TOKEN, FakeGitHub
 
 REPO = "octo/models"
 PR = 7
@@ -54,7 +53,7 @@ def test_first_run_creates_second_run_edits_the_same_comment(gh_server: FakeGitH
     assert (first.action, second.action) == ("created", "updated")
     assert first.comment_id == second.comment_id
     assert len(comments) == 1
-    assert comments[0].author == GITHUB_ACTIONS_LOGIN
+    assert comments[0].author == BOT_LOGIN
     assert comments[0].body == with_marker("v2", "default")
     assert comments[0].body.rstrip().endswith(marker("default"))
     assert second.url.endswith(f"#issuecomment-{first.comment_id}")
@@ -62,7 +61,7 @@ def test_first_run_creates_second_run_edits_the_same_comment(gh_server: FakeGitH
 
 def test_finds_the_marker_on_page_three_of_250(gh_server: FakeGitHub) -> None:
     for i in range(250):
-        author = GITHUB_ACTIONS_LOGIN if i == 230 else "someone"
+        author = BOT_LOGIN if i == 230 else "someone"
         body = with_marker("old", "default") if i == 230 else f"chatter {i}"
         gh_server.add_comment(REPO, PR, author, body)
     result = upsert(gh_server, "new")
@@ -97,7 +96,7 @@ def test_create_mode_always_posts(gh_server: FakeGitHub) -> None:
 
 
 def test_a_personal_token_matches_its_own_login(gh_server: FakeGitHub) -> None:
-    gh_server.add_comment(REPO, PR, GITHUB_ACTIONS_LOGIN, with_marker("bot", "default"))
+    gh_server.add_comment(REPO, PR, BOT_LOGIN, with_marker("bot", "default"))
     result = upsert(gh_server, "mine", token=USER_TOKEN)
     assert result.action == "created"
     assert upsert(gh_server, "mine again", token=USER_TOKEN).comment_id == result.comment_id
@@ -116,7 +115,7 @@ def test_an_app_token_finds_its_app_bots_comment(gh_server: FakeGitHub) -> None:
     gh_server.tokens[app_token] = "regress-app[bot]"
     gh_server.user_endpoint_forbidden.add(app_token)
     gh_server.add_comment(REPO, PR, "mallory", with_marker("planted", "default"))
-    gh_server.add_comment(REPO, PR, GITHUB_ACTIONS_LOGIN, with_marker("other app", "default"))
+    gh_server.add_comment(REPO, PR, BOT_LOGIN, with_marker("other app", "default"))
     mine = gh_server.add_comment(REPO, PR, "regress-app[bot]", with_marker("old", "default"))
     result = upsert(gh_server, "new", token=app_token)
     assert result.action == "updated"
@@ -127,7 +126,7 @@ def test_an_app_token_finds_its_app_bots_comment(gh_server: FakeGitHub) -> None:
 
 def test_a_marker_quoted_mid_body_is_not_the_sticky_comment(gh_server: FakeGitHub) -> None:
     quoted = f"> {marker('default')}\nquoting the bot"
-    gh_server.add_comment(REPO, PR, GITHUB_ACTIONS_LOGIN, quoted)
+    gh_server.add_comment(REPO, PR, BOT_LOGIN, quoted)
     assert upsert(gh_server, "report").action == "created"
 
 

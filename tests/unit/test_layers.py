@@ -20,13 +20,14 @@ DEMO = {"demo"}
 TORCH_FREE = {
     "errors", "spec", "records", "metrics", "verdict", "stats", "analysis", "compare",
     "report", "render", "store", "store_schema", "github", "gha", "settings", "files",
-    "preflight", "resampling",
+    "preflight", "resampling", "config", "publish", "schema",
 }  # fmt: skip
 # Modules that may import torch only lazily, inside a function (CLI start-up speed).
 LAZY_TORCH = {"__init__", "cli", "cli_args", "app", "action", "api", "formats", "checkpoints"}
 # The task registry and the built-in generators: read by torch-free layers (metric names,
 # TaskSpec validation), so torch only inside the adapters and the dataset constructors.
 LAZY_TORCH |= {"builtin_data", "tasks", "tasks.base", "tasks.classification", "tasks.lm"}
+LAZY_TORCH |= {"tasks.regression"}
 ONLY_IN = {"github": {"github"}, "sqlalchemy": {"store", "store_schema"}, "jinja2": {"render"}}
 ENGINE_MUST_NOT = {
     ".store", ".store_schema", ".render", ".github", ".gha", ".settings", ".action", ".app",

@@ -7,18 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from regress_action.config import task_from, verdict_config
 from regress_action.errors import ConfigError
 from regress_action.settings import (
     DEFAULT_DB_URL,
     ActionInputs,
     ClientTuning,
     RunnerEnv,
+    input_label,
     input_names,
     load,
     load_inputs,
     split_list,
 )
-from regress_action.spec import MetricTolerance, parse_tolerances
+from regress_action.spec import MetricTolerance, TaskSpec, VerdictConfig, parse_tolerances
 
 REQUIRED = {"INPUT_BASELINE-RUN-ID": "1", "INPUT_CANDIDATE-RUN-ID": "2", "INPUT_DATASET": "lm_tiny"}
 
@@ -50,10 +52,10 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert got.threshold == 0.01 and got.alpha == 0.05 and got.significance == "report"
     assert got.comment == "update" and got.report_name == "default" and got.fail_on_regression
     assert got.db_url == DEFAULT_DB_URL and got.github_token is None
-    assert got.resolved_json_path() == Path("regress-action/default.json")
-    assert got.resolved_markdown_path() == Path("regress-action/default.md")
+    assert got.json_path == Path("regress-action/default.json")
+    assert got.markdown_path == Path("regress-action/default.md")
     assert (got.device, got.batch_size, got.max_examples) == ("auto", 64, None)
-    assert got.metrics is None and got.gate is None and got.metric_tolerances == {}
+    assert got.metrics is None and got.gate is None and got.tolerances == {}
 
 
 def test_empty_strings_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,8 +90,9 @@ def test_hyphenated_and_underscore_spellings(monkeypatch: pytest.MonkeyPatch) ->
         ("INPUT_DEVICE", "CUDA:1", "device", "cuda:1"),
         ("INPUT_BATCH-SIZE", "8", "batch_size", 8),
         ("INPUT_MAX-EXAMPLES", "100", "max_examples", 100),
-        ("INPUT_MODEL-KWARGS", '{"hidden": 64}', "model_kwargs", {"hidden": 64}),
-        ("INPUT_MODEL-FACTORY", "pkg.mod:build", "model_factory", "pkg.mod:build"),
+        ("INPUT_MODEL-KWARGS", '{"hidden": 64}', "factory_kwargs", {"hidden": 64}),
+        ("INPUT_MODEL-FACTORY", "pkg.mod:build", "factory", "pkg.mod:build"),
+        ("INPUT_METRIC-TOLERANCES", "loss=0.02", "tolerances", {"loss": MetricTolerance(abs=0.02)}),
         ("INPUT_TASK", "classification", "task", "classification"),
         ("INPUT_MODALITY", "vision", "modality", "vision"),
         ("INPUT_NUM-CLASSES", "10", "num_classes", 10),
@@ -125,8 +128,6 @@ def test_good_values(
         ("INPUT_MODEL-KWARGS", "{nope", "input model-kwargs"),
         ("INPUT_BASELINE-RUN-ID", "zero", "input baseline-run-id"),
         ("INPUT_CANDIDATE-RUN-ID", "0", "input candidate-run-id"),
-        ("INPUT_TASK", "regression", "input task"),
-        ("INPUT_MODALITY", "audio", "input modality"),
         ("INPUT_NUM-CLASSES", "1", "input num-classes"),
         ("INPUT_VOCAB-SIZE", "x", "input vocab-size"),
     ],
@@ -156,16 +157,67 @@ def test_run_id_and_checkpoint_are_exclusive(monkeypatch: pytest.MonkeyPatch) ->
     assert load_inputs().baseline_checkpoint == "base.pt2"
 
 
-def test_task_spec(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert inputs(monkeypatch).task_spec() is None
-    spec = inputs(monkeypatch, INPUT_TASK="classification", **{"INPUT_NUM-CLASSES": "3"})
-    assert spec.task_spec() is not None and spec.task_spec().modality == "vision"  # type: ignore[union-attr]
-    with pytest.raises(ConfigError, match="num-classes"):
-        inputs(monkeypatch, **{"INPUT_NUM-CLASSES": ""}).task_spec()
+def test_report_paths_default_to_the_report_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    got = inputs(monkeypatch, **{"INPUT_REPORT-NAME": "lm (cpu)"})
+    assert got.json_path == Path("regress-action/lm-cpu.json")
+    assert got.markdown_path == Path("regress-action/lm-cpu.md")
+
+
+def test_task_inputs_become_a_task_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert task_from(inputs(monkeypatch), input_label) is None
+    classifier = inputs(monkeypatch, INPUT_TASK="classification", **{"INPUT_NUM-CLASSES": "3"})
+    assert task_from(classifier, input_label) == TaskSpec(
+        modality="vision", task="classification", num_classes=3
+    )
     lm = inputs(monkeypatch, INPUT_TASK="lm", **{"INPUT_NUM-CLASSES": ""})
-    assert lm.task_spec() is not None and lm.task_spec().vocab_size == 256  # type: ignore[union-attr]
-    with pytest.raises(ConfigError, match="input num-classes is for task classification"):
-        inputs(monkeypatch, INPUT_TASK="lm", **{"INPUT_NUM-CLASSES": "5"}).task_spec()
+    assert task_from(lm, input_label) == TaskSpec(modality="text", task="lm", vocab_size=256)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"INPUT_TASK": "classification"},
+            "input task classification needs input num-classes",
+        ),
+        (
+            {"INPUT_TASK": "lm", "INPUT_NUM-CLASSES": "5"},
+            "input num-classes is for input task classification; "
+            "input task lm has input vocab-size",
+        ),
+        (
+            {"INPUT_TASK": "classification", "INPUT_VOCAB-SIZE": "5"},
+            "input vocab-size is for input task lm; "
+            "input task classification has input num-classes",
+        ),
+        ({"INPUT_TASK": "lm", "INPUT_MODALITY": "vision"}, "input task lm: "),
+        ({"INPUT_TASK": "classifcation"}, "input task: unknown task 'classifcation'"),
+    ],
+)
+def test_task_inputs_that_do_not_fit_name_the_inputs(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        task_from(inputs(monkeypatch, **env), input_label)
+    assert str(info.value).startswith(message)
+
+
+def test_verdict_from_the_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    got = inputs(
+        monkeypatch,
+        INPUT_THRESHOLD="0.05",
+        INPUT_METRICS="loss, perplexity",
+        INPUT_GATE="perplexity",
+        INPUT_SIGNIFICANCE="gate",
+        **{"INPUT_METRIC-TOLERANCES": "perplexity=5%"},
+    )
+    assert verdict_config(got, input_label) == VerdictConfig(
+        threshold=0.05,
+        metrics=("loss", "perplexity"),
+        gate=("perplexity",),
+        tolerances={"perplexity": MetricTolerance(rel=0.05)},
+        significance="gate",
+    )
 
 
 def test_tolerance_syntax() -> None:

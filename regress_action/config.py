@@ -1,0 +1,214 @@
+"""User options to configs: `VerdictConfig`, `TaskSpec` and the comparison and checkpoint
+requests, built here and nowhere else.
+
+The command line (an argparse Namespace) and the GitHub Action (`settings.ActionInputs`) name
+each option with the same attribute (`threshold`, `tolerances`, `json_path`, `factory`, ...), so
+one function serves both. Each front end passes `names`, which spells an attribute the way its
+user wrote it, so an error names `--num-classes` on the command line and `input num-classes` in
+a workflow.
+Imports pydantic, `errors` and `spec`; `app`'s request types only when a request is built (no
+torch, SQL or GitHub).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import ValidationError
+
+from .errors import ConfigError
+from .spec import CheckpointFormat, TaskSpec, VerdictConfig
+from .tasks import TASKS, get_task
+
+if TYPE_CHECKING:
+    from .app import CheckpointRequest, CompareRequest
+
+# An attribute name -> how the user spells it ("--tolerance", "input metric-tolerances").
+Names = Callable[[str], str]
+
+
+class _Spelling(dict[str, str]):
+    def __init__(self, names: Names) -> None:
+        super().__init__()
+        self._names = names
+
+    def __missing__(self, attribute: str) -> str:
+        return self._names(attribute)
+
+
+class OptionError(ConfigError):
+    """A bad option value whose message names options by attribute (`{num_classes}`); `named`
+    spells them as the user wrote them."""
+
+    def __init__(self, template: str) -> None:
+        super().__init__(template.format_map(_Spelling(str)))
+        self.template = template
+
+    def named(self, names: Names) -> ConfigError:
+        return ConfigError(self.template.format_map(_Spelling(names)))
+
+
+def _escaped(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _validation_error(exc: ValidationError, fallback: str) -> OptionError:
+    """The first error of `exc`, naming the option it is about (`fallback` for a rule that
+    spans several fields)."""
+    error = exc.errors()[0]
+    message = _escaped(str(error["msg"]).removeprefix("Value error, "))
+    loc = error.get("loc", ())
+    where = "{" + str(loc[0]) + "}" if loc else fallback
+    return OptionError(f"{where}: {message}")
+
+
+class TaskOptions(Protocol):
+    @property
+    def task(self) -> str | None: ...
+    @property
+    def modality(self) -> str | None: ...
+    @property
+    def num_classes(self) -> int | None: ...
+    @property
+    def vocab_size(self) -> int | None: ...
+
+
+class CompareOptions(Protocol):
+    """The options of a comparison besides the verdict's (see `verdict_config`)."""
+
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def max_examples(self) -> int | None: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def report_name(self) -> str: ...
+    @property
+    def json_path(self) -> Path | None: ...
+    @property
+    def markdown_path(self) -> Path | None: ...
+    @property
+    def allow_pickle(self) -> bool: ...
+
+
+class CheckpointOptions(Protocol):
+    @property
+    def factory(self) -> str | None: ...
+    @property
+    def factory_kwargs(self) -> dict[str, Any]: ...
+    @property
+    def allow_pickle(self) -> bool: ...
+
+
+def task_spec(
+    task: str,
+    modality: str | None = None,
+    num_classes: int | None = None,
+    vocab_size: int | None = None,
+) -> TaskSpec:
+    """The TaskSpec of a task and the sizes given, by the task registry: the modality defaults
+    to the task's first (lm: text, classification: vision, regression: tabular), a size to the
+    task's default (an lm's vocab_size: 256, byte-level). Raises OptionError."""
+    try:
+        found = get_task(task)
+    except ValueError as exc:
+        raise OptionError("{task}: " + _escaped(str(exc))) from None
+    own = {size.name: size for size in found.sizes}
+    given = {"num_classes": num_classes, "vocab_size": vocab_size}
+    for name, value in given.items():
+        if value is not None and name not in own:
+            owners = [t.name for t in TASKS.values() if name in {s.name for s in t.sizes}]
+            has = ", ".join("{" + size + "}" for size in own) or "no size option"
+            raise OptionError(
+                f"{{{name}}} is for {{task}} {' / '.join(owners)}; {{task}} {task} has {has}"
+            )
+    for size in found.sizes:
+        if given[size.name] is None and size.default is None:
+            raise OptionError(f"{{task}} {task} needs {{{size.name}}}")
+    sizes = {
+        name: given[name] if given[name] is not None else size.default for name, size in own.items()
+    }
+    try:
+        return TaskSpec(modality=modality or found.modalities[0], task=task, **sizes)
+    except ValidationError as exc:
+        raise _validation_error(exc, f"{{task}} {_escaped(task)}") from None
+
+
+def task_from(options: TaskOptions, names: Names) -> TaskSpec | None:
+    """The task the options describe; None when no task is given (the Action's runs given by
+    id carry their own)."""
+    if options.task is None:
+        return None
+    try:
+        return task_spec(options.task, options.modality, options.num_classes, options.vocab_size)
+    except OptionError as exc:
+        raise exc.named(names) from None
+
+
+def verdict_config(options: object, names: Names) -> VerdictConfig:
+    """The verdict settings of any object whose attributes carry VerdictConfig's field names
+    (`threshold`, `tolerances`, `metrics`, `gate`, `significance`, ...); a field it lacks keeps
+    its default (the Action has no `resamples` or `seed` input)."""
+    try:
+        return VerdictConfig.model_validate(options, from_attributes=True)
+    except ValidationError as exc:
+        raise _validation_error(exc, "the verdict options").named(names) from None
+
+
+def compare_request(
+    options: CompareOptions,
+    names: Names,
+    *,
+    baseline_run_id: int,
+    candidate_run_id: int,
+    commit: str | None,
+    record: bool = True,
+) -> CompareRequest:
+    """One comparison of two registered runs, as the options ask for it."""
+    from .app import CompareRequest
+
+    return CompareRequest(
+        baseline_run_id=baseline_run_id,
+        candidate_run_id=candidate_run_id,
+        dataset=options.dataset,
+        verdict=verdict_config(options, names),
+        batch_size=options.batch_size,
+        max_examples=options.max_examples,
+        device=options.device,
+        report_name=options.report_name,
+        json_path=options.json_path,
+        markdown_path=options.markdown_path,
+        commit=commit,
+        allow_pickle=options.allow_pickle,
+        record=record,
+    )
+
+
+def checkpoint_request(
+    options: CheckpointOptions,
+    *,
+    checkpoint: str,
+    task: TaskSpec,
+    git_sha: str | None,
+    name: str | None = None,
+    format: CheckpointFormat | None = None,
+) -> CheckpointRequest:
+    """A checkpoint to register, loaded as the options say (`factory`, `factory_kwargs`,
+    `allow_pickle`)."""
+    from .app import CheckpointRequest
+
+    return CheckpointRequest(
+        checkpoint=checkpoint,
+        task=task,
+        name=name,
+        factory=options.factory,
+        factory_kwargs=dict(options.factory_kwargs),
+        format=format,
+        git_sha=git_sha,
+        allow_pickle=options.allow_pickle,
+    )

@@ -1,0 +1,227 @@
+"""Publishing a finished report on GitHub: job summary, step outputs, annotations, the sticky PR
+comment and the exit code. The shared tail of `regress-action action`, and the whole of
+`regress-action publish` (the `workflow_run` half of the fork-safe pattern).
+
+Everything before the comment is written even when commenting fails; a comment failure is a
+warning, never the job's status. The comment goes through the `Commenter` port, so tests pass
+an in-memory fake. Must not import torch, SQLAlchemy or PyGithub at module level (`github` is
+the PyGithub adapter, imported when a comment is posted).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from .errors import EXIT_OK, EXIT_REGRESSION
+from .gha import (
+    Commands,
+    EventContext,
+    append_summary,
+    event_context,
+    guarded,
+    read_event,
+    write_outputs,
+)
+from .report import MetricResult, Report
+from .settings import ClientTuning, CommentMode, RunnerEnv, load
+
+if TYPE_CHECKING:
+    from .github import CommentResult
+
+TITLE = "regress-action"
+# Room left in a comment for the marker, newlines and GitHub counting emoji differently.
+COMMENT_MARGIN = 200
+
+
+class Commenter(Protocol):
+    """The PR-comment port (`github.PyGithubCommenter` in production, a fake in tests)."""
+
+    def find_pr(self, sha: str) -> int | None: ...
+
+    def upsert(
+        self, pr_number: int, body: str, *, report_name: str, mode: Literal["update", "create"]
+    ) -> CommentResult: ...
+
+
+# (GITHUB_API_URL, token, repository) -> a Commenter on that repository.
+OpenCommenter = Callable[[str, str, str], Commenter]
+
+
+def open_github_commenter(api_url: str, token: str, repository: str) -> Commenter:
+    """The production Commenter: PyGithub, tuned by `REGRESS_ACTION_GITHUB_*`."""
+    from . import github
+
+    return github.open_commenter(api_url, token, repository, load(ClientTuning))
+
+
+@dataclass(frozen=True)
+class Publication:
+    """A finished report and how to publish it."""
+
+    report: Report
+    markdown: str
+    report_name: str
+    comment: CommentMode = "update"
+    fail_on_regression: bool = True
+    token: str | None = None
+    json_path: Path | None = None
+    markdown_path: Path | None = None
+    pr_number: int | None = None
+
+
+def publish(
+    report_path: Path,
+    *,
+    report_name: str | None = None,
+    comment: CommentMode = "update",
+    fail_on_regression: bool = True,
+    pr_number: int | None = None,
+    open_commenter: OpenCommenter = open_github_commenter,
+) -> int:
+    """`regress-action publish --report PATH`: summary, outputs, comment and exit code from an
+    existing JSON report. The token comes from `INPUT_GITHUB-TOKEN` or `GITHUB_TOKEN`."""
+    commands = Commands()
+
+    def run() -> int:
+        from .render import render_markdown
+
+        token = _token_from_env()
+        if token:
+            commands.add_mask(token)
+        report = Report.load(Path(report_path))
+        if report_name:
+            report = report.model_copy(update={"report_name": report_name})
+        pub = Publication(
+            report=report,
+            markdown=render_markdown(report),
+            report_name=report.report_name,
+            comment=comment,
+            fail_on_regression=fail_on_regression,
+            token=token,
+            json_path=Path(report_path),
+            pr_number=pr_number,
+        )
+        return publish_report(pub, load(RunnerEnv), open_commenter, commands)
+
+    return guarded(commands, run, title=TITLE)
+
+
+def publish_report(
+    pub: Publication,
+    runner: RunnerEnv,
+    open_commenter: OpenCommenter,
+    commands: Commands,
+    *,
+    event: EventContext | None = None,
+) -> int:
+    """Summary → outputs → annotations → comment → exit code."""
+    report = pub.report
+    if event is None:
+        payload = read_event(runner.github_event_path)
+        event = event_context(runner.github_event_name, payload, runner.github_sha)
+    append_summary(runner.github_step_summary, pub.markdown, hint=_full_report_hint(runner))
+    write_outputs(runner.github_output, report_outputs(pub))
+    annotate(report, pub.fail_on_regression, commands)
+    url = post_comment(pub, runner, event, open_commenter, commands)
+    write_outputs(runner.github_output, {"comment-url": url})
+    commands.info(f"regress-action: {report.status}")
+    if report.status == "regressed" and pub.fail_on_regression:
+        return EXIT_REGRESSION
+    return EXIT_OK
+
+
+def report_outputs(pub: Publication) -> dict[str, str]:
+    """Every step output but `comment-url`, which is written after the comment."""
+    report = pub.report
+    return {
+        "status": report.status,
+        "comparison-id": "" if report.comparison_id is None else str(report.comparison_id),
+        "regressed-metrics": ",".join(report.regressed_metrics),
+        "report-json": "" if pub.json_path is None else str(pub.json_path),
+        "report-markdown": "" if pub.markdown_path is None else str(pub.markdown_path),
+    }
+
+
+def annotate(report: Report, fail_on_regression: bool, commands: Commands) -> None:
+    """One annotation per regressed metric: an error when it fails the job, else a warning."""
+    emit = commands.error if fail_on_regression else commands.warning
+    for name in report.regressed_metrics:
+        metric = report.metrics.get(name)
+        text = _describe_metric(metric) if metric is not None else f"{name} regressed"
+        emit(text, title=f"{TITLE}: {name} regressed ({report.report_name})")
+
+
+def _describe_metric(metric: MetricResult) -> str:
+    if metric.reason:
+        return metric.reason
+    return (
+        f"{metric.name}: {metric.baseline} → {metric.candidate} (delta {metric.delta}, "
+        f"tolerance {metric.tolerance}, {'higher' if metric.higher_is_better else 'lower'} "
+        "is better)"
+    )
+
+
+def post_comment(
+    pub: Publication,
+    runner: RunnerEnv,
+    event: EventContext,
+    open_commenter: OpenCommenter,
+    commands: Commands,
+) -> str:
+    """Upsert the PR comment; return its URL, or "" when none was posted (with the reason)."""
+    if pub.comment == "off":
+        return ""
+    if not runner.github_repository:
+        commands.notice("GITHUB_REPOSITORY is not set: no PR comment", title=TITLE)
+        return ""
+    if not pub.token:
+        commands.warning(
+            "no github-token: no PR comment (the report is in the job summary)", title=TITLE
+        )
+        return ""
+    from .github import CommentNotPosted, with_marker
+    from .render import MAX_COMMENT_CHARS, comment_length, render_markdown
+
+    try:
+        commenter = open_commenter(runner.github_api_url, pub.token, runner.github_repository)
+        pr_number = pub.pr_number or event.pr_number
+        if pr_number is None and event.needs_search and event.head_sha:
+            pr_number = commenter.find_pr(event.head_sha)
+        if pr_number is None:
+            commands.notice(
+                f"not a pull request ({event.event_name or 'no event'}): no PR comment; "
+                "the report is in the job summary",
+                title=TITLE,
+            )
+            return ""
+        budget = MAX_COMMENT_CHARS - comment_length(with_marker("", pub.report_name))
+        body = render_markdown(
+            pub.report,
+            max_chars=budget - COMMENT_MARGIN,
+            full_report_hint=_full_report_hint(runner),
+        )
+        result = commenter.upsert(pr_number, body, report_name=pub.report_name, mode=pub.comment)
+    except CommentNotPosted as exc:
+        commands.warning(f"PR comment not posted: {exc}", title=TITLE)
+        return ""
+    commands.info(f"{result.action} PR comment {result.url}")
+    return result.url
+
+
+def _full_report_hint(runner: RunnerEnv) -> str:
+    run_url = runner.run_url()
+    if run_url:
+        return f"the job summary and the JSON report artifact of [this run]({run_url})"
+    return "the job summary and the JSON report artifact"
+
+
+def _token_from_env() -> str | None:
+    for name in ("INPUT_GITHUB-TOKEN", "INPUT_GITHUB_TOKEN", "GITHUB_TOKEN"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None

@@ -1,0 +1,166 @@
+"""One mapping from user options to configs: the CLI's flags and the Action's inputs give the same
+requests, and an error names the option the way each user wrote it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from regress_action.cli import main
+from regress_action.cli_args import build_parser, flag_name
+from regress_action.config import (
+    OptionError,
+    checkpoint_request,
+    compare_request,
+    task_from,
+    task_spec,
+)
+from regress_action.settings import input_label, load_inputs
+from regress_action.spec import MetricTolerance, TaskSpec
+
+COMPARE = {
+    # flag: (action input, value)
+    "--dataset": ("dataset", "lm_tiny"),
+    "--threshold": ("threshold", "0.05"),
+    "--metrics": ("metrics", "loss,perplexity"),
+    "--gate": ("gate", "perplexity"),
+    "--tolerance": ("metric-tolerances", "perplexity=5%"),
+    "--significance": ("significance", "gate"),
+    "--alpha": ("alpha", "0.1"),
+    "--json-out": ("json-path", "out/r.json"),
+    "--markdown-out": ("markdown-path", "out/r.md"),
+    "--device": ("device", "cpu"),
+    "--batch-size": ("batch-size", "8"),
+    "--max-examples": ("max-examples", "16"),
+    "--report-name": ("report-name", "lm"),
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("INPUT_"):
+            monkeypatch.delenv(name)
+
+
+def set_inputs(monkeypatch: pytest.MonkeyPatch, inputs: dict[str, str]) -> None:
+    for name, value in inputs.items():
+        monkeypatch.setenv(f"INPUT_{name.upper()}", value)
+
+
+def test_the_cli_and_the_action_ask_for_the_same_comparison(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flags = [part for flag, (_, value) in COMPARE.items() for part in (flag, value)]
+    args = build_parser().parse_args(
+        ["compare", "--baseline-run-id", "1", "--candidate-run-id", "2", "--allow-pickle", *flags]
+    )
+    set_inputs(monkeypatch, {name: value for name, value in COMPARE.values()})
+    set_inputs(monkeypatch, {"baseline-run-id": "1", "candidate-run-id": "2"})
+    set_inputs(monkeypatch, {"allow-pickle": "true"})
+    ids = {"baseline_run_id": 1, "candidate_run_id": 2, "commit": "abc"}
+    from_cli = compare_request(args, flag_name, **ids)
+    from_action = compare_request(load_inputs(), input_label, **ids)
+    assert from_cli == from_action
+    assert from_cli.verdict.tolerances == {"perplexity": MetricTolerance(rel=0.05)}
+    assert from_cli.json_path == Path("out/r.json") and from_cli.max_examples == 16
+
+
+def test_the_cli_and_the_action_register_a_checkpoint_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    args = build_parser().parse_args(
+        ["runs", "add", "m.safetensors", "--task", "classification", "--num-classes", "3",
+         "--factory", "pkg.mod:build", "--factory-kwargs", '{"width": 8}']
+    )  # fmt: skip
+    set_inputs(
+        monkeypatch,
+        {"baseline-checkpoint": "m.safetensors", "candidate-run-id": "2", "dataset": "x",
+         "task": "classification", "num-classes": "3", "model-factory": "pkg.mod:build",
+         "model-kwargs": '{"width": 8}'},
+    )  # fmt: skip
+    inputs = load_inputs()
+    task = task_from(args, flag_name)
+    assert task is not None and task == task_from(inputs, input_label)
+    made = {"checkpoint": "m.safetensors", "task": task, "git_sha": None}
+    assert checkpoint_request(args, **made) == checkpoint_request(inputs, **made)
+
+
+def test_task_defaults_by_task() -> None:
+    assert task_spec("lm") == TaskSpec(modality="text", task="lm", vocab_size=256)
+    assert task_spec("classification", num_classes=4) == TaskSpec(
+        modality="vision", task="classification", num_classes=4
+    )
+    assert task_spec("classification", "text", 4).modality == "text"
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"task": "lm", "num_classes": 5}, "{num_classes} is for {task} classification"),
+        ({"task": "classification", "vocab_size": 5}, "{vocab_size} is for {task} lm"),
+        ({"task": "classification"}, "{task} classification needs {num_classes}"),
+        ({"task": "classification", "num_classes": 1}, "{num_classes}: "),
+    ],
+)
+def test_a_task_that_does_not_fit_names_the_option(given: dict[str, object], message: str) -> None:
+    with pytest.raises(OptionError) as info:
+        task_spec(**given)  # type: ignore[arg-type]
+    assert info.value.template.startswith(message)
+    assert (
+        info.value.named(flag_name)
+        .args[0]
+        .startswith(
+            message.format(task="--task", num_classes="--num-classes", vocab_size="--vocab-size")
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--task", "lm", "--num-classes", "5"], "--num-classes is for --task classification"),
+        (["--task", "classification"], "--task classification needs --num-classes"),
+        (["--task", "classification", "--num-classes", "1"], "--num-classes: "),
+    ],
+)
+def test_runs_add_names_the_flag(
+    argv: list[str], flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "r.db"
+    assert main(["runs", "add", "m.safetensors", *argv, "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"regress-action: error: {flag}") and err.count("\n") == 1
+    assert not db.exists()  # the task is checked before the database is opened
+
+
+@pytest.mark.parametrize(
+    ("tolerances", "fragment"),
+    [
+        (["loss=lots"], "argument --tolerance: loss: 'lots' is neither a number"),
+        (["loss=0.02", "loss=5%"], "argument --tolerance: loss is given twice"),
+    ],
+)
+def test_bad_tolerances_name_the_flag(
+    tolerances: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = [part for tolerance in tolerances for part in ("--tolerance", tolerance)]
+    argv = ["compare", "--baseline-run-id", "1", "--candidate-run-id", "2", "--dataset", "x"]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, *flags])
+    assert info.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_tolerances_of_several_flags_are_gathered() -> None:
+    args = build_parser().parse_args(
+        ["compare", "--baseline-run-id", "1", "--candidate-run-id", "2", "--dataset", "x",
+         "--tolerance", "loss=0.02|1%", "--tolerance", "perplexity=5%, ece=0.1"]
+    )  # fmt: skip
+    assert args.tolerances == {
+        "loss": MetricTolerance(abs=0.02, rel=0.01),
+        "perplexity": MetricTolerance(rel=0.05),
+        "ece": MetricTolerance(abs=0.1),
+    }
