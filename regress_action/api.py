@@ -16,12 +16,13 @@ from .compare import ReportContext
 from .errors import ConfigError
 from .report import DatasetInfo, RunInfo
 from .spec import EvalConfig, TaskSpec, VerdictConfig
+from .store import open_db
 
 if TYPE_CHECKING:
     import torch
 
-    from .adapters import Adapter
     from .store import ExperimentDB
+    from .tasks import Adapter
 
 
 def compare_models(
@@ -32,7 +33,7 @@ def compare_models(
     eval_cfg: EvalConfig,
     db: ExperimentDB | str | None = None,
     comparison_name: str | None = None,
-    threshold: float = 0.01,
+    threshold: float | None = None,
     *,
     verdict: VerdictConfig | None = None,
     baseline_run_id: int | None = None,
@@ -45,12 +46,13 @@ def compare_models(
     The dict has `status` (overall), `metrics` → name → `{baseline, candidate, delta, rel_delta,
     status, higher_is_better, ...}`, `dataset` (name, fingerprint, n) and, when `db` is given,
     `comparison_id`. Run ids come from the arguments or a `run_id` attribute on each model.
-    `verdict` (tolerances, metrics, significance) overrides `threshold` when given.
+    `threshold` is the absolute tolerance of every metric (None: 0.01); `verdict` sets it with
+    everything else (tolerances, metrics, significance), so passing both is a ConfigError.
     `adapter` may be None: the task's own adapter is used.
     """
-    from .adapters import adapter_for
+    from .tasks import adapter_for
 
-    verdict = verdict or VerdictConfig(threshold=threshold)
+    verdict = _verdict(threshold, verdict)
     if adapter is not None and adapter.task != task_spec.task:
         raise ConfigError(f"adapter for {adapter.task!r} does not fit task {task_spec.task!r}")
     adapter_for(task_spec)  # validates the task's sizes
@@ -61,7 +63,7 @@ def compare_models(
     baseline = RunInfo(run_id=baseline_run_id or getattr(baseline_model, "run_id", None))
     candidate = RunInfo(run_id=candidate_run_id or getattr(candidate_model, "run_id", None))
     with ExitStack() as stack:
-        store = _open_db(db, stack)
+        store = None if db is None else stack.enter_context(open_db(db))
         check_outputs(
             {"json_path": outputs.json_path, "markdown_path": outputs.markdown_path}, store
         )
@@ -84,6 +86,17 @@ def compare_models(
         return finish(report, outputs).report.to_dict()
 
 
+def _verdict(threshold: float | None, verdict: VerdictConfig | None) -> VerdictConfig:
+    if verdict is None:
+        return VerdictConfig() if threshold is None else VerdictConfig(threshold=threshold)
+    if threshold is not None:
+        raise ConfigError(
+            f"threshold={threshold!r} and verdict= both set the tolerance; pass "
+            "verdict=VerdictConfig(threshold=..., ...) alone"
+        )
+    return verdict
+
+
 def _registered(
     store: ExperimentDB, baseline: RunInfo, candidate: RunInfo, task: TaskSpec
 ) -> tuple[RunInfo, RunInfo]:
@@ -103,12 +116,3 @@ def _registered(
                 f"{task.model_dump(exclude_none=True)}; pass the ids of runs of this task"
             )
     return run_info(runs[0]), run_info(runs[1])
-
-
-def _open_db(db: ExperimentDB | str | None, stack: ExitStack) -> ExperimentDB | None:
-    """The caller's ExperimentDB as is, or one opened from a URL (closed with `stack`)."""
-    if db is None or not isinstance(db, str):
-        return db
-    from .store import ExperimentDB
-
-    return stack.enter_context(ExperimentDB(db))

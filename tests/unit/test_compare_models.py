@@ -82,6 +82,25 @@ def test_loss_050_to_051_with_threshold_002_neutral() -> None:
     assert loss["status"] == "neutral" and loss["higher_is_better"] is False
 
 
+def test_the_seed_signature_takes_eight_positional_arguments() -> None:
+    result = compare_models(Scripted(70), Scripted(75), None, TASK, _eval_cfg(), None, "seed", 0.1)
+    assert result["report_name"] == "seed" and result["threshold"] == 0.1
+    assert result["metrics"]["accuracy"]["status"] == "neutral"  # type: ignore[index]  # +0.05 < 0.1
+    with pytest.raises(TypeError):
+        compare_models(  # type: ignore[misc]
+            Scripted(70), Scripted(75), None, TASK, _eval_cfg(), None, "seed", 0.1, VerdictConfig()
+        )
+
+
+def test_threshold_defaults_to_001() -> None:
+    assert _compare(Scripted(70), Scripted(75))["threshold"] == 0.01
+
+
+def test_threshold_and_verdict_together_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"threshold=0\.02 and verdict="):
+        _compare(Scripted(70), Scripted(75), threshold=0.02, verdict=VerdictConfig(threshold=0.05))
+
+
 def test_a_json_report_and_markdown_are_written(tmp_path: Path) -> None:
     result = _compare(
         Scripted(80), Scripted(84), json_path=tmp_path / "r.json", markdown_path=tmp_path / "r.md"
