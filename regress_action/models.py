@@ -29,7 +29,6 @@ from .formats import REGISTRY, FormatEntry, LoadContext
 from .spec import CheckpointFormat, ModelSource
 
 __all__ = [
-    "WEIGHTS_ONLY_FORMATS",
     "ExportedModule",
     "detect_format",
     "load_model",
@@ -38,10 +37,6 @@ __all__ = [
     "sha256_file",
 ]
 
-# The built-in formats that hold only weights and so need a factory.
-WEIGHTS_ONLY_FORMATS: tuple[CheckpointFormat, ...] = tuple(
-    entry.name for entry in REGISTRY if entry.needs_factory
-)
 _FACTORY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 

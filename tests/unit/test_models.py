@@ -20,7 +20,6 @@ from regress_action.cli_args import build_parser
 from regress_action.errors import ChecksumMismatchError, ModelLoadError
 from regress_action.formats import REGISTRY, FormatEntry, FormatRegistry, LoadContext
 from regress_action.models import (
-    WEIGHTS_ONLY_FORMATS,
     ExportedModule,
     detect_format,
     load_model,
@@ -342,8 +341,7 @@ def test_export_needs_an_example_input(tmp_path: Path) -> None:
 
 def test_builtin_formats_and_their_declared_properties() -> None:
     assert set(FORMATS) == {"safetensors", "state_dict", "export", "torchscript", "pickle"}
-    assert WEIGHTS_ONLY_FORMATS == ("safetensors", "state_dict")
-    assert {e.name for e in REGISTRY if e.needs_factory} == set(WEIGHTS_ONLY_FORMATS)
+    assert {e.name for e in REGISTRY if e.needs_factory} == {"safetensors", "state_dict"}
     assert [e.name for e in REGISTRY if not e.safe_without_opt_in] == ["pickle"]
 
 
