@@ -8,20 +8,16 @@ described in `sources`.
 from __future__ import annotations
 
 import difflib
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
 from .errors import DataError
 from .sources import source_for
 from .spec import TaskSpec
 from .tasks import builtin_datasets
-
-_FINGERPRINT_VERSION = b"regress-action eval set v1\n"
 
 
 def _sources_hint() -> str:
@@ -72,7 +68,11 @@ def load_eval_set(
     where = label if entry.name == "dataset" else str(source)
     resolved = task if loaded.task is None else _reconcile(loaded.task, task, where)
     assert resolved is not None
-    return _finish(label, loaded.dataset, resolved, loaded.class_names)
+    n = len(loaded.dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise DataError(f"eval set {label!r} has no examples; give it at least one")
+    fingerprint = entry.fingerprint(loaded.dataset, n)
+    return EvalSet(label, loaded.dataset, fingerprint, n, resolved, loaded.class_names)
 
 
 def builtin_train_split(name: str, n: int | None = None) -> Dataset[Any]:
@@ -81,48 +81,6 @@ def builtin_train_split(name: str, n: int | None = None) -> Dataset[Any]:
     if builtin is None:
         raise _unknown_dataset(name)
     return builtin.load("train", n)
-
-
-def fingerprint_dataset(dataset: Dataset[Any], n: int) -> str:
-    """sha256 hex over (dtype, shape, raw bytes) of each input and target of items 0..n-1.
-
-    Costs one pass over the data (reads every item once; ~ms for the built-ins). Byte order is
-    the machine's (little-endian everywhere this runs).
-    """
-    digest = hashlib.sha256(_FINGERPRINT_VERSION)
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
-        _fingerprint_tensors(digest, dataset.tensors, n)
-        return digest.hexdigest()
-    for index in range(n):
-        for tensor in _as_pair(dataset[index], index):
-            flat = tensor.detach().cpu().contiguous().reshape(-1)
-            digest.update(f"{flat.dtype}{tuple(tensor.shape)}\n".encode())
-            digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _fingerprint_tensors(digest: Any, tensors: tuple[torch.Tensor, ...], n: int) -> None:
-    """The same digest as the per-item loop, fed from row views of whole tensors
-    (no per-example indexing or copies)."""
-    rows = []
-    for tensor in tensors:
-        flat = tensor[:n].detach().cpu().contiguous()
-        header = f"{flat.dtype}{tuple(flat.shape[1:])}\n".encode()
-        data = flat.reshape(n, -1).view(torch.uint8).numpy()
-        rows.append((header, data))
-    for index in range(n):
-        for header, data in rows:
-            digest.update(header)
-            digest.update(data[index])
-
-
-def _finish(
-    name: str, dataset: Dataset[Any], task: TaskSpec, class_names: list[str] | None
-) -> EvalSet:
-    n = len(dataset)  # type: ignore[arg-type]
-    if n == 0:
-        raise DataError(f"eval set {name!r} has no examples; give it at least one")
-    return EvalSet(name, dataset, fingerprint_dataset(dataset, n), n, task, class_names)
 
 
 def _existing_path(source: str | Path) -> Path:
@@ -161,17 +119,3 @@ def _reconcile(inferred: TaskSpec, given: TaskSpec | None, where: str) -> TaskSp
                 f"{where} needs {field} >= {needed} but the task says {offered}; raise it"
             )
     return given
-
-
-def _as_pair(item: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(item, tuple | list) or len(item) != 2:
-        raise DataError(
-            f"dataset item {index} is a {type(item).__name__}, not an (input, target) pair; "
-            "make __getitem__ return (input, target)"
-        )
-    try:
-        return torch.as_tensor(item[0]), torch.as_tensor(item[1])
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise DataError(
-            f"dataset item {index} does not convert to tensors ({exc}); return tensors or numbers"
-        ) from None

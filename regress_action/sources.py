@@ -33,6 +33,7 @@ PyGithub or jinja2.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from .spec import IGNORE_INDEX, TaskSpec
 from .tasks import TASKS, builtin_datasets, get_task
 
 JSONL_MAX_LEN = 256
+_FINGERPRINT_VERSION = b"regress-action eval set v1\n"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
@@ -75,6 +77,11 @@ class Source:
     def label(self, source: Any) -> str:
         """The eval set's default name in reports."""
         return Path(source).name if isinstance(source, str | Path) else str(source)
+
+    def fingerprint(self, dataset: Dataset[Any], n: int) -> str:
+        """The content fingerprint of the `n` examples used (a source with a cheaper stable
+        identity may override it)."""
+        return fingerprint_dataset(dataset, n)
 
 
 class UserDataset(Source):
@@ -156,6 +163,56 @@ def source_for(source: Any) -> Source | None:
     return next((entry for entry in SOURCES if entry.detect(source)), None)
 
 
+# ---------------------------------------------------------------- fingerprints
+
+
+def fingerprint_dataset(dataset: Dataset[Any], n: int) -> str:
+    """sha256 hex over (dtype, shape, raw bytes) of each input and target of items 0..n-1.
+
+    Costs one pass over the data (reads every item once; ~ms for the built-ins). Byte order is
+    the machine's (little-endian everywhere this runs).
+    """
+    digest = hashlib.sha256(_FINGERPRINT_VERSION)
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        _fingerprint_tensors(digest, dataset.tensors, n)
+        return digest.hexdigest()
+    for index in range(n):
+        for tensor in _as_pair(dataset[index], index):
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{flat.dtype}{tuple(tensor.shape)}\n".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _fingerprint_tensors(digest: Any, tensors: tuple[torch.Tensor, ...], n: int) -> None:
+    """The same digest as the per-item loop, fed from row views of whole tensors
+    (no per-example indexing or copies)."""
+    rows = []
+    for tensor in tensors:
+        flat = tensor[:n].detach().cpu().contiguous()
+        header = f"{flat.dtype}{tuple(flat.shape[1:])}\n".encode()
+        data = flat.reshape(n, -1).view(torch.uint8).numpy()
+        rows.append((header, data))
+    for index in range(n):
+        for header, data in rows:
+            digest.update(header)
+            digest.update(data[index])
+
+
+def _as_pair(item: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(item, tuple | list) or len(item) != 2:
+        raise DataError(
+            f"dataset item {index} is a {type(item).__name__}, not an (input, target) pair; "
+            "make __getitem__ return (input, target)"
+        )
+    try:
+        return torch.as_tensor(item[0]), torch.as_tensor(item[1])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise DataError(
+            f"dataset item {index} does not convert to tensors ({exc}); return tensors or numbers"
+        ) from None
+
+
 # ---------------------------------------------------------------- JSONL text
 
 
@@ -222,7 +279,7 @@ def _jsonl_row(path: Path, lineno: int, raw: bytes) -> bytes | None:
 # ---------------------------------------------------------------- .npz arrays
 
 
-def _load_npz(path: Path, max_examples: int | None, task_name: str | None = None) -> Loaded:
+def _load_npz(path: Path, max_examples: int | None) -> Loaded:
     try:
         # Our own handle: np.load leaks the one it opens when the archive is corrupt.
         with path.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
-from regress_action.data import builtin_train_split, fingerprint_dataset, load_eval_set
+from regress_action import sources
+from regress_action.data import builtin_train_split, load_eval_set
 from regress_action.errors import DataError
-from regress_action.sources import JSONL_MAX_LEN
+from regress_action.sources import JSONL_MAX_LEN, fingerprint_dataset
 from regress_action.spec import IGNORE_INDEX, TaskSpec
 from regress_action.tasks import builtin_datasets
 
@@ -24,6 +25,7 @@ BUILTIN_DATASETS = tuple(builtin_datasets())
 PINNED_FINGERPRINTS = {
     "lm_tiny": "2d6a8e27063083004c84e87c5e49520b6254af3061396c814bd28a0d508ed722",
     "vision_tiny": "8ffdba8761f9311a16165cfe761a47066ba5dabab4418326e0356ab177be7471",
+    "regression_tiny": "c04f7a660685728ec4b81313113a9ba37f62ae1a9ba9242a8ff0343d2b2612c9",
 }
 VISION = TaskSpec(modality="vision", task="classification", num_classes=3)
 
@@ -124,7 +126,8 @@ def test_unknown_dataset_suggests_a_builtin() -> None:
         load_eval_set("lm_tiy")
     assert _one_line(exc) == (
         "unknown dataset 'lm_tiy'; did you mean 'lm_tiny'? Built-in datasets: lm_tiny, "
-        "vision_tiny; or pass a path to a .jsonl file, an .npz file or an image folder"
+        "regression_tiny, vision_tiny; or pass a path to a .jsonl file, an .npz file or an "
+        "image folder"
     )
     with pytest.raises(DataError, match=r"^unknown dataset 'cifar'; Built-in"):
         load_eval_set("cifar")
@@ -413,3 +416,39 @@ def test_a_long_jsonl_text_is_evaluated_whole_in_windows(tmp_path: Path) -> None
     assert eval_set.n == 4  # ceil(899 / 256) windows
     assert int((targets != -100).sum()) == len(text) - 1  # every byte but the first, once
     assert bytes(targets[1, :5].tolist()) == text.encode()[257:262]
+
+
+def test_each_input_kind_has_its_source(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cases = {
+        "vision_tiny": "builtin",
+        str(folder): "image_folder",
+        str(tmp_path / "a.jsonl"): "jsonl",
+        str(tmp_path / "a.NPZ"): "npz",
+    }
+    for given, name in cases.items():
+        found = sources.source_for(given)
+        assert found is not None and found.name == name, given
+    assert sources.source_for(TensorDataset(torch.zeros(1))).name == "dataset"  # type: ignore[union-attr]
+    assert sources.source_for(str(tmp_path / "a.csv")) is None
+
+
+def test_a_new_source_is_one_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Csv(sources.Source):
+        name = "csv"
+
+        def detect(self, source: object) -> bool:
+            return isinstance(source, str | Path) and str(source).endswith(".csv")
+
+        def load(self, source: object, max_examples: int | None) -> sources.Loaded:
+            rows = np.loadtxt(str(source), delimiter=",", ndmin=2)[:max_examples]
+            data = TensorDataset(torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, -1]))
+            return sources.Loaded(data, TaskSpec(modality="tabular", task="regression"))
+
+    path = tmp_path / "houses.csv"
+    path.write_text("1,2,3\n4,5,6\n7,8,9\n")
+    monkeypatch.setattr(sources, "SOURCES", (*sources.SOURCES, Csv()))
+    eval_set = load_eval_set(str(path), max_examples=2)
+    assert (eval_set.name, eval_set.n, eval_set.task.task) == ("houses.csv", 2, "regression")
+    assert eval_set.fingerprint == fingerprint_dataset(eval_set.dataset, 2)

@@ -13,12 +13,13 @@ from scipy import stats as sps
 from torch import nn
 
 from regress_action.cli import main
-from regress_action.data import fingerprint_dataset, load_eval_set
+from regress_action.data import load_eval_set
 from regress_action.engine import PassOptions, evaluate_pair
 from regress_action.errors import DataError, ModelOutputError
 from regress_action.models import save_checkpoint
 from regress_action.records import PairedRecords
 from regress_action.resampling import multinomial_weights
+from regress_action.sources import fingerprint_dataset
 from regress_action.spec import TaskSpec
 from regress_action.stats import paired_statistics
 from regress_action.tasks import adapter_for, metrics_for
