@@ -53,7 +53,14 @@ class MetricResult(_Model):
     ci_high: Real | None = None
     p_value: Real | None = None
     p_adjusted: Real | None = None
-    test: str | None = None
+    # The paired test that produced the p-value (stats / metrics.TestName).
+    test: (
+        Literal[
+            "mcnemar_exact", "paired_t", "paired_permutation", "paired_bootstrap_log_ratio",
+            "paired_bootstrap",
+        ]
+        | None
+    ) = None  # fmt: skip
     n: int | None = None
     n_fixed: int | None = None
     n_broken: int | None = None

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from .errors import ConfigError
-from .metrics import Metric, MetricKind
+from .metrics import Metric, MetricKind, TestName
 from .report import MetricResult
 from .spec import OverallStatus, Status, VerdictConfig
 from .tasks import TASKS, unknown_metric_message
@@ -43,7 +43,7 @@ class PairedStats(Protocol):
     """What the statistics module computes for one metric (see `stats.MetricStats`)."""
 
     @property
-    def test(self) -> str: ...
+    def test(self) -> TestName: ...
     @property
     def p_value(self) -> float: ...
     @property

@@ -94,7 +94,7 @@ def classification_metrics(stats: bool = False) -> dict[str, MetricResult]:
             "accuracy": dict(test="mcnemar_exact", n=500, n_fixed=12, n_broken=52,
                              p_value=2.1e-7, p_adjusted=1.05e-6, ci_low=-0.1061, ci_high=-0.0541,
                              significant=True),
-            "loss": dict(test="ttest_rel", n=500, p_value=0.0042, p_adjusted=0.0168,
+            "loss": dict(test="paired_permutation", n=500, p_value=0.0042, p_adjusted=0.0168,
                          ci_low=-0.0661, ci_high=-0.0117, significant=True),
             "top5_accuracy": dict(test="mcnemar_exact", n=500, n_fixed=3, n_broken=4,
                                   p_value=1.0, p_adjusted=1.0, ci_low=-0.012, ci_high=0.008),
