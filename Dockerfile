@@ -10,8 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/regress-action
 
 # CPU-only torch first, in its own layer: it is the largest and changes least. With torch
-# already installed, the package's "torch>=2.3" requirement needs no CUDA download.
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# already installed, the package's "torch>=2.3" requirement needs no CUDA download. Its version
+# is pinned in requirements-torch.txt, which the Makefile reads too.
+COPY requirements-torch.txt ./
+RUN pip install -r requirements-torch.txt --index-url https://download.pytorch.org/whl/cpu
 
 # Then the package's other dependencies, read from pyproject.toml alone, so editing the source
 # does not invalidate this layer.

@@ -6,16 +6,19 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# A CPU build of this torch is what the project is tested with; installing it first keeps pip
-# from resolving `torch>=2.3` to a multi-GB CUDA build.
-TORCH_VERSION := 2.13.0
+# The torch the project is tested with (a CPU build) is pinned in requirements-torch.txt, which
+# the Dockerfile reads too; installing it first keeps pip from resolving `torch>=2.3` to a
+# multi-GB CUDA build.
+TORCH_REQUIREMENT := requirements-torch.txt
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(TORCH_REQUIREMENT))
 
-.PHONY: install demo test test-fast lint bench schema clean
+.PHONY: install demo test test-fast coverage lint bench schema clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(TORCH_REQUIREMENT)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(PY) -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" \
+		2>/dev/null || $(PY) -m pip install --quiet -r $(TORCH_REQUIREMENT)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -32,6 +35,12 @@ test: install
 test-fast: install
 	$(PY) -m pytest tests/unit -q
 
+# Line coverage of the package over the whole suite, the CLI's and the action's real processes
+# included (see [tool.coverage] in pyproject.toml); slower than `make test`, which does not trace.
+coverage: install
+	bash scripts/ensure-postgres.sh
+	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --cov-report=html
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -45,4 +54,5 @@ schema: install
 	$(PY) -m regress_action.schema
 
 clean:
-	rm -rf $(VENV) regress-demo regress.db regress.db-wal regress.db-shm .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) regress-demo regress.db regress.db-wal regress.db-shm .pytest_cache .mypy_cache .ruff_cache \
+		.coverage .coverage.* htmlcov
