@@ -86,20 +86,18 @@ class Metric:
 
 
 def apply_transform(value: float, transform: Transform) -> float:
-    if transform == "exp":
-        return math.exp(value) if value < 709.0 else math.inf
-    if transform == "bits":
-        return value / math.log(2.0)
-    return value
+    """`transform_array` on one ratio (an exp that overflows is inf)."""
+    with np.errstate(over="ignore"):
+        return float(transform_array(np.float64(value), transform))
 
 
-def transform_array(ratio: Array, transform: Transform) -> Array:
-    """`apply_transform` over an array of resampled ratios."""
+def transform_array(ratio: Array | np.float64, transform: Transform) -> Array:
+    """The metric's transform of Σnum / Σden: identity, exp (perplexity) or nats → bits."""
     if transform == "exp":
         return np.asarray(np.exp(ratio), dtype=np.float64)
     if transform == "bits":
         return np.asarray(ratio / math.log(2.0), dtype=np.float64)
-    return ratio
+    return np.asarray(ratio, dtype=np.float64)
 
 
 def all_finite(values: NDArray[Any]) -> bool:
