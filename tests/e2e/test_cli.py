@@ -204,6 +204,13 @@ def test_compare_prints_the_json_report_and_records_it(
     assert shown["metrics"] == report["metrics"]
     listing = ws.run("comparisons", "list", check=True).stdout
     assert report["notes"] in listing
+    rows = json.loads(ws.run("comparisons", "list", "--json", "--dataset", dataset).stdout)
+    assert rows[0]["id"] == report["comparison_id"] and rows[0]["dataset"] == dataset
+    assert {row["dataset"] for row in rows} == {dataset}
+    markdown = ws.run("comparisons", "show", str(report["comparison_id"]), "--format", "markdown")
+    # The stored report is the one recorded, before the trend of its series was attached.
+    head = out_md.read_text().split("<details>")[0]
+    assert markdown.stdout.startswith(head) and "| Metric |" in head
 
 
 def test_the_original_script_line_works(ws: Workspace) -> None:
@@ -503,3 +510,23 @@ def test_compare_does_not_create_a_missing_database(ws: Workspace) -> None:
 
 def test_resamples_are_bounded(ws: Workspace) -> None:
     _assert_bad_input(ws, _compare(1, 2, "lm_tiny", "--resamples", "10000000"), "--resamples")
+
+
+def test_a_bug_is_exit_3_with_its_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from regress_action import cli
+
+    def broken(args: object) -> int:
+        raise KeyError("boom")
+
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.HANDLERS, "runs_list", broken)
+    assert cli.main(["runs", "list"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'boom'" in err and "internal error (a bug)" in err
+    monkeypatch.setitem(cli.HANDLERS, "runs_list", interrupted)
+    assert cli.main(["runs", "list"]) == 130
+    assert capsys.readouterr().err == "regress-action: interrupted\n"
