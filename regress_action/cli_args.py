@@ -11,12 +11,11 @@ import argparse
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from . import __version__
 from .formats import REGISTRY
 from .spec import check_report_name, parse_tolerances
-from .tasks import modality_names, task_names
 
 if TYPE_CHECKING:  # argparse's class is not subscriptable at run time
     Subparsers = argparse._SubParsersAction[Any]
@@ -112,6 +111,31 @@ def _json_object(text: str) -> dict[str, object]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"dim\": 64}'")
     return value
+
+
+class _TaskRegistry(Sequence[str]):
+    """Choices read from the task registry when argparse first needs them (to check a value or
+    print that sub-command's help): the registry imports numpy, which `regress-action --help`
+    and the commands that evaluate nothing have no use for."""
+
+    def __init__(self, names: str) -> None:
+        self._names = names
+
+    def _values(self) -> tuple[str, ...]:
+        from . import tasks
+
+        values: tuple[str, ...] = getattr(tasks, self._names)()
+        return values
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return self._values()[index]
+
+    def __len__(self) -> int:
+        return len(self._values())
 
 
 # ---------------------------------------------------------------- parser
@@ -247,8 +271,20 @@ def _add_runs(sub: Subparsers) -> None:
     add.add_argument(
         "checkpoint", help="a .safetensors, .pt (state dict), .pt2 or TorchScript file"
     )
-    add.add_argument("--task", choices=task_names(), required=True)
-    add.add_argument("--modality", choices=modality_names())
+    # An explicit metavar: argparse would otherwise read the choices to build one.
+    add.add_argument(
+        "--task",
+        choices=_TaskRegistry("task_names"),
+        required=True,
+        metavar="TASK",
+        help="%(choices)s",
+    )
+    add.add_argument(
+        "--modality",
+        choices=_TaskRegistry("modality_names"),
+        metavar="MODALITY",
+        help="%(choices)s (default: the task's first)",
+    )
     add.add_argument("--num-classes", type=_positive_int)
     add.add_argument("--vocab-size", type=_positive_int)
     add.add_argument("--name", help="run name (default: the file name)")

@@ -20,7 +20,6 @@ from pydantic import ValidationError
 
 from .errors import ConfigError
 from .spec import CheckpointFormat, TaskSpec, VerdictConfig
-from .tasks import TASKS, get_task
 
 if TYPE_CHECKING:
     from .app import CheckpointRequest, CompareRequest
@@ -114,6 +113,8 @@ def task_spec(
     """The TaskSpec of a task and the sizes given, by the task registry: the modality defaults
     to the task's first (lm: text, classification: vision, regression: tabular), a size to the
     task's default (an lm's vocab_size: 256, byte-level). Raises OptionError."""
+    from .tasks import TASKS, get_task  # numpy: not on the path of `--help` and `runs list`
+
     try:
         found = get_task(task)
     except ValueError as exc:
