@@ -107,6 +107,8 @@ def evaluate_pair(
             for side, model in models.items():
                 output = _forward(adapter, model, batch, side)
                 collectors[side].add(adapter.records(output, batch, side))
+    for name in adapter.shared:  # the same batch on both sides: keep the baseline's copy
+        collectors["candidate"].chunks.pop(name, None)
     records = pair(
         collectors["baseline"].records(),
         collectors["candidate"].records(),

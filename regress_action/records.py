@@ -65,8 +65,8 @@ def pair(
     """Join two models' records on example id (both sorted by id).
 
     Both must cover the same examples. `shared` columns (the targets) are the same data on both
-    sides: the baseline's array is kept once, for both; a difference means the two passes did
-    not read the same eval set, which is refused.
+    sides: the baseline's array is kept once, for both (the candidate may omit them); a
+    difference means the two passes did not read the same eval set, which is refused.
     """
     base_ids, base_cols = _by_id(baseline)
     cand_ids, cand_cols = _by_id(candidate)
@@ -76,13 +76,14 @@ def pair(
             f"{cand_ids.size}, not the same ones; evaluate both on the same eval set"
         )
     for name in shared:
-        if name in base_cols and name in cand_cols:
-            if not np.array_equal(base_cols[name], cand_cols[name]):
-                raise DataError(
-                    f"the baseline and the candidate were evaluated on different {name}s; "
-                    "evaluate both on the same eval set"
-                )
-            cand_cols[name] = base_cols[name]
+        if name not in base_cols:
+            continue
+        if name in cand_cols and not np.array_equal(base_cols[name], cand_cols[name]):
+            raise DataError(
+                f"the baseline and the candidate were evaluated on different {name}s; "
+                "evaluate both on the same eval set"
+            )
+        cand_cols[name] = base_cols[name]
     return PairedRecords(task, base_ids, base_cols, cand_cols, num_classes)
 
 

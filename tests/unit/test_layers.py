@@ -135,13 +135,13 @@ def test_importing_the_package_and_cli_does_not_import_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_help_does_not_import_torch() -> None:
+def test_help_does_not_import_torch_or_numpy() -> None:
     code = (
         "import sys, contextlib, io\n"
         "from regress_action.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
-        "print('torch' in sys.modules)"
+        "print('torch' in sys.modules, 'numpy' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
