@@ -75,14 +75,6 @@ def load_eval_set(
     return EvalSet(label, loaded.dataset, fingerprint, n, resolved, loaded.class_names)
 
 
-def builtin_train_split(name: str, n: int | None = None) -> Dataset[Any]:
-    """The train split of a built-in dataset (disjoint from its eval split), for demo training."""
-    builtin = builtin_datasets().get(name)
-    if builtin is None:
-        raise _unknown_dataset(name)
-    return builtin.load("train", n)
-
-
 def _existing_path(source: str | Path) -> Path:
     path = Path(source)
     if path.exists():

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 
 from regress_action import sources
-from regress_action.data import builtin_train_split, load_eval_set
+from regress_action.data import load_eval_set
 from regress_action.errors import DataError
 from regress_action.sources import JSONL_MAX_LEN, fingerprint_dataset
 from regress_action.spec import IGNORE_INDEX, TaskSpec
@@ -99,11 +99,11 @@ def test_builtins_are_deterministic_and_copies(name: str) -> None:
 @pytest.mark.parametrize("name", BUILTIN_DATASETS)
 def test_train_split_is_disjoint_from_eval(name: str) -> None:
     evaluated = load_eval_set(name).dataset.tensors[0]  # type: ignore[attr-defined]
-    train = builtin_train_split(name).tensors[0]  # type: ignore[attr-defined]
+    train = builtin_datasets()[name].load("train", None).tensors[0]  # type: ignore[attr-defined]
     assert len(train) > len(evaluated)
     seen = {row.numpy().tobytes() for row in evaluated}
     assert not any(row.numpy().tobytes() in seen for row in train)
-    assert len(builtin_train_split(name, 10)) == 10  # type: ignore[arg-type]
+    assert len(builtin_datasets()[name].load("train", 10)) == 10  # type: ignore[arg-type]
 
 
 def test_max_examples_takes_the_first_and_changes_the_fingerprint() -> None:
