@@ -54,6 +54,7 @@ class Metric:
     columns: tuple[str, ...]
     transform: Transform = "identity"  # ratio: applied to Σnum / Σden
     hypothesis: str | None = None
+    unit_interval: bool = False  # every value lies in [0, 1] (accuracies, F1, ECE)
     whole_set: Callable[[Columns, int | None], float] | None = None  # corpus: the value
     resampler: Any = None  # corpus: a resampling.WeightedSums or resampling.CellCounts
 

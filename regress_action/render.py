@@ -8,9 +8,10 @@ Imports jinja2, pydantic and the contract modules only: no torch, SQLAlchemy or 
 Chart choice: Mermaid's xychart draws several bar series on top of each other, so the chart
 uses one x category per metric *and side* ("accuracy · base", "accuracy · cand") with the
 baseline and candidate in two series (two colours), zero where the other side stands. Only
-metrics whose two values lie in [0, 1] are charted (accuracies, F1, ECE) on a fixed 0–1 axis;
-unbounded metrics (loss, perplexity, bits per byte) are named under the chart instead, since a
-shared axis would flatten every other bar.
+metrics bounded to [0, 1] by definition (`Metric.unit_interval`: accuracies, F1, ECE) are
+charted, on a fixed 0–1 axis; unbounded ones (loss, perplexity, MSE, R²) are named under the
+chart instead, even when their values happen to lie in [0, 1]: on a shared axis they would
+flatten every other bar or read as a score.
 """
 
 from __future__ import annotations
@@ -188,6 +189,7 @@ class View:
     loss_increases: list[FlipExample]  # largest first, whatever order the engine gave
     detail: Detail
     fragments: tuple[str, ...]  # the task's templates for its analysis, in report order
+    example_loss: str  # what a flip's per-example loss measures ("loss", "squared error")
     notice: str | None = None
 
 
@@ -223,7 +225,11 @@ def _has_stats(metric: MetricResult) -> bool:
     return any(v is not None for v in (metric.test, metric.p_value, metric.ci_low, metric.ci_high))
 
 
-def _chart(metrics: list[MetricResult]) -> Chart | None:
+def _chart(metrics: list[MetricResult], task: str) -> Chart | None:
+    """Bars for the metrics that live in [0, 1] by definition (a loss or an error that happens
+    to be below 1 would share an axis it has no bound on)."""
+    known = TASKS[task].all_metrics() if task in TASKS else {}
+
     def unit(value: float | None) -> bool:
         return value is not None and 0.0 <= value <= 1.0  # False for NaN
 
@@ -231,7 +237,8 @@ def _chart(metrics: list[MetricResult]) -> Chart | None:
     charted: list[MetricResult] = []
     skipped: list[str] = []
     for m in metrics:
-        if unit(m.baseline) and unit(m.candidate):
+        bounded = known[m.name].unit_interval if m.name in known else True
+        if bounded and unit(m.baseline) and unit(m.candidate):
             charted.append(m)
         else:
             skipped.append(md_escape(m.name))
@@ -290,11 +297,12 @@ def build_view(report: Report, detail: Detail = TRUNCATION_STEPS[0]) -> View:
         has_stats=has_stats,
         ci_label=f"{report.stats.confidence * 100:g}% CI",
         tests=sorted({m.test for m in metrics if m.test}),
-        chart=_chart(metrics) if detail.chart else None,
+        chart=_chart(metrics, report.task.task) if detail.chart else None,
         trend=_trend(report) if detail.trend else None,
         loss_increases=_largest_loss_increases(report),
         detail=detail,
         fragments=_fragments(report.task.task),
+        example_loss=TASKS[report.task.task].example_loss if report.task.task in TASKS else "loss",
     )
 
 

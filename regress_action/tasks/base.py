@@ -93,6 +93,7 @@ class Task:
     modalities: ClassVar[tuple[str, ...]]  # the first is the default
     sizes: ClassVar[tuple[SizeField, ...]] = ()
     report_fragments: ClassVar[tuple[str, ...]] = ()  # templates/ files, in report order
+    example_loss: ClassVar[str] = "loss"  # what the per-example loss in its flips measures
     npz_keys: ClassVar[tuple[str, ...]] = ()  # the arrays an .npz of this task holds
     builtin: ClassVar[tuple[BuiltinDataset, ...]] = ()
 

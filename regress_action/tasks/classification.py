@@ -138,15 +138,20 @@ def _ece_value(columns: Columns, num_classes: int | None) -> float:
 
 
 METRICS: dict[str, Metric] = {
-    "accuracy": Metric("accuracy", True, "binary", "top-1 accuracy", ("correct",)),
+    "accuracy": Metric(
+        "accuracy", True, "binary", "top-1 accuracy", ("correct",), unit_interval=True
+    ),
     "loss": Metric("loss", False, "mean", "mean cross-entropy (nats)", ("loss",)),
-    "top5_accuracy": Metric("top5_accuracy", True, "binary", "top-5 accuracy", ("top5_correct",)),
+    "top5_accuracy": Metric(
+        "top5_accuracy", True, "binary", "top-5 accuracy", ("top5_correct",), unit_interval=True
+    ),
     "macro_f1": Metric(
         "macro_f1",
         True,
         "corpus",
         "macro-averaged F1 over all classes",
         ("label", "prediction"),
+        unit_interval=True,
         whole_set=_macro_f1_value,
         resampler=CellCounts(_f1_cells, _f1_delta),
     ),
@@ -156,6 +161,7 @@ METRICS: dict[str, Metric] = {
         "corpus",
         f"expected calibration error ({ECE_BINS} bins)",
         ("correct", "confidence"),
+        unit_interval=True,
         whole_set=_ece_value,
         resampler=WeightedSums(_ece_block),
     ),

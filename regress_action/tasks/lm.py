@@ -44,7 +44,12 @@ METRICS: dict[str, Metric] = {
         hypothesis="nll",
     ),
     "token_accuracy": Metric(
-        "token_accuracy", True, "ratio", "next-token accuracy", ("correct_tokens", "tokens")
+        "token_accuracy",
+        True,
+        "ratio",
+        "next-token accuracy",
+        ("correct_tokens", "tokens"),
+        unit_interval=True,
     ),
     # Only for byte-level vocabularies, where Σbytes = Σtokens: the same hypothesis.
     "bits_per_byte": Metric(

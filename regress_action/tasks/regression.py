@@ -153,6 +153,7 @@ class RegressionTask(Task):
     description = "regression: one scalar prediction per example, float targets"
     modalities = ("tabular", "vision", "text")
     report_fragments = ("flips.md.j2",)
+    example_loss = "squared error"
     npz_keys = ("inputs", "targets")
     builtin = (
         BuiltinDataset(

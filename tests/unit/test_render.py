@@ -1,9 +1,9 @@
 """Tests of the Markdown report (regress_action.render + templates/*.j2).
 
-Golden files in tests/golden/ pin the rendered Markdown. After an intended change, regenerate
+Golden files in tests/unit/golden/ pin the rendered Markdown. After an intended change, regenerate
 them and review the diff:
 
-    REGRESS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_render.py
+    REGRESS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_render.py
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from regress_action.report import (
     RunInfo,
     TrendPoint,
 )
+from regress_action.spec import TaskSpec
 from tests.report_factory import (
     CREATED_AT,
     make_flips,
@@ -150,7 +151,7 @@ def test_mermaid_charts_are_well_formed(case: str) -> None:
     for fence in fences:
         assert fence.info == "mermaid"
         lines = fence.content.splitlines()
-        assert lines[0] == "xychart-beta"
+        assert lines[0] in ("xychart-beta", "xychart-beta horizontal")
         labels = re.findall(r'"([^"]*)"', next(ln for ln in lines if "x-axis" in ln))
         for series in (ln for ln in lines if ln.strip().startswith(("bar", "line"))):
             values = series.split("[", 1)[1].rstrip("]").split(", ")
@@ -168,8 +169,8 @@ def test_classification_chart_interleaves_baseline_and_candidate() -> None:
 def test_lm_chart_names_the_metrics_it_leaves_out() -> None:
     text = render_markdown(make_report("lm"))
     assert (
-        "Not charted (outside 0–1, or a value missing): loss, perplexity, bits\\_per\\_byte."
-        in text
+        "Not charted (not bounded to 0–1, or a value missing): loss, perplexity, "
+        "bits\\_per\\_byte." in text
     )
 
 
@@ -484,3 +485,27 @@ def test_trend_points_on_another_eval_set_are_flagged() -> None:
     trend_rows = [line for line in text.splitlines() if line.startswith("| #1")]
     assert [("⚠️" in row) for row in trend_rows] == [True, False, False]
     assert "different eval set" in text
+
+
+def test_only_metrics_bounded_to_the_unit_interval_are_charted() -> None:
+    """A loss or an error below 1 is still not a score on a 0-1 axis; a task without bounded
+    metrics (regression: mse, mae, r2) gets no chart at all."""
+    report = make_report(stats=True)
+    assert 0 <= (report.metrics["loss"].baseline or 0) <= 1
+    chart = render.build_view(report).chart
+    assert chart is not None and not any(label.startswith("loss") for label in chart.labels)
+    assert chart.skipped == ["loss"]
+    regression = report.model_copy(
+        update={
+            "task": TaskSpec(modality="tabular", task="regression"),
+            "metrics": {
+                name: report.metrics["loss"].model_copy(update={"name": name})
+                for name in ("mse", "mae", "r2")
+            },
+        }
+    )
+    view = render.build_view(regression)
+    assert view.chart is None and view.example_loss == "squared error"
+    assert "Largest squared error increases" in render.render_markdown(
+        regression.model_copy(update={"flips": make_report("lm", flips=True).flips})
+    )
