@@ -117,6 +117,14 @@ def test_engine_layer_knows_nothing_of_sql_github_or_templates(name: str) -> Non
     assert not _imports(_modules()[name], top_level_only=False) & ENGINE_MUST_NOT
 
 
+@pytest.mark.parametrize("name", sorted(n for n in _modules() if n.startswith("tasks")))
+def test_tasks_know_nothing_of_the_engine_sql_github_or_templates(name: str) -> None:
+    """A task is read by every layer (TaskSpec validation, the verdict, the report): it may
+    only use the contract modules, the metric machinery and the built-in generators."""
+    found = _imports(_modules()[name], top_level_only=False)
+    assert not found & (ENGINE_MUST_NOT | {".engine", ".data", ".sources", ".models"})
+
+
 def test_demo_never_reaches_github() -> None:
     imports = _imports(_modules()["demo"], top_level_only=False)
     assert not imports & {".github", ".gha", ".settings", ".action", ".cli", "github"}
