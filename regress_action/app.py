@@ -20,7 +20,15 @@ from .errors import ConfigError
 from .files import StagedFile, check_distinct, check_writable
 from .render import TREND_POINTS, render_markdown
 from .report import DatasetInfo, Report, RunInfo
-from .spec import CheckpointFormat, EvalConfig, RunCreate, RunRecord, TaskSpec, VerdictConfig
+from .spec import (
+    CheckpointFormat,
+    EvalConfig,
+    Precision,
+    RunCreate,
+    RunRecord,
+    TaskSpec,
+    VerdictConfig,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +49,7 @@ class CompareRequest:
     batch_size: int = 64
     max_examples: int | None = None
     device: str = "auto"
+    precision: Precision = "fp32"
     report_name: str = "default"
     json_path: Path | None = None
     markdown_path: Path | None = None
@@ -123,7 +132,9 @@ def evaluate_models(
         candidate,
         eval_set.dataset,
         adapter or adapter_for(task),
-        PassOptions(eval_cfg.batch_size, eval_cfg.device, eval_cfg.progress),
+        PassOptions(
+            eval_cfg.batch_size, eval_cfg.device, eval_cfg.progress, precision=eval_cfg.precision
+        ),
         num_classes=task.num_classes,
     )
     context = ReportContext(
@@ -135,6 +146,7 @@ def evaluate_models(
         report_name=context.report_name,
         commit=context.commit,
         device=result.device,
+        precision=eval_cfg.precision,
     )
     return build_report(result.records, context, result.duration_s)
 
@@ -190,6 +202,7 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
         batch_size=request.batch_size,
         max_examples=request.max_examples,
         device=request.device,
+        precision=request.precision,
     )
     context = ReportContext(
         task=baseline_run.task,

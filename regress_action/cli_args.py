@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from . import __version__
 from .formats import REGISTRY
-from .spec import check_report_name, parse_tolerances
+from .spec import PRECISIONS, check_report_name, parse_tolerances
 
 if TYPE_CHECKING:  # argparse's class is not subscriptable at run time
     Subparsers = argparse._SubParsersAction[Any]
@@ -237,6 +237,13 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         "--markdown-out", dest="markdown_path", type=Path, help="write the Markdown report here"
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="dtype of the forward passes: fp32 (default), or bf16 / fp16 under torch.autocast "
+        "(fp16 on CUDA only)",
+    )
     parser.add_argument("--batch-size", type=_positive_int, default=64)
     parser.add_argument("--max-examples", type=_positive_int)
     parser.add_argument(

@@ -14,7 +14,7 @@ from .errors import ConfigError
 from .metrics import Metric
 from .records import PairedRecords
 from .report import DatasetInfo, Report, RunInfo, StatsInfo
-from .spec import TaskSpec, VerdictConfig
+from .spec import Precision, TaskSpec, VerdictConfig
 from .stats import paired_statistics
 from .tasks import get_task, metrics_for, select_metrics, unknown_metric_message
 from .verdict import (
@@ -39,6 +39,7 @@ class ReportContext:
     report_name: str = "default"
     commit: str | None = None
     device: str | None = None
+    precision: Precision = "fp32"
 
 
 def metric_specs(task: TaskSpec, verdict: VerdictConfig) -> dict[str, Metric]:
@@ -98,5 +99,6 @@ def build_report(records: PairedRecords, context: ReportContext, duration_s: flo
         per_class=analysis.per_class,
         commit=context.commit,
         device=context.device,
+        precision=context.precision,
         duration_s=duration_s,
     )

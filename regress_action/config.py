@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import ValidationError
 
 from .errors import ConfigError
-from .spec import CheckpointFormat, TaskSpec, VerdictConfig
+from .spec import CheckpointFormat, Precision, TaskSpec, VerdictConfig
 
 if TYPE_CHECKING:
     from .app import CheckpointRequest, CompareRequest
@@ -85,6 +85,8 @@ class CompareOptions(Protocol):
     def max_examples(self) -> int | None: ...
     @property
     def device(self) -> str: ...
+    @property
+    def precision(self) -> Precision: ...
     @property
     def report_name(self) -> str: ...
     @property
@@ -173,6 +175,7 @@ def compare_request(
     """One comparison of two registered runs, as the options ask for it."""
     from .app import CompareRequest
 
+    check_precision(options, names)
     return CompareRequest(
         baseline_run_id=baseline_run_id,
         candidate_run_id=candidate_run_id,
@@ -181,6 +184,7 @@ def compare_request(
         batch_size=options.batch_size,
         max_examples=options.max_examples,
         device=options.device,
+        precision=options.precision,
         report_name=options.report_name,
         json_path=options.json_path,
         markdown_path=options.markdown_path,
@@ -188,6 +192,16 @@ def compare_request(
         allow_pickle=options.allow_pickle,
         record=record,
     )
+
+
+def check_precision(options: CompareOptions, names: Names) -> None:
+    """fp16 runs only on CUDA: with an explicit CPU device it fails before any work (the engine
+    checks again once `auto` has picked a device)."""
+    if options.precision == "fp16" and options.device == "cpu":
+        raise OptionError(
+            "{precision} fp16 needs a CUDA device, but {device} is cpu; "
+            "use {precision} bf16 or fp32 on CPU"
+        ).named(names)
 
 
 def checkpoint_request(

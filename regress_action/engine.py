@@ -5,16 +5,19 @@ templates. `evaluate` is the one-model pass (what a cached baseline or a distrib
 into); `evaluate_pair` is the same pieces run for two models per batch (one data read, one
 host→device copy per batch), paired by a join on example id. The task's adapter owns the forward
 call, target dtypes and the record columns: the engine knows no column name. Every pass runs
-under `torch.inference_mode()`; record columns stay on the device until the end, where each is
-concatenated and converted to numpy once (integers to int64, everything else to float64).
+under `torch.inference_mode()`, and each forward call under `torch.autocast` when the precision
+is bf16 / fp16; record columns stay on the device until the end, where each is concatenated and
+converted to numpy once (integers to int64, everything else to float64).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .errors import ConfigError, DataError, ModelOutputError
 from .records import PairedRecords, Records, pair
+from .spec import Precision
 
 if TYPE_CHECKING:
     from .tasks import Adapter
@@ -38,6 +42,7 @@ class PassOptions:
     batch_size: int = 64
     device: str = "auto"
     progress: bool | None = None  # None: a progress bar only on a TTY
+    precision: Precision = "fp32"  # bf16 / fp16: every forward under torch.autocast
 
 
 @dataclass
@@ -80,11 +85,13 @@ def evaluate(
 ) -> EvalResult:
     """Run one model over `dataset`: its per-example records, keyed by example id."""
     device = resolve_device(options.device)
+    cast = autocast_for(options.precision, device)
     started = time.perf_counter()
     collector = _Collector()
     with _evaluating(model, device), torch.inference_mode():
         for batch in _batches(dataset, options, device):
-            collector.add(adapter.records(_forward(adapter, model, batch, "model"), batch, "model"))
+            output = _forward(adapter, model, batch, "model", cast)
+            collector.add(adapter.records(output, batch, "model"))
     return EvalResult(collector.records(), str(device), time.perf_counter() - started)
 
 
@@ -99,13 +106,14 @@ def evaluate_pair(
 ) -> EngineResult:
     """Both models over `dataset` in one pass (each batch read and moved once), paired."""
     device = resolve_device(options.device)
+    cast = autocast_for(options.precision, device)
     started = time.perf_counter()
     collectors = {side: _Collector() for side in SIDES}
     models = dict(zip(SIDES, (baseline, candidate), strict=True))
     with _evaluating(baseline, device), _evaluating(candidate, device), torch.inference_mode():
         for batch in _batches(dataset, options, device):
             for side, model in models.items():
-                output = _forward(adapter, model, batch, side)
+                output = _forward(adapter, model, batch, side, cast)
                 collectors[side].add(adapter.records(output, batch, side))
     for name in adapter.shared:  # the same batch on both sides: keep the baseline's copy
         collectors["candidate"].chunks.pop(name, None)
@@ -196,9 +204,42 @@ def _evaluating(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
             model.to(home)
 
 
-def _forward(adapter: Adapter, model: torch.nn.Module, batch: Any, side: str) -> Any:
+# A context manager factory each forward call runs under (see `autocast_for`).
+Cast = Callable[[], AbstractContextManager[Any]]
+
+
+def autocast_for(precision: Precision, device: torch.device) -> Cast:
+    """What each forward call runs under: nothing for fp32, else `torch.autocast` on the device
+    with bfloat16 / float16 (records are taken outside it, from logits the adapters upcast).
+    Raises ConfigError for a precision the device cannot run."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ConfigError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
+    if device.type == "cpu" and precision == "fp16":
+        raise ConfigError(
+            "precision fp16 needs a CUDA device but this pass runs on cpu; "
+            "use precision bf16 (or fp32) on CPU, or device cuda"
+        )
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            f"precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+            "use precision fp16 or fp32"
+        )
+    return functools.partial(torch.autocast, device.type, dtype=dtypes[precision])
+
+
+def _forward(
+    adapter: Adapter,
+    model: torch.nn.Module,
+    batch: Any,
+    side: str,
+    cast: Cast = contextlib.nullcontext,
+) -> Any:
     try:
-        return adapter.forward(model, batch)
+        with cast():
+            return adapter.forward(model, batch)
     except torch.OutOfMemoryError:
         raise ConfigError(
             f"out of memory running the {side} model on a batch of {_size(batch)} examples; "

@@ -11,7 +11,7 @@ import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import verdict_config
+from .config import check_precision, verdict_config
 from .errors import ConfigError, UserError
 from .files import check_distinct, check_writable
 from .settings import input_label
@@ -27,6 +27,7 @@ def check_inputs(inputs: ActionInputs, given: TaskSpec | None, db: ExperimentDB)
     """Raise a ConfigError naming the first bad input; touch nothing. `given` is the task the
     task inputs describe (None when they are not set)."""
     _check_dataset(inputs.dataset)
+    check_precision(inputs, input_label)
     task = _runs_task(inputs, given, db)
     if task is not None:
         _check_metric_names(verdict_config(inputs, input_label), task)

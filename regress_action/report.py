@@ -14,7 +14,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from .errors import ConfigError
-from .spec import OverallStatus, SignificanceMode, Status, TaskSpec, check_report_name
+from .spec import (
+    OverallStatus,
+    Precision,
+    SignificanceMode,
+    Status,
+    TaskSpec,
+    check_report_name,
+)
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -152,6 +159,9 @@ class Report(_Model):
     trend: list[TrendPoint] = Field(default_factory=list)
     commit: str | None = None
     device: str | None = None
+    # The forward passes' dtype (fp32, or bf16 / fp16 under autocast); reports written before
+    # the option existed ran in fp32.
+    precision: Precision = "fp32"
     duration_s: Real | None = None
 
     @field_validator("report_name")

@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from .errors import ConfigError
 from .spec import (
     MetricTolerance,
+    Precision,
     SignificanceMode,
     check_device,
     check_report_name,
@@ -98,6 +99,7 @@ class ActionInputs(BaseSettings):
     json_path: Path | None = _input("json-path", default=None)
     markdown_path: Path | None = _input("markdown-path", default=None)
     device: str = _input("device", default="auto")
+    precision: Precision = _input("precision", default="fp32")
     batch_size: int = _input("batch-size", default=64, ge=1)
     max_examples: int | None = _input("max-examples", default=None, ge=1)
 
@@ -131,7 +133,9 @@ class ActionInputs(BaseSettings):
         # A YAML block scalar (`dataset: |`) ends in a newline; no input means its spaces.
         return value.strip() if isinstance(value, str) else value
 
-    @field_validator("comment", "significance", "task", "modality", "device", mode="before")
+    @field_validator(
+        "comment", "significance", "task", "modality", "device", "precision", mode="before"
+    )
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

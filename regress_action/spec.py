@@ -31,6 +31,10 @@ IGNORE_INDEX = -100
 SignificanceMode = Literal["report", "gate", "off"]
 Status = Literal["improved", "neutral", "regressed", "new", "failed"]
 OverallStatus = Literal["improved", "neutral", "regressed"]
+# The dtype every model forward runs in: fp32 as the model is, or under torch.autocast with
+# bfloat16 / float16 (fp16 only on CUDA). Record columns are float64 either way.
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
 
 
 class TaskSpec(BaseModel):
@@ -67,6 +71,7 @@ class EvalConfig(BaseModel):
     batch_size: int = Field(default=64, ge=1)
     max_examples: int | None = Field(default=None, ge=1)
     device: str = "auto"
+    precision: Precision = "fp32"
     progress: bool | None = None  # None: show a progress bar only on a TTY
 
     @field_validator("device")

@@ -112,6 +112,23 @@ def test_a_json_report_and_markdown_are_written(tmp_path: Path) -> None:
     assert "| accuracy |" in (tmp_path / "r.md").read_text()
 
 
+def test_the_precision_is_recorded_in_the_report(tmp_path: Path) -> None:
+    assert _compare(Scripted(80), Scripted(84))["precision"] == "fp32"
+    cfg = EvalConfig(**{**_eval_cfg().model_dump(), "precision": "bf16"})
+    result = compare_models(
+        Scripted(80),
+        Scripted(84),
+        None,
+        TASK,
+        cfg,
+        json_path=tmp_path / "r.json",
+        markdown_path=tmp_path / "r.md",
+    )
+    assert result["precision"] == "bf16"
+    assert json.loads((tmp_path / "r.json").read_text())["precision"] == "bf16"
+    assert "- **Precision** `bf16` (torch.autocast)\n" in (tmp_path / "r.md").read_text()
+
+
 def _register_two(db: ExperimentDB) -> None:
     for name in ("base", "cand"):
         source = ModelSource(

@@ -32,6 +32,7 @@ COMPARE = {
     "--json-out": ("json-path", "out/r.json"),
     "--markdown-out": ("markdown-path", "out/r.md"),
     "--device": ("device", "cpu"),
+    "--precision": ("precision", "bf16"),
     "--batch-size": ("batch-size", "8"),
     "--max-examples": ("max-examples", "16"),
     "--report-name": ("report-name", "lm"),
@@ -66,6 +67,7 @@ def test_the_cli_and_the_action_ask_for_the_same_comparison(
     assert from_cli == from_action
     assert from_cli.verdict.tolerances == {"perplexity": MetricTolerance(rel=0.05)}
     assert from_cli.json_path == Path("out/r.json") and from_cli.max_examples == 16
+    assert from_cli.precision == "bf16"
 
 
 def test_the_cli_and_the_action_register_a_checkpoint_alike(
@@ -164,3 +166,59 @@ def test_tolerances_of_several_flags_are_gathered() -> None:
         "perplexity": MetricTolerance(rel=0.05),
         "ece": MetricTolerance(abs=0.1),
     }
+
+
+def test_fp16_on_cpu_is_one_line_naming_the_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "r.db"
+    argv = ["compare", "--baseline-run-id", "1", "--candidate-run-id", "2", "--dataset", "x"]
+    assert main([*argv, "--device", "cpu", "--precision", "fp16", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "regress-action: error: --precision fp16 needs a CUDA device, but --device is cpu; "
+        "use --precision bf16 or fp32 on CPU\n"
+    )
+    assert not db.exists()  # checked before the database is opened
+
+
+def test_fp16_on_a_machine_without_cuda_fails_in_the_engine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from regress_action.models import save_checkpoint
+
+    if torch.cuda.is_available():
+        pytest.skip("device auto picks CUDA here")
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_checkpoint(torch.nn.Linear(8, 1), tmp_path / f"m{seed}.pt", "torchscript")
+        assert main(["runs", "add", str(tmp_path / f"m{seed}.pt"), "--task", "regression",
+                     "--db", db]) == 0  # fmt: skip
+    capsys.readouterr()
+    argv = ["compare", "--baseline-run-id", "1", "--candidate-run-id", "2"]
+    argv += ["--dataset", "regression_tiny", "--db", db, "--precision", "fp16"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("regress-action: error: precision fp16 needs a CUDA device")
+    assert err.count("\n") == 1
+
+
+def test_the_precision_input_is_checked_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from regress_action.config import check_precision
+    from regress_action.errors import ConfigError
+
+    set_inputs(monkeypatch, {"baseline-run-id": "1", "candidate-run-id": "2", "dataset": "x"})
+    set_inputs(monkeypatch, {"precision": " BF16 "})
+    assert load_inputs().precision == "bf16"
+    set_inputs(monkeypatch, {"precision": "fp8"})
+    with pytest.raises(ConfigError, match=r"^input precision: .*'fp32', 'bf16' or 'fp16'"):
+        load_inputs()
+    set_inputs(monkeypatch, {"precision": "fp16", "device": "cpu"})
+    message = r"^input precision fp16 needs a CUDA device, but input device is cpu; use input"
+    with pytest.raises(ConfigError, match=message):
+        check_precision(load_inputs(), input_label)

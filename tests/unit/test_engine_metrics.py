@@ -262,3 +262,46 @@ def test_the_one_model_pass_gives_the_records_of_the_paired_pass() -> None:
     assert set(alone.columns) == set(paired.candidate)
     for name, values in alone.columns.items():
         assert np.array_equal(values, paired.candidate[name]), name
+
+
+def _mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 7))
+
+
+def test_bf16_on_cpu_reaches_the_forward_pass() -> None:
+    gen = torch.Generator().manual_seed(4)
+    dataset = TensorDataset(torch.randn(64, 16, generator=gen), torch.randint(0, 7, (64,)))
+    base, cand = _mlp(0), _mlp(1)
+    records = {
+        precision: evaluate_pair(
+            base,
+            cand,
+            dataset,
+            adapter_for(CLS),
+            PassOptions(batch_size=16, device="cpu", precision=precision),
+        ).records
+        for precision in ("fp32", "bf16")
+    }
+    for side in ("baseline", "candidate"):
+        fp32, bf16 = records["fp32"].side(side)["loss"], records["bf16"].side(side)["loss"]
+        assert bf16.dtype == np.float64  # the columns are float64 whatever the forward's dtype
+        assert not np.array_equal(fp32, bf16), "bf16 must change the forward pass"
+        np.testing.assert_allclose(bf16, fp32, rtol=0.05, atol=0.02)
+    assert next(base.parameters()).dtype == torch.float32  # autocast leaves the weights alone
+    alone = evaluate(cand, dataset, adapter_for(CLS), PassOptions(device="cpu", precision="bf16"))
+    assert np.array_equal(alone.records.columns["loss"], records["bf16"].candidate["loss"])
+
+
+def test_fp16_on_cpu_is_a_config_error() -> None:
+    labels = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(
+        ConfigError, match=r"precision fp16 needs a CUDA device.*use precision bf16"
+    ):
+        evaluate_pair(
+            Table(torch.randn(4, 7)),
+            Table(torch.randn(4, 7)),
+            _index_dataset(labels),
+            adapter_for(CLS),
+            PassOptions(device="cpu", precision="fp16"),
+        )
