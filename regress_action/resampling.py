@@ -1,11 +1,12 @@
 """Resampling machinery for the paired statistics (DESIGN §4): bootstrap weights, the chunked
-weighted sums, the percentile CI and its dual bootstrap p, and the two ways a whole-set (corpus)
-metric is resampled.
+weighted sums, the percentile CI and its dual bootstrap p, and the three ways a whole-set
+(corpus) metric is resampled.
 
 Owns how resampled deltas are drawn and summarised; `stats` decides which test each metric gets
 and builds its `MetricStats`. Holds no metric: a corpus metric brings its own `WeightedSums` or
-`CellCounts` (defined with the metric, in its task). Imports numpy, scipy and the contract
-modules `records` and `metrics` only (never torch, SQLAlchemy, PyGithub or jinja2).
+`CellCounts` (defined with the metric, in its task), or none (`index_deltas`). Imports numpy,
+scipy and the contract modules `records` and `metrics` only (never torch, SQLAlchemy, PyGithub
+or jinja2).
 
 Bootstrap p and CI are dual by construction (`bootstrap_p`, `percentile_ci`): with B finite
 resampled deltas and m = min(#(δ* ≤ 0), #(δ* ≥ 0)) (a δ* exactly 0 counts on both sides),
@@ -26,11 +27,18 @@ block), so a metric's resampled deltas, p and CI are bit-identical whatever else
 A `CellCounts` metric depends on the examples only through a discrete cell per example (for
 macro-F1: label, baseline prediction, candidate prediction), so its bootstrap draws exact
 multinomial cell counts from its own stream.
+
+A corpus metric without a resampler of its own (a user's metric: nothing is known about it but
+its `whole_set`) gets the generic paired bootstrap `index_deltas`: each resample draws n example
+indices with replacement, the same for both sides, and recomputes `whole_set` on both sides'
+resampled columns. It is exact and general, and slow: 2 × resamples calls of `whole_set` on n
+examples, from a stream keyed by the metric's name.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -52,6 +60,7 @@ __all__ = [
     "bootstrap_p",
     "cell_deltas",
     "group_sum",
+    "index_deltas",
     "multinomial_weights",
     "percentile_ci",
     "poisson_weights",
@@ -278,14 +287,20 @@ def percentile_ci(delta: Array, alpha: float) -> tuple[float, float]:
 
 
 def cell_deltas(metric: CellCounts, records: PairedRecords, resamples: int, seed: int) -> Array:
-    """Resampled deltas (candidate - baseline) of a `CellCounts` metric; needs n ≥ 2."""
+    """Resampled deltas (candidate - baseline) of a `CellCounts` metric; needs n ≥ 2.
+    Non-finite resamples (a statistic undefined on that resample) are dropped."""
     keys, context = metric.cells(records)
     cells, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     rng = np.random.default_rng([seed, metric.stream])
-    deltas = [
-        metric.delta(c, cells, context) for c in _cell_count_chunks(rng, counts, inverse, resamples)
-    ]
-    return np.concatenate(deltas)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        deltas: Array = np.concatenate(
+            [
+                metric.delta(c, cells, context)
+                for c in _cell_count_chunks(rng, counts, inverse, resamples)
+            ]
+        )
+    finite: Array = deltas[np.isfinite(deltas)]
+    return finite
 
 
 def _cell_count_chunks(
@@ -302,6 +317,35 @@ def _cell_count_chunks(
         else:
             keys = inverse[rng.integers(0, n, size=(m, n))] + np.arange(m)[:, None] * u
             yield np.bincount(keys.ravel(), minlength=m * u).reshape(m, u).astype(np.float64)
+
+
+# --- the generic bootstrap of a whole-set metric without a resampler ---------------------------
+
+INDEX_STREAM = 4  # the generic bootstrap's streams: [seed, INDEX_STREAM, crc32(metric name)]
+
+
+def index_deltas(metric: Metric, records: PairedRecords, resamples: int, seed: int) -> Array:
+    """Resampled deltas (candidate - baseline) of any corpus metric, by recomputing its
+    `whole_set` on both sides of each index resample; needs n ≥ 2.
+
+    Resample b draws n indices uniformly with replacement (one `integers` call per resample, in
+    order, from `default_rng([seed, INDEX_STREAM, crc32(name)])`); both sides are indexed with
+    the same draw, so the pairing is kept. Non-finite resamples are dropped.
+    """
+    n = records.n
+    rng = np.random.default_rng([seed, INDEX_STREAM, zlib.crc32(metric.name.encode())])
+    sides: list[dict[str, NDArray[np.float64] | NDArray[np.int64]]] = [
+        {c: side[c] for c in metric.columns} for side in (records.baseline, records.candidate)
+    ]
+    deltas = np.empty(resamples)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for b in range(resamples):
+            index = rng.integers(0, n, size=n)
+            base, cand = ({c: v[index] for c, v in side.items()} for side in sides)
+            deltas[b] = metric.value(cand, records.num_classes) - metric.value(
+                base, records.num_classes
+            )
+    return deltas[np.isfinite(deltas)]
 
 
 def group_sum(values: Array, group: NDArray[np.int64], k: int) -> Array:

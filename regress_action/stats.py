@@ -19,7 +19,8 @@ Methods by metric kind:
   p from the bootstrap distribution of log(candidate / baseline), CI on the transformed delta.
 - corpus: paired bootstrap over examples through the metric's own resampler (`WeightedSums`:
   resampled weighted column sums, e.g. ECE's bins; `CellCounts`: multinomial cell counts, e.g.
-  macro-F1 over (label, baseline prediction, candidate prediction) with the full label set).
+  macro-F1 over (label, baseline prediction, candidate prediction) with the full label set), or,
+  for a metric without one, the generic index bootstrap recomputing its `whole_set`.
 All CIs are percentile intervals: BCa needs an O(n²) jackknife at n = 100,000.
 
 Non-finite per-example values (NaN, ±inf, inf - inf) make that metric's statistics p = NaN and
@@ -35,8 +36,9 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,7 +46,14 @@ from scipy import stats as sps
 
 from .metrics import T_TEST_MIN_N, Metric, TestName, all_finite, f64
 from .records import PairedRecords
-from .resampling import BootstrapPlan, CellCounts, bootstrap_p, cell_deltas, percentile_ci
+from .resampling import (
+    BootstrapPlan,
+    CellCounts,
+    bootstrap_p,
+    cell_deltas,
+    index_deltas,
+    percentile_ci,
+)
 
 Array = NDArray[np.float64]
 
@@ -97,7 +106,11 @@ def paired_statistics(
         elif metric.kind == "ratio":
             plan.add_ratio(name, metric, records)
         elif isinstance(metric.resampler, CellCounts):
-            out[name] = _cell_stats(metric.resampler, records, alpha, resamples, seed)
+            resampled = partial(cell_deltas, metric.resampler, records, resamples, seed)
+            out[name] = _corpus_stats(records, alpha, resampled)
+        elif metric.resampler is None:  # the generic bootstrap: whole_set on every resample
+            resampled = partial(index_deltas, metric, records, resamples, seed)
+            out[name] = _corpus_stats(records, alpha, resampled)
         else:
             plan.add_block(name, metric.resampler.block(records), test)
     deltas = plan.run(records.n, resamples, np.random.default_rng(seed))
@@ -117,13 +130,14 @@ def paired_statistics(
 _NAN_STATS = (math.nan, math.nan, math.nan)  # p, ci_low, ci_high
 
 
-def _cell_stats(
-    resampler: CellCounts, records: PairedRecords, alpha: float, resamples: int, seed: int
+def _corpus_stats(
+    records: PairedRecords, alpha: float, resampled: Callable[[], Array]
 ) -> MetricStats:
+    """A corpus metric resampled on its own (cell counts or the generic bootstrap)."""
     n = records.n
     if n < 2:
         return MetricStats("paired_bootstrap", 1.0, math.nan, math.nan, n)
-    delta = cell_deltas(resampler, records, resamples, seed)
+    delta = resampled()
     low, high = percentile_ci(delta, alpha)
     return MetricStats("paired_bootstrap", bootstrap_p(delta), low, high, n)
 
