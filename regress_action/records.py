@@ -6,7 +6,7 @@ the frozen eval set); `pair` joins a baseline's and a candidate's records on tho
 numpy arrays. Imports numpy and `errors` only.
 
 The columns are the task adapter's (see `tasks/`): e.g. classification `label`, `prediction`,
-`correct`, `loss`, `confidence`, `top5_correct`; lm `nll_sum`, `tokens`, `correct_tokens`,
+`correct`, `loss`, `confidence`, `brier`, `top5_correct`; lm `nll_sum`, `tokens`, `correct_tokens`,
 `bytes`; regression `target`, `prediction`, `sq_error`, `abs_error`. Integer columns are int64,
 all others float64.
 """

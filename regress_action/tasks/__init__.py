@@ -9,7 +9,7 @@ Torch-free at import: adapters import torch when they run.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
@@ -27,6 +27,7 @@ __all__ = [
     "BuiltinDataset",
     "Task",
     "builtin_datasets",
+    "default_metrics",
     "get_task",
     "metrics_for",
     "modality_names",
@@ -66,19 +67,25 @@ def builtin_datasets() -> dict[str, BuiltinDataset]:
 
 
 def metrics_for(spec: TaskSpec) -> dict[str, Metric]:
-    """The metrics a task spec reports, in report order."""
+    """Every metric a task spec can report, in report order."""
     return get_task(spec.task).metrics(spec)
 
 
 def select_metrics(spec: TaskSpec, requested: Sequence[str] | None) -> dict[str, Metric]:
-    """The requested metrics of a task, in registry order; unknown names fail with a hint."""
+    """The requested metrics, in report order, or without a request the default ones (every
+    metric but the opt-in `default=False` ones); unknown names fail with a hint."""
     available = metrics_for(spec)
     if not requested:
-        return available
+        return default_metrics(available)
     for name in requested:
         if name not in available:
             raise ConfigError(unknown_metric_message(name, spec.task, list(available)))
     return {name: metric for name, metric in available.items() if name in requested}
+
+
+def default_metrics(available: Mapping[str, Metric]) -> dict[str, Metric]:
+    """The metrics reported when none are named: all but the opt-in (`default=False`) ones."""
+    return {name: metric for name, metric in available.items() if metric.default}
 
 
 def unknown_metric_message(name: str, task: str, available: list[str]) -> str:

@@ -96,14 +96,21 @@ class Task:
     example_loss: ClassVar[str] = "loss"  # what the per-example loss in its flips measures
     npz_keys: ClassVar[tuple[str, ...]] = ()  # the arrays an .npz of this task holds
     builtin: ClassVar[tuple[BuiltinDataset, ...]] = ()
+    columns: ClassVar[tuple[str, ...]] = ()  # every record column its adapter can produce
 
     def all_metrics(self) -> dict[str, Metric]:
         """Every metric the task can report, in report order."""
         raise NotImplementedError
 
     def metrics(self, spec: TaskSpec) -> dict[str, Metric]:
-        """The metrics that apply to this task spec (default: all)."""
+        """The metrics that apply to this task spec (default: all); those with
+        `default=False` are reported only when asked for by name."""
         return self.all_metrics()
+
+    def record_columns(self, spec: TaskSpec | None = None) -> tuple[str, ...]:
+        """The record columns the task's adapter produces for `spec` (None: every column it
+        can produce for some spec): what a custom metric of this task may read."""
+        return self.columns
 
     def adapter(self, spec: TaskSpec) -> Adapter:
         raise NotImplementedError

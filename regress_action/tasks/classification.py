@@ -1,13 +1,14 @@
 """The classification task (vision or text): logits (B, C) and integer labels (B,).
 
-Owns its metrics (accuracy, loss, top-5 accuracy, macro-F1, ECE, with the one implementation of
-ECE binning and of the F1 formula that both the value and its bootstrap use), its adapter, its
-analysis (newly wrong / newly right examples, per-class accuracy), its `.npz` layout (`images`,
-`labels`, optional `class_names`) and the built-in `vision_tiny`. Torch only inside the adapter.
+Owns its metrics (accuracy, loss, top-5 accuracy, macro-F1, ECE, and the opt-in confidence
+AUROC and Brier score, with the one implementation of ECE binning, of the F1 formula and of the
+AUROC sum that both the value and its bootstrap use), its adapter, its analysis (newly wrong /
+newly right examples, per-class accuracy), its `.npz` layout (`images`, `labels`, optional
+`class_names`) and the built-in `vision_tiny`. Torch only inside the adapter.
 
 Record columns: `label` (int64, shared by both sides), `prediction` (int64), `correct` (0/1),
-`loss` (per-example NLL), `confidence` (max softmax probability), `top5_correct` (0/1; only
-with more than 5 classes).
+`loss` (per-example NLL), `confidence` (max softmax probability), `brier` (per-example
+Σ_c (p_c − y_c)²), `top5_correct` (0/1; only with more than 5 classes).
 """
 
 from __future__ import annotations
@@ -126,6 +127,76 @@ def _f1_delta(counts: Array, cells: NDArray[np.int64], k: int) -> Array:
     return f1(cell_c) - f1(cell_b)
 
 
+# --- confidence AUROC ------------------------------------------------------------------------
+#
+# How well the top-1 confidence tells right predictions from wrong ones (misclassification
+# detection; Hendrycks & Gimpel, ICLR 2017): the Mann-Whitney probability that a random right
+# prediction has a higher confidence than a random wrong one, ties counting ½. It is not the
+# one-vs-rest AUROC of the class scores, which needs every class's probability for every
+# example (n × classes per side); this one needs two columns the adapter records anyway, and is
+# what selective prediction (abstain below a confidence) depends on. Undefined (NaN) when one
+# side has no wrong or no right prediction.
+
+
+def _auroc_sum(right: Array, wrong: Array) -> Array:
+    """AUROC from the counts (or weights) of right and wrong predictions at each confidence
+    level, levels ascending along the last axis: Σ_g right_g · (wrong below g + ½ wrong_g) /
+    (Σ right · Σ wrong); NaN without a right or a wrong prediction."""
+    below = np.cumsum(wrong, axis=-1) - wrong
+    pairs = (right * (below + 0.5 * wrong)).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auroc: Array = pairs / (right.sum(axis=-1) * wrong.sum(axis=-1))
+    return auroc
+
+
+def _confidence_levels(confidence: Array) -> tuple[NDArray[np.int64], int]:
+    """Each example's confidence level (0 = lowest; equal confidences share one), and the
+    number of levels."""
+    levels, group = np.unique(confidence, return_inverse=True)
+    return int64(group.reshape(-1)), int(levels.size)
+
+
+def confidence_auroc(correct: Array, confidence: Array) -> float:
+    """AUROC of the confidence as a score for a right prediction (see above)."""
+    correct, confidence = f64(correct), f64(confidence)
+    if confidence.size == 0 or not np.isfinite(confidence).all():
+        return math.nan
+    group, levels = _confidence_levels(confidence)
+    right = correct > 0.5
+    return float(
+        _auroc_sum(
+            f64(np.bincount(group[right], minlength=levels)),
+            f64(np.bincount(group[~right], minlength=levels)),
+        )
+    )
+
+
+def _auroc_cells(records: PairedRecords) -> tuple[NDArray[np.int64], int]:
+    # An example's cell: (baseline confidence level, baseline right, candidate level, right).
+    codes = []
+    for side in (records.baseline, records.candidate):
+        group, _ = _confidence_levels(f64(side["confidence"]))
+        codes.append(group * 2 + (f64(side["correct"]) > 0.5))
+    width = int(codes[1].max(initial=0)) + 1
+    return codes[0] * width + codes[1], width
+
+
+def _auroc_delta(counts: Array, cells: NDArray[np.int64], width: int) -> Array:
+    def auroc(code: NDArray[np.int64]) -> Array:
+        group, right = code // 2, code % 2 == 1
+        levels = int(group.max(initial=0)) + 1
+        return _auroc_sum(
+            group_sum(counts[:, right], group[right], levels),
+            group_sum(counts[:, ~right], group[~right], levels),
+        )
+
+    return auroc(cells % width) - auroc(cells // width)
+
+
+def _auroc_value(columns: Columns, num_classes: int | None) -> float:
+    return confidence_auroc(f64(columns["correct"]), f64(columns["confidence"]))
+
+
 def _macro_f1_value(columns: Columns, num_classes: int | None) -> float:
     labels = int64(columns["label"])
     predictions = int64(columns["prediction"])
@@ -165,13 +236,35 @@ METRICS: dict[str, Metric] = {
         whole_set=_ece_value,
         resampler=WeightedSums(_ece_block),
     ),
+    # Opt-in (default=False): reported when named in --metrics / metrics.
+    "confidence_auroc": Metric(
+        "confidence_auroc",
+        True,
+        "corpus",
+        "AUROC of the top-1 confidence at telling right from wrong predictions: P(a random "
+        "right prediction is more confident than a random wrong one), ties ½",
+        ("correct", "confidence"),
+        unit_interval=True,
+        whole_set=_auroc_value,
+        resampler=CellCounts(_auroc_cells, _auroc_delta, stream=3),
+        default=False,
+    ),
+    "brier": Metric(
+        "brier",
+        False,
+        "mean",
+        "multiclass Brier score: mean over examples of Σ_c (p_c − y_c)² (0 best, 2 worst)",
+        ("brier",),
+        default=False,
+    ),
 }
 
 # --- adapter ---------------------------------------------------------------------------------
 
 
 class ClassificationAdapter:
-    """Logits (B, C) and integer labels (B,) → loss, correct, prediction, confidence, top-5."""
+    """Logits (B, C) and integer labels (B,) → loss, correct, prediction, confidence, Brier,
+    top-5."""
 
     task: str = "classification"
     shared: tuple[str, ...] = ("label",)
@@ -206,12 +299,17 @@ class ClassificationAdapter:
         log_probs = F.log_softmax(logits, dim=1)
         loss = -log_probs.gather(1, target.view(-1, 1)).squeeze(1)
         confidence, prediction = log_probs.max(dim=1)
+        # Brier: Σ_c (p_c − y_c)², from p − onehot(y) (no cancellation when p_y is near 1).
+        gap = log_probs.exp().scatter_add(
+            1, target.view(-1, 1), logits.new_full((len(target), 1), -1.0)
+        )
         columns = {
             "label": target,
             "prediction": prediction,
             "correct": (prediction == target).to(torch.float32),
             "loss": loss,
             "confidence": confidence.exp(),
+            "brier": (gap * gap).sum(dim=1),
         }
         if self.top5:
             top5 = logits.topk(TOP_K, dim=1).indices
@@ -343,6 +441,7 @@ class ClassificationTask(Task):
     sizes = (SizeField("num_classes", "num-classes"),)
     report_fragments = ("flips.md.j2", "per_class.md.j2")
     npz_keys = ("images", "labels")
+    columns = ("label", "prediction", "correct", "loss", "confidence", "brier", "top5_correct")
 
     def all_metrics(self) -> dict[str, Metric]:
         return dict(METRICS)
@@ -353,6 +452,12 @@ class ClassificationTask(Task):
         if spec.num_classes is None or spec.num_classes <= TOP_K:
             metrics.pop("top5_accuracy")
         return metrics
+
+    def record_columns(self, spec: TaskSpec | None = None) -> tuple[str, ...]:
+        """`top5_correct` only with more than 5 classes."""
+        if spec is None or (spec.num_classes is not None and spec.num_classes > TOP_K):
+            return self.columns
+        return tuple(c for c in self.columns if c != "top5_correct")
 
     def adapter(self, spec: TaskSpec) -> ClassificationAdapter:
         assert spec.num_classes is not None

@@ -136,6 +136,7 @@ class LMTask(Task):
     modalities = ("text",)
     sizes = (SizeField("vocab_size", "vocab-size", default=BYTE_VOCAB),)
     report_fragments = ("flips.md.j2",)
+    columns = ("nll_sum", "tokens", "correct_tokens", "bytes")
     builtin = (
         BuiltinDataset(
             "lm_tiny", {"modality": "text", "task": "lm", "vocab_size": BYTE_VOCAB}, _lm_tiny
@@ -151,6 +152,12 @@ class LMTask(Task):
         if spec.vocab_size != BYTE_VOCAB:
             metrics.pop("bits_per_byte")
         return metrics
+
+    def record_columns(self, spec: TaskSpec | None = None) -> tuple[str, ...]:
+        """`bytes` only for byte-level vocabularies."""
+        if spec is None or spec.vocab_size == BYTE_VOCAB:
+            return self.columns
+        return tuple(c for c in self.columns if c != "bytes")
 
     def adapter(self, spec: TaskSpec) -> LMAdapter:
         assert spec.vocab_size is not None

@@ -155,6 +155,7 @@ class RegressionTask(Task):
     report_fragments = ("flips.md.j2",)
     example_loss = "squared error"
     npz_keys = ("inputs", "targets")
+    columns = ("target", "prediction", "sq_error", "abs_error")
     builtin = (
         BuiltinDataset(
             "regression_tiny", {"modality": "tabular", "task": "regression"}, regression_tiny

@@ -40,12 +40,18 @@ def classification_side(rng, label, p_correct, confidence_shift=0.0):
     confidence = np.clip(0.35 + 0.6 * p_correct + 0.08 * rng.standard_normal(n), 0.1, 1.0)
     confidence = np.clip(confidence + confidence_shift, 0.1, 1.0)
     true_prob = np.where(correct, confidence, (1 - confidence) / (K - 1))
+    # Brier with the top class at `confidence` and the rest spread evenly over the K - 1 others.
+    rest = (1 - confidence) / (K - 1)
+    brier = (K - 2) * rest**2 + np.where(
+        correct, (1 - confidence) ** 2 + rest**2, confidence**2 + (1 - rest) ** 2
+    )
     return {
         "label": label,
         "prediction": np.where(correct, label, wrong),
         "correct": correct.astype(np.float64),
         "loss": -np.log(np.maximum(true_prob, 1e-6)),
         "confidence": confidence,
+        "brier": brier,
         "top5_correct": (correct | (rng.random(n) < 0.5)).astype(np.float64),
     }
 
@@ -442,14 +448,15 @@ def poison(records, side, column, value, index=3):
     )
 
 
+CONFIDENCE_METRICS = {"ece", "confidence_auroc"}  # the metrics reading `confidence`
 NON_FINITE_CASES = [
     # (task, n, side, column, value, metrics that must become NaN)
     ("classification", 300, "both", "loss", math.inf, {"loss"}),  # inf - inf, sign-flip
     ("classification", 300, "candidate", "loss", math.nan, {"loss"}),
     ("classification", 3000, "both", "loss", math.inf, {"loss"}),  # inf - inf, t-test
     ("classification", 3000, "baseline", "loss", -math.inf, {"loss"}),
-    ("classification", 300, "candidate", "confidence", math.nan, {"ece"}),
-    ("classification", 300, "baseline", "correct", math.nan, {"accuracy", "ece"}),
+    ("classification", 300, "candidate", "confidence", math.nan, CONFIDENCE_METRICS),
+    ("classification", 300, "baseline", "correct", math.nan, {"accuracy", *CONFIDENCE_METRICS}),
     ("lm", 300, "candidate", "nll_sum", math.inf, {"loss", "perplexity", "bits_per_byte"}),
     ("lm", 20_000, "baseline", "tokens", math.nan, {"loss", "perplexity", "token_accuracy"}),
 ]

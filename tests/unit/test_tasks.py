@@ -19,7 +19,7 @@ from regress_action.report import DatasetInfo
 from regress_action.resampling import CellCounts, WeightedSums
 from regress_action.spec import TaskSpec, VerdictConfig
 from regress_action.stats import paired_statistics
-from regress_action.tasks import TASKS, builtin_datasets, get_task, metrics_for
+from regress_action.tasks import TASKS, builtin_datasets, get_task, metrics_for, select_metrics
 
 
 class Noisy(nn.Module):
@@ -81,9 +81,21 @@ def test_every_task_reports_end_to_end(dataset_name: str) -> None:
         task=spec, dataset=DatasetInfo(name=dataset_name, fingerprint="f", n=120)
     )
     report = build_report(records, context, 0.0)  # type: ignore[arg-type]
-    assert list(report.metrics) == list(metrics_for(spec))
+    assert list(report.metrics) == list(select_metrics(spec, None))
     assert all(m.p_value is not None for m in report.metrics.values())
     assert report.flips is not None
+
+
+@pytest.mark.parametrize("dataset_name", sorted(builtin_datasets()))
+def test_every_task_declares_the_columns_its_adapter_records(dataset_name: str) -> None:
+    # What a custom metric may read is what the adapter really records for that spec.
+    spec, records = _paired(dataset_name)
+    task = get_task(spec.task)
+    for side in (records.baseline, records.candidate):
+        assert sorted(side) == sorted(task.record_columns(spec))
+    assert set(task.record_columns(spec)) <= set(task.record_columns(None))
+    for metric in task.all_metrics().values():
+        assert set(metric.columns) <= set(task.record_columns(None)), metric.name
 
 
 def test_every_metric_is_well_formed() -> None:
