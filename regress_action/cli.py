@@ -39,6 +39,7 @@ def _emit(text: object) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .app import run_compare
     from .store import open_db
+    from .tasks import MetricsModuleError
 
     request = compare_request(
         args,
@@ -50,7 +51,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     # A comparison needs registered runs: a missing SQLite file is a mistyped --db.
     with open_db(args.db, create=False) as db:
-        outcome = run_compare(request, db)
+        try:
+            outcome = run_compare(request, db)
+        except MetricsModuleError as exc:  # a column this task spec does not record, or a
+            raise exc.named(flag_name) from None  # whole_set that fails on the records
     _emit(outcome.report.to_json())
     regressed = outcome.report.status == "regressed"
     return EXIT_REGRESSION if regressed and args.fail_on_regression else EXIT_OK

@@ -178,7 +178,12 @@ def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
         default=0.01,
         help="absolute tolerance for every metric without its own (default 0.01)",
     )
-    group.add_argument("--metrics", type=_name_list, help="comma-separated metrics to report")
+    group.add_argument(
+        "--metrics",
+        type=_name_list,
+        help="comma-separated metrics to report (default: the task's default set and the "
+        "custom ones)",
+    )
     group.add_argument(
         "--tolerance",
         dest="tolerances",
@@ -189,6 +194,12 @@ def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
         "(perplexity=5%%); repeatable",
     )
     group.add_argument("--gate", type=_name_list, help="metrics that gate (default: all)")
+    group.add_argument(
+        "--metrics-module",
+        metavar="MODULE",
+        help="module importable from the working directory (ci.metrics for ci/metrics.py) "
+        "defining `metrics(task) -> list[Metric]`: custom metrics, reported like the task's own",
+    )
     group.add_argument(
         "--significance",
         choices=["report", "gate", "off"],

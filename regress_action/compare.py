@@ -43,9 +43,10 @@ class ReportContext:
 
 
 def metric_specs(task: TaskSpec, verdict: VerdictConfig) -> dict[str, Metric]:
-    """The metrics to report for `task`; fails early on unknown metric or gate names."""
-    specs = select_metrics(task, verdict.metrics)
-    every = metrics_for(task)
+    """The metrics to report for `task` (with the verdict's metrics module's); fails early on
+    unknown metric or gate names."""
+    specs = select_metrics(task, verdict.metrics, verdict.metrics_module)
+    every = metrics_for(task, verdict.metrics_module)
     for name in [*(verdict.gate or ()), *verdict.tolerances]:
         if name not in every:
             raise ConfigError(unknown_metric_message(name, task.task, list(every)))

@@ -155,12 +155,21 @@ def task_from(options: TaskOptions, names: Names) -> TaskSpec | None:
 
 def verdict_config(options: object, names: Names) -> VerdictConfig:
     """The verdict settings of any object whose attributes carry VerdictConfig's field names
-    (`threshold`, `tolerances`, `metrics`, `gate`, `significance`, ...); a field it lacks keeps
-    its default (the Action has no `resamples` or `seed` input)."""
+    (`threshold`, `tolerances`, `metrics`, `gate`, `significance`, `metrics_module`, ...); a
+    field it lacks keeps its default (the Action has no `resamples` or `seed` input). A metrics
+    module is imported and its metrics checked here, so a bad one fails before any work."""
     try:
-        return VerdictConfig.model_validate(options, from_attributes=True)
+        verdict = VerdictConfig.model_validate(options, from_attributes=True)
     except ValidationError as exc:
         raise _validation_error(exc, "the verdict options").named(names) from None
+    if verdict.metrics_module is not None:
+        from .tasks import MetricsModuleError, check_metrics_module
+
+        try:
+            check_metrics_module(verdict.metrics_module)
+        except MetricsModuleError as exc:
+            raise exc.named(names) from None
+    return verdict
 
 
 def compare_request(

@@ -16,7 +16,13 @@ from .errors import ConfigError, UserError
 from .files import check_distinct, check_writable
 from .settings import input_label
 from .spec import RunRecord, TaskSpec, VerdictConfig
-from .tasks import builtin_datasets, metrics_for, unknown_metric_message
+from .tasks import (
+    MetricsModuleError,
+    builtin_datasets,
+    default_metrics,
+    metrics_for,
+    unknown_metric_message,
+)
 
 if TYPE_CHECKING:
     from .settings import ActionInputs
@@ -88,8 +94,12 @@ def _get_run(db: ExperimentDB, run_id: int, name: str) -> RunRecord:
 
 
 def _check_metric_names(verdict: VerdictConfig, task: TaskSpec) -> None:
-    available = list(metrics_for(task))
-    reported = list(verdict.metrics or available)
+    try:
+        every = metrics_for(task, verdict.metrics_module)
+    except MetricsModuleError as exc:
+        raise exc.named(input_label) from None
+    available = list(every)
+    reported = list(verdict.metrics or default_metrics(every))
     for name, names, allowed in (
         ("metrics", verdict.metrics or (), available),
         ("gate", verdict.gate or (), reported),

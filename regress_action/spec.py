@@ -120,6 +120,14 @@ class VerdictConfig(BaseModel):
     confidence: float = Field(default=0.95, gt=0, lt=1)
     resamples: int = Field(default=2000, ge=100, le=100_000)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    # A module importable from the working directory whose `metrics(task) -> list[Metric]` adds
+    # custom metrics (see `regress_action.tasks.custom`).
+    metrics_module: str | None = None
+
+    @field_validator("metrics_module")
+    @classmethod
+    def _module_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_module_name(value)
 
     def tolerance_for(self, metric: str, baseline: float) -> float:
         spec = self.tolerances.get(metric)
@@ -258,6 +266,22 @@ def check_report_name(value: str) -> str:
             "(no '--')"
         )
     return value
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def check_module_name(value: str) -> str:
+    """A dotted module name (`pkg.metrics`), not a file path. Raises ValueError."""
+    value = value.strip()
+    if _MODULE_NAME.fullmatch(value):
+        return value
+    dotted = re.sub(r"\.py$", "", value.strip("./")).replace("/", ".").replace("\\", ".")
+    example = f"{dotted} for {value}" if _MODULE_NAME.fullmatch(dotted) else "e.g. ci.metrics"
+    raise ValueError(
+        f"{value!r} is not a module name; give the dotted name importable from the repository "
+        f"root ({example})"
+    )
 
 
 def check_device(value: str) -> str:

@@ -3,7 +3,8 @@
 A task is one object (see `base.Task`) in its own module here; adding one is a new module and
 one line in `TASKS` below. Everything else (the CLI's and the Action's choices, `TaskSpec`
 validation, metric selection, the built-in eval sets, the report's fragments) asks this registry.
-Torch-free at import: adapters import torch when they run.
+It is also the one place that says which metrics a comparison has: the task's own and those of
+the user's metrics module (`custom`). Torch-free at import: adapters import torch when they run.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..errors import ConfigError
 from ..metrics import Metric
 from . import classification, lm, regression
 from .base import Adapter, Analysis, BuiltinDataset, Task
+from .custom import MetricsModuleError, check_metrics_module, custom_metrics
 
 if TYPE_CHECKING:
     from ..spec import TaskSpec
@@ -25,8 +27,10 @@ __all__ = [
     "Adapter",
     "Analysis",
     "BuiltinDataset",
+    "MetricsModuleError",
     "Task",
     "builtin_datasets",
+    "check_metrics_module",
     "default_metrics",
     "get_task",
     "metrics_for",
@@ -66,15 +70,22 @@ def builtin_datasets() -> dict[str, BuiltinDataset]:
     return dict(sorted(found.items()))
 
 
-def metrics_for(spec: TaskSpec) -> dict[str, Metric]:
-    """Every metric a task spec can report, in report order."""
-    return get_task(spec.task).metrics(spec)
+def metrics_for(spec: TaskSpec, metrics_module: str | None = None) -> dict[str, Metric]:
+    """Every metric a comparison of this task spec can report, in report order: the task's
+    own, then those `metrics_module` adds (a MetricsModuleError if it cannot be used)."""
+    task = get_task(spec.task)
+    available = task.metrics(spec)
+    if metrics_module:
+        available |= custom_metrics(metrics_module, task, spec)
+    return available
 
 
-def select_metrics(spec: TaskSpec, requested: Sequence[str] | None) -> dict[str, Metric]:
+def select_metrics(
+    spec: TaskSpec, requested: Sequence[str] | None, metrics_module: str | None = None
+) -> dict[str, Metric]:
     """The requested metrics, in report order, or without a request the default ones (every
     metric but the opt-in `default=False` ones); unknown names fail with a hint."""
-    available = metrics_for(spec)
+    available = metrics_for(spec, metrics_module)
     if not requested:
         return default_metrics(available)
     for name in requested:
