@@ -50,6 +50,7 @@ class CompareRequest:
     max_examples: int | None = None
     device: str = "auto"
     precision: Precision = "fp32"
+    workers: int | None = None  # DataLoader workers; None: the engine's default
     report_name: str = "default"
     json_path: Path | None = None
     markdown_path: Path | None = None
@@ -133,7 +134,11 @@ def evaluate_models(
         eval_set.dataset,
         adapter or adapter_for(task),
         PassOptions(
-            eval_cfg.batch_size, eval_cfg.device, eval_cfg.progress, precision=eval_cfg.precision
+            eval_cfg.batch_size,
+            eval_cfg.device,
+            eval_cfg.progress,
+            precision=eval_cfg.precision,
+            workers=eval_cfg.workers,
         ),
         num_classes=task.num_classes,
     )
@@ -203,6 +208,7 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
         max_examples=request.max_examples,
         device=request.device,
         precision=request.precision,
+        workers=request.workers,
     )
     context = ReportContext(
         task=baseline_run.task,

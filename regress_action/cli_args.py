@@ -258,6 +258,13 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=64)
     parser.add_argument("--max-examples", type=_positive_int)
     parser.add_argument(
+        "--workers",
+        type=_int_between(0),
+        metavar="N",
+        help="DataLoader worker processes decoding an image folder or reading a Dataset "
+        "(default: min(4, CPUs - 1); 0 reads in the main process)",
+    )
+    parser.add_argument(
         "--report-name",
         type=_report_name,
         default="default",

@@ -84,6 +84,8 @@ class CompareOptions(Protocol):
     @property
     def max_examples(self) -> int | None: ...
     @property
+    def workers(self) -> int | None: ...
+    @property
     def device(self) -> str: ...
     @property
     def precision(self) -> Precision: ...
@@ -192,6 +194,7 @@ def compare_request(
         verdict=verdict_config(options, names),
         batch_size=options.batch_size,
         max_examples=options.max_examples,
+        workers=options.workers,
         device=options.device,
         precision=options.precision,
         report_name=options.report_name,

@@ -103,6 +103,7 @@ class ActionInputs(BaseSettings):
     precision: Precision = _input("precision", default="fp32")
     batch_size: int = _input("batch-size", default=64, ge=1)
     max_examples: int | None = _input("max-examples", default=None, ge=1)
+    workers: int | None = _input("workers", default=None, ge=0)
 
     @field_validator("metrics", "gate", mode="before")
     @classmethod

@@ -73,6 +73,9 @@ class EvalConfig(BaseModel):
     device: str = "auto"
     precision: Precision = "fp32"
     progress: bool | None = None  # None: show a progress bar only on a TTY
+    # DataLoader worker processes reading a Dataset or an image folder (decoding in parallel);
+    # None: min(4, CPUs - 1). Results are identical whatever the count.
+    workers: int | None = Field(default=None, ge=0)
 
     @field_validator("device")
     @classmethod

@@ -35,6 +35,7 @@ COMPARE = {
     "--precision": ("precision", "bf16"),
     "--batch-size": ("batch-size", "8"),
     "--max-examples": ("max-examples", "16"),
+    "--workers": ("workers", "2"),
     "--report-name": ("report-name", "lm"),
 }
 
@@ -65,6 +66,7 @@ def test_the_cli_and_the_action_ask_for_the_same_comparison(
     from_cli = compare_request(args, flag_name, **ids)
     from_action = compare_request(load_inputs(), input_label, **ids)
     assert from_cli == from_action
+    assert from_cli.workers == 2
     assert from_cli.verdict.tolerances == {"perplexity": MetricTolerance(rel=0.05)}
     assert from_cli.json_path == Path("out/r.json") and from_cli.max_examples == 16
     assert from_cli.precision == "bf16"
