@@ -139,6 +139,7 @@ def evaluate_models(
             eval_cfg.progress,
             precision=eval_cfg.precision,
             workers=eval_cfg.workers,
+            observe=eval_set.observe,  # an image folder's fingerprint, from the pass's batches
         ),
         num_classes=task.num_classes,
     )

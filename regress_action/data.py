@@ -15,7 +15,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from .errors import DataError
-from .sources import source_for
+from .sources import Fingerprint, source_for
 from .spec import TaskSpec
 from .tasks import builtin_datasets
 
@@ -29,14 +29,27 @@ def _sources_hint() -> str:
 
 @dataclass
 class EvalSet:
-    """A frozen eval set: exactly the examples evaluated, and the fingerprint of their content."""
+    """A frozen eval set: exactly the examples evaluated, and the fingerprint of their content.
+
+    For a source that decodes on read (an image folder) the fingerprint comes from the first
+    pass over the examples: pass `observe` to the engine (`PassOptions.observe`), and read
+    `fingerprint` after it (before, it costs a reading pass of its own).
+    """
 
     name: str
     dataset: Dataset[Any]
-    fingerprint: str
+    digest: Fingerprint
     n: int
     task: TaskSpec
     class_names: list[str] | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.digest.hexdigest()
+
+    def observe(self, batch: Any) -> None:
+        """Feed one collated batch of the pass (in dataset order) to the fingerprint."""
+        self.digest.observe(batch)
 
 
 def load_eval_set(
@@ -71,8 +84,11 @@ def load_eval_set(
     n = len(loaded.dataset)  # type: ignore[arg-type]
     if n == 0:
         raise DataError(f"eval set {label!r} has no examples; give it at least one")
-    fingerprint = entry.fingerprint(loaded.dataset, n)
-    return EvalSet(label, loaded.dataset, fingerprint, n, resolved, loaded.class_names)
+    if entry.decodes_on_read:
+        digest = Fingerprint(lambda: entry.fingerprint(loaded.dataset, n), n)
+    else:
+        digest = Fingerprint.known(entry.fingerprint(loaded.dataset, n))
+    return EvalSet(label, loaded.dataset, digest, n, resolved, loaded.class_names)
 
 
 def _existing_path(source: str | Path) -> Path:

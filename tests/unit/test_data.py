@@ -364,7 +364,7 @@ def test_image_folder_classes_and_round_robin_order(tmp_path: Path) -> None:
     image = eval_set.dataset[0][0]
     assert image.shape == (3, 3, 4) and image.dtype == torch.float32
     torch.testing.assert_close(image[:, 0, 0], torch.tensor([200, 0, 55]) / 255)
-    assert load_eval_set(tmp_path, max_examples=2).dataset.tensors[1].tolist() == [0, 1]  # type: ignore[attr-defined]
+    assert load_eval_set(tmp_path, max_examples=2).dataset.labels.tolist() == [0, 1]  # type: ignore[attr-defined]
 
 
 def test_image_folder_grayscale_and_mixed(tmp_path: Path) -> None:
