@@ -49,6 +49,7 @@ lint: install
 bench: install
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_stats.py
+	$(PY) benchmarks/bench_pipeline.py
 
 schema: install
 	$(PY) -m regress_action.schema

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Input-pipeline benchmark; prints JSON.
+
+Writes an image folder of small PNGs (10 classes of 32x32 RGB, drawn with numpy) into a
+temporary directory, then times `compare_models` of two `regress_action.zoo:tiny_cnn` models on
+it with `workers=0` (every file decoded in the main process, between the forward passes) and
+with the default workers (decoded in DataLoader workers while the models run). Both are the
+whole comparison (header scan, pass, fingerprint), statistics off; best of `--repeats`,
+interleaved so drift on a shared machine affects both alike. Goal: ratio (with ÷ without)
+≤ 0.6 on the 2-core CI machine. The two runs' reports must agree (checked).
+
+    python benchmarks/bench_pipeline.py [--images 5000] [--batch-size 64] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from regress_action import compare_models
+from regress_action.engine import default_workers
+from regress_action.spec import EvalConfig, TaskSpec, VerdictConfig
+from regress_action.zoo import tiny_cnn
+
+CLASSES = 10
+SIZE = 32
+TASK = TaskSpec(modality="vision", task="classification", num_classes=CLASSES)
+
+
+def write_folder(root: Path, n: int, seed: int = 0) -> None:
+    """n PNGs, round-robin over the classes: a class-coloured stripe pattern plus noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    for label in range(CLASSES):
+        (root / f"class_{label}").mkdir(parents=True)
+    for i in range(n):
+        label = i % CLASSES
+        stripes = ((x * (label % 3 + 1) + y * (label // 3)) // 4 % 2).astype(np.int64)
+        colour = np.array([25 * label, 255 - 25 * label, 128], dtype=np.int64)
+        noise = rng.integers(-40, 41, (SIZE, SIZE, 3))
+        pixels = np.clip(60 + stripes[..., None] * colour[None, None] // 2 + noise, 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(root / f"class_{label}" / f"{i:06d}.png")
+
+
+def model(seed: int, width: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return tiny_cnn(num_classes=CLASSES, width=width)
+
+
+def timed(folder: Path, workers: int, args: argparse.Namespace) -> tuple[float, dict[str, Any]]:
+    cfg = EvalConfig(dataset=folder, batch_size=args.batch_size, device="cpu", workers=workers)
+    verdict = VerdictConfig(significance="off")
+    models = model(0, args.width), model(1, args.width)
+    started = time.perf_counter()
+    report = compare_models(*models, None, TASK, cfg, verdict=verdict)
+    return time.perf_counter() - started, report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--width", type=int, default=16, help="tiny_cnn's width (its default)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    logging.getLogger("regress_action").setLevel(logging.ERROR)  # no per-metric warnings
+    workers = default_workers()
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        folder = Path(tmp) / "images"
+        started = time.perf_counter()
+        write_folder(folder, args.images)
+        written = time.perf_counter() - started
+        times: dict[int, list[float]] = {0: [], workers: []}
+        reports: dict[int, dict[str, Any]] = {}
+        for _ in range(args.repeats):
+            for count in times:
+                seconds, reports[count] = timed(folder, count, args)
+                times[count].append(seconds)
+    same = all(reports[0][key] == reports[workers][key] for key in ("metrics", "dataset", "status"))
+    without, with_workers = min(times[0]), min(times[workers])
+    result = {
+        "images": args.images,
+        "image_size": [3, SIZE, SIZE],
+        "batch_size": args.batch_size,
+        "cnn_width": args.width,
+        "cpus": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "default_workers": workers,
+        "write_folder_s": round(written, 3),
+        "workers_0_s": round(without, 3),
+        f"workers_{workers}_s": round(with_workers, 3),
+        "all_s": {f"workers_{k}": [round(t, 3) for t in v] for k, v in times.items()},
+        "ratio": round(with_workers / without, 3),
+        "reports_identical": same,
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
