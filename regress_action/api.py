@@ -7,7 +7,7 @@ only when `compare_models` is first used.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,38 +49,71 @@ def compare_models(
     `threshold` is the absolute tolerance of every metric (None: 0.01); `verdict` sets it with
     everything else (tolerances, metrics, significance), so passing both is a ConfigError.
     `adapter` may be None: the task's own adapter is used.
+
+    Under an initialised `torch.distributed` process group (e.g. a script started by torchrun),
+    call it on every rank: each evaluates its shard of the eval set, rank 0 computes, records and
+    writes the report, and every rank returns rank 0's dict (or raises rank 0's error).
     """
+    from .distributed import joined
+
+    request = _Request(
+        baseline_model, candidate_model, adapter, task_spec, eval_cfg, db, comparison_name,
+        _verdict(threshold, verdict), baseline_run_id, candidate_run_id, json_path, markdown_path,
+    )  # fmt: skip
+    with joined() as session:
+        if session is None:
+            return _compare(request)
+        return session.share(lambda: _compare(request))
+
+
+@dataclass(frozen=True)
+class _Request:
+    baseline_model: torch.nn.Module
+    candidate_model: torch.nn.Module
+    adapter: Adapter | None
+    task_spec: TaskSpec
+    eval_cfg: EvalConfig
+    db: ExperimentDB | str | None
+    comparison_name: str | None
+    verdict: VerdictConfig
+    baseline_run_id: int | None
+    candidate_run_id: int | None
+    json_path: str | Path | None
+    markdown_path: str | Path | None
+
+
+def _compare(r: _Request) -> dict[str, Any]:
     from .tasks import adapter_for
 
-    verdict = _verdict(threshold, verdict)
-    if adapter is not None and adapter.task != task_spec.task:
-        raise ConfigError(f"adapter for {adapter.task!r} does not fit task {task_spec.task!r}")
-    adapter_for(task_spec)  # validates the task's sizes
+    if r.adapter is not None and r.adapter.task != r.task_spec.task:
+        raise ConfigError(f"adapter for {r.adapter.task!r} does not fit task {r.task_spec.task!r}")
+    adapter_for(r.task_spec)  # validates the task's sizes
     outputs = Outputs(
-        json_path=Path(json_path) if json_path else None,
-        markdown_path=Path(markdown_path) if markdown_path else None,
+        json_path=Path(r.json_path) if r.json_path else None,
+        markdown_path=Path(r.markdown_path) if r.markdown_path else None,
     )
-    baseline = RunInfo(run_id=baseline_run_id or getattr(baseline_model, "run_id", None))
-    candidate = RunInfo(run_id=candidate_run_id or getattr(candidate_model, "run_id", None))
+    baseline = RunInfo(run_id=r.baseline_run_id or getattr(r.baseline_model, "run_id", None))
+    candidate = RunInfo(run_id=r.candidate_run_id or getattr(r.candidate_model, "run_id", None))
+    eval_cfg = r.eval_cfg
     with ExitStack() as stack:
-        store = None if db is None else stack.enter_context(open_db(db))
+        store = None if r.db is None else stack.enter_context(open_db(r.db))
         check_outputs(
             {"json_path": outputs.json_path, "markdown_path": outputs.markdown_path}, store
         )
         if store is not None:
-            baseline, candidate = _registered(store, baseline, candidate, task_spec)
+            baseline, candidate = _registered(store, baseline, candidate, r.task_spec)
         context = ReportContext(
-            task=task_spec,
+            task=r.task_spec,
             dataset=DatasetInfo(name=eval_cfg.display_name(), fingerprint="", n=0),
-            verdict=verdict,
+            verdict=r.verdict,
             baseline=baseline,
             candidate=candidate,
-            report_name=comparison_name or "default",
+            report_name=r.comparison_name or "default",
         )
         if eval_cfg.dataset_name is None and not isinstance(eval_cfg.dataset, str | Path):
             eval_cfg = eval_cfg.model_copy(update={"dataset_name": eval_cfg.display_name()})
         report = evaluate_models(
-            baseline_model, candidate_model, eval_cfg, task_spec, context, adapter
+            r.baseline_model, r.candidate_model, eval_cfg, r.task_spec, context, r.adapter
         )
         outputs = replace(outputs, db=store)
         return finish(report, outputs).report.to_dict()

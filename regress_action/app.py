@@ -11,7 +11,7 @@ recorded comparison without its files.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import torch
 
     from .data import EvalSet
+    from .engine import EngineResult, PassOptions
     from .store import ExperimentDB
     from .tasks import Adapter
 
@@ -118,7 +119,7 @@ def evaluate_models(
 ) -> Report:
     """Load the eval set, run both models in one pass and build the report (not yet recorded)."""
     from .data import load_eval_set
-    from .engine import PassOptions, evaluate_pair
+    from .engine import PassOptions
     from .tasks import adapter_for
 
     metric_specs(task, context.verdict)  # unknown metric names fail before any work
@@ -128,10 +129,9 @@ def evaluate_models(
         max_examples=eval_cfg.max_examples,
         name=eval_cfg.dataset_name,
     )
-    result = evaluate_pair(
-        baseline,
-        candidate,
-        eval_set.dataset,
+    result, world_size = _run_pass(
+        (baseline, candidate),
+        eval_set,
         adapter or adapter_for(task),
         PassOptions(
             eval_cfg.batch_size,
@@ -141,7 +141,7 @@ def evaluate_models(
             workers=eval_cfg.workers,
             observe=eval_set.observe,  # an image folder's fingerprint, from the pass's batches
         ),
-        num_classes=task.num_classes,
+        task,
     )
     context = ReportContext(
         task=task,
@@ -152,9 +152,40 @@ def evaluate_models(
         report_name=context.report_name,
         commit=context.commit,
         device=result.device,
+        world_size=world_size,
         precision=eval_cfg.precision,
     )
     return build_report(result.records, context, result.duration_s)
+
+
+def _run_pass(
+    models: tuple[torch.nn.Module, torch.nn.Module],
+    eval_set: EvalSet,
+    adapter: Adapter,
+    options: PassOptions,
+    task: TaskSpec,
+) -> tuple[EngineResult, int]:
+    """The paired pass over the eval set: in this process, or, under torchrun, over this
+    rank's shard with every shard joined on rank 0 (the other ranks stop here: FollowerDone)."""
+    from .distributed import current, evaluate_sharded, shard_of
+    from .engine import EngineResult, evaluate_pair
+
+    session = current()
+    if session is None:
+        result = evaluate_pair(
+            *models, eval_set.dataset, adapter, options, num_classes=task.num_classes
+        )
+        return result, 1
+    options = replace(options, device=session.device(options.device))
+
+    def shard(start: int, stop: int) -> EngineResult:
+        dataset = shard_of(eval_set.dataset, start, stop)
+        return evaluate_pair(
+            *models, dataset, adapter, options, num_classes=task.num_classes, first_id=start
+        )
+
+    records, local = evaluate_sharded(session, eval_set.n, shard, adapter.shared)
+    return EngineResult(records, local.device, local.duration_s), session.world_size
 
 
 def finish(report: Report, outputs: Outputs) -> CompareOutcome:

@@ -14,12 +14,23 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from .cli_args import build_parser, flag_name
 from .config import checkpoint_request, compare_request, task_from
-from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_REGRESSION, ConfigError, RegressActionError
+from .errors import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_REGRESSION,
+    ConfigError,
+    FollowerDone,
+    RegressActionError,
+)
+
+if TYPE_CHECKING:
+    from .distributed import Session
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -204,9 +215,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     handler = HANDLERS[args.handler]
+    if not _under_torchrun():
+        return _run(handler, args, None)
+    if args.handler != "compare":  # nothing to shard: rank 0 does it once
+        return _run(handler, args, None) if os.environ.get("RANK") == "0" else EXIT_OK
+    from .distributed import DistributedError, session
+
+    try:
+        with session() as joined:
+            assert joined is not None
+            return joined.agree(_run(handler, args, joined))
+    except DistributedError as exc:
+        print(f"regress-action: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _under_torchrun() -> bool:
+    # torchrun's environment; checked without importing torch.distributed.
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and "RANK" in os.environ
+
+
+def _run(handler: Handler, args: argparse.Namespace, joined: Session | None) -> int:
+    """The command's exit code; errors become one line on stderr. Under torchrun, a rank that
+    fails before the records are exchanged still takes part in the exchange (with its error),
+    and only rank 0 prints: it reports every rank's failure."""
     try:
         return handler(args)
+    except FollowerDone:
+        return EXIT_OK
     except RegressActionError as exc:
+        if joined is not None:
+            joined.fail(exc)  # takes part in the exchange if it has not happened yet
+            if not joined.leader:
+                return exc.exit_code  # rank 0 reports it, naming this rank
         print(f"regress-action: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except ValidationError as exc:
@@ -215,10 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("regress-action: interrupted", file=sys.stderr)
         return 130
-    except Exception:  # a bug: show everything needed to report it
+    except Exception as exc:  # a bug: show everything needed to report it
         traceback.print_exc()
         print(
             "regress-action: internal error (a bug); please report it with the traceback above",
             file=sys.stderr,
         )
+        if joined is not None:
+            joined.fail(RegressActionError(f"internal error ({type(exc).__name__}: {exc})"))
         return EXIT_INTERNAL

@@ -39,6 +39,7 @@ class ReportContext:
     report_name: str = "default"
     commit: str | None = None
     device: str | None = None
+    world_size: int = 1  # processes that evaluated shards of the eval set (torchrun)
     precision: Precision = "fp32"
 
 
@@ -100,6 +101,7 @@ def build_report(records: PairedRecords, context: ReportContext, duration_s: flo
         per_class=analysis.per_class,
         commit=context.commit,
         device=context.device,
+        world_size=context.world_size,
         precision=context.precision,
         duration_s=duration_s,
     )

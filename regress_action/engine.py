@@ -86,8 +86,11 @@ def evaluate(
     dataset: Dataset[Any],
     adapter: Adapter,
     options: PassOptions = PassOptions(),
+    *,
+    first_id: int = 0,
 ) -> EvalResult:
-    """Run one model over `dataset`: its per-example records, keyed by example id."""
+    """Run one model over `dataset`: its per-example records, keyed by example id (the
+    example's index in the eval set: `first_id` for the first item of a shard)."""
     device = resolve_device(options.device)
     cast = autocast_for(options.precision, device)
     started = time.perf_counter()
@@ -96,7 +99,7 @@ def evaluate(
         for batch in _batches(dataset, options, device):
             output = _forward(adapter, model, batch, "model", cast)
             collector.add(adapter.records(output, batch, "model"))
-    return EvalResult(collector.records(), str(device), time.perf_counter() - started)
+    return EvalResult(collector.records(first_id), str(device), time.perf_counter() - started)
 
 
 def evaluate_pair(
@@ -107,6 +110,7 @@ def evaluate_pair(
     options: PassOptions = PassOptions(),
     *,
     num_classes: int | None = None,
+    first_id: int = 0,
 ) -> EngineResult:
     """Both models over `dataset` in one pass (each batch read and moved once), paired."""
     device = resolve_device(options.device)
@@ -122,8 +126,8 @@ def evaluate_pair(
     for name in adapter.shared:  # the same batch on both sides: keep the baseline's copy
         collectors["candidate"].chunks.pop(name, None)
     records = pair(
-        collectors["baseline"].records(),
-        collectors["candidate"].records(),
+        collectors["baseline"].records(first_id),
+        collectors["candidate"].records(first_id),
         task=adapter.task,
         shared=adapter.shared,
         num_classes=num_classes,
@@ -144,7 +148,7 @@ class _Collector:
         if columns:
             self.n += int(next(iter(columns.values())).shape[0])
 
-    def records(self) -> Records:
+    def records(self, first_id: int = 0) -> Records:
         """Concatenate and convert one column at a time, releasing its batch tensors first, so
         the peak stays near one copy of the records rather than three."""
         if self.n == 0:
@@ -157,7 +161,7 @@ class _Collector:
             integer = not tensor.is_floating_point() and tensor.dtype != torch.bool
             columns[name] = tensor.to(torch.int64 if integer else torch.float64).numpy()
             del tensor
-        return Records(np.arange(self.n, dtype=np.int64), columns)
+        return Records(np.arange(first_id, first_id + self.n, dtype=np.int64), columns)
 
 
 def default_workers() -> int:

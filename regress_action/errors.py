@@ -59,3 +59,9 @@ class StoreError(UserError):
 
 class GitHubError(UserError):
     """The GitHub context (event payload, repository, token) cannot be used."""
+
+
+class FollowerDone(Exception):
+    """Under torchrun: raised on ranks > 0 once their records are sent to rank 0, which
+    finishes the comparison. Not an error: the command returns, and every rank then exits with
+    rank 0's code."""

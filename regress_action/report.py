@@ -159,6 +159,7 @@ class Report(_Model):
     trend: list[TrendPoint] = Field(default_factory=list)
     commit: str | None = None
     device: str | None = None
+    world_size: int = 1  # processes that evaluated shards of the eval set (torchrun)
     # The forward passes' dtype (fp32, or bf16 / fp16 under autocast); reports written before
     # the option existed ran in fp32.
     precision: Precision = "fp32"

@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "regress_action"
 
 TORCH_LAYER = {
-    "engine", "data", "sources", "models", "zoo", "train",
+    "engine", "data", "sources", "models", "zoo", "train", "distributed",
 }  # fmt: skip
 # Trains models (torch) and orchestrates through `app`, like the CLI does, but never GitHub.
 DEMO = {"demo"}
