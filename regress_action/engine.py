@@ -94,7 +94,7 @@ def evaluate(
     device = resolve_device(options.device)
     cast = autocast_for(options.precision, device)
     started = time.perf_counter()
-    collector = _Collector()
+    collector = _Collector(_length(dataset))
     with _evaluating(model, device), torch.inference_mode():
         for batch in _batches(dataset, options, device):
             output = _forward(adapter, model, batch, "model", cast)
@@ -116,15 +116,17 @@ def evaluate_pair(
     device = resolve_device(options.device)
     cast = autocast_for(options.precision, device)
     started = time.perf_counter()
-    collectors = {side: _Collector() for side in SIDES}
+    # The targets are the same batch on both sides: the candidate does not keep a copy.
+    collectors = {
+        "baseline": _Collector(_length(dataset)),
+        "candidate": _Collector(_length(dataset), skip=adapter.shared),
+    }
     models = dict(zip(SIDES, (baseline, candidate), strict=True))
     with _evaluating(baseline, device), _evaluating(candidate, device), torch.inference_mode():
         for batch in _batches(dataset, options, device):
             for side, model in models.items():
                 output = _forward(adapter, model, batch, side, cast)
                 collectors[side].add(adapter.records(output, batch, side))
-    for name in adapter.shared:  # the same batch on both sides: keep the baseline's copy
-        collectors["candidate"].chunks.pop(name, None)
     records = pair(
         collectors["baseline"].records(first_id),
         collectors["candidate"].records(first_id),
@@ -136,32 +138,59 @@ def evaluate_pair(
 
 
 class _Collector:
-    """Record columns of every batch, kept on the device until `records()`."""
+    """Record columns of every batch, kept on the device until `records()`.
 
-    def __init__(self) -> None:
+    With the eval set's size known (map-style datasets), each column is one buffer of that size,
+    filled batch by batch: no per-batch tensors to keep (their bookkeeping cost more than the
+    values themselves) and nothing to concatenate at the end. Otherwise the batches' columns
+    are kept and concatenated once.
+    """
+
+    def __init__(self, size: int | None = None, skip: tuple[str, ...] = ()) -> None:
+        self.size = size
+        self.skip = skip
+        self.buffers: dict[str, torch.Tensor] = {}
         self.chunks: dict[str, list[torch.Tensor]] = {}
         self.n = 0
 
     def add(self, columns: dict[str, torch.Tensor]) -> None:
+        if not columns:
+            return
+        batch = int(next(iter(columns.values())).shape[0])
         for name, tensor in columns.items():
-            self.chunks.setdefault(name, []).append(tensor)
-        if columns:
-            self.n += int(next(iter(columns.values())).shape[0])
+            if name in self.skip:
+                continue
+            if self.size is not None and self.n + batch <= self.size:
+                if name not in self.buffers:
+                    self.buffers[name] = tensor.new_empty((self.size, *tensor.shape[1:]))
+                self.buffers[name][self.n : self.n + batch] = tensor
+            else:
+                self.chunks.setdefault(name, []).append(tensor)
+        self.n += batch
 
     def records(self, first_id: int = 0) -> Records:
-        """Concatenate and convert one column at a time, releasing its batch tensors first, so
-        the peak stays near one copy of the records rather than three."""
+        """One numpy array per column, converted one at a time (the peak stays near one copy)."""
         if self.n == 0:
             raise DataError(
                 "the eval set has no examples; pass a dataset with at least one example"
             )
         columns: dict[str, Any] = {}
-        for name in list(self.chunks):
-            tensor = torch.cat(self.chunks.pop(name)).cpu()
-            integer = not tensor.is_floating_point() and tensor.dtype != torch.bool
-            columns[name] = tensor.to(torch.int64 if integer else torch.float64).numpy()
-            del tensor
+        for name in [*self.buffers, *(c for c in self.chunks if c not in self.buffers)]:
+            parts = [self.buffers.pop(name)[: self.n]] if name in self.buffers else []
+            parts += self.chunks.pop(name, [])
+            tensor = (parts[0] if len(parts) == 1 else torch.cat(parts)).cpu()
+            if tensor.dtype in (torch.float16, torch.bfloat16):  # numpy has no bfloat16
+                tensor = tensor.to(torch.float32)
+            columns[name] = tensor.numpy()  # the adapter's dtype: it knows what is exact
+            del tensor, parts
         return Records(np.arange(first_id, first_id + self.n, dtype=np.int64), columns)
+
+
+def _length(dataset: Dataset[Any]) -> int | None:
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError:  # an IterableDataset without __len__
+        return None
 
 
 def default_workers() -> int:

@@ -7,8 +7,9 @@ numpy arrays. Imports numpy and `errors` only.
 
 The columns are the task adapter's (see `tasks/`): e.g. classification `label`, `prediction`,
 `correct`, `loss`, `confidence`, `brier`, `top5_correct`; lm `nll_sum`, `tokens`, `correct_tokens`,
-`bytes`; regression `target`, `prediction`, `sq_error`, `abs_error`. Integer columns are int64,
-all others float64.
+`bytes`; regression `target`, `prediction`, `sq_error`, `abs_error`. Each column keeps the dtype
+its adapter chose (booleans for 0/1 outcomes, int32 class ids, float32 for values computed in
+float32): readers convert to float64 / int64 where they compute (`metrics.f64`).
 """
 
 from __future__ import annotations

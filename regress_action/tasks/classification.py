@@ -303,17 +303,20 @@ class ClassificationAdapter:
         gap = log_probs.exp().scatter_add(
             1, target.view(-1, 1), logits.new_full((len(target), 1), -1.0)
         )
+        # Compact columns that lose nothing: class ids fit int32, outcomes are booleans, and the
+        # float columns are float32 results (the logits are cast to float32 above), which a
+        # float64 copy would only widen: the statistics read them as float64, exactly.
         columns = {
-            "label": target,
-            "prediction": prediction,
-            "correct": (prediction == target).to(torch.float32),
+            "label": target.to(torch.int32),
+            "prediction": prediction.to(torch.int32),
+            "correct": prediction == target,
             "loss": loss,
             "confidence": confidence.exp(),
             "brier": (gap * gap).sum(dim=1),
         }
         if self.top5:
             top5 = logits.topk(TOP_K, dim=1).indices
-            columns["top5_correct"] = (top5 == target.view(-1, 1)).any(dim=1).to(torch.float32)
+            columns["top5_correct"] = (top5 == target.view(-1, 1)).any(dim=1)
         return columns
 
 

@@ -75,6 +75,6 @@ def test_the_one_model_pass_reads_any_dataset_and_keeps_dtypes() -> None:
     assert records.example_ids.tolist() == [0, 1, 2, 3, 4]
     assert records.columns["label"].dtype == np.int64
     assert records.columns["label"].tolist() == [0, 1, 0, 1, 0]
-    assert records.columns["score"].dtype == np.float64
-    assert records.columns["flag"].tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]  # bool -> 0/1 floats
+    assert records.columns["score"].dtype == np.float32  # the adapter's dtype, kept
+    assert records.columns["flag"].tolist() == [False, False, False, True, True]
     assert result.device == "cpu" and result.duration_s >= 0
