@@ -31,9 +31,10 @@ test: install
 	bash scripts/ensure-postgres.sh
 	$(PY) -m pytest
 
-# Unit tests only: no database server, no subprocesses of the CLI, under a minute of CPU.
+# Unit tests only, less those marked slow (training the demo recipes): no database server, no
+# subprocesses of the CLI, under a minute of CPU.
 test-fast: install
-	$(PY) -m pytest tests/unit -q
+	$(PY) -m pytest tests/unit -q -m "not slow"
 
 # Line coverage of the package over the whole suite, the CLI's and the action's real processes
 # included (see [tool.coverage] in pyproject.toml); slower than `make test`, which does not trace.
