@@ -11,7 +11,8 @@ baseline and candidate in two series (two colours), zero where the other side st
 metrics bounded to [0, 1] by definition (`Metric.unit_interval`: accuracies, F1, ECE) are
 charted, on a fixed 0–1 axis; unbounded ones (loss, perplexity, MSE, R²) are named under the
 chart instead, even when their values happen to lie in [0, 1]: on a shared axis they would
-flatten every other bar or read as a score.
+flatten every other bar or read as a score. A chart needs two such metrics: one metric's two
+bars say no more than its row in the table.
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ def _chart(metrics: list[MetricResult], task: str) -> Chart | None:
             charted.append(m)
         else:
             skipped.append(md_escape(m.name))
-    if not charted:
+    if len(charted) < 2:  # one metric's two bars say no more than its table row
         return None
     labels, baseline, candidate = [], [], []
     for m in charted:
