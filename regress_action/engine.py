@@ -6,8 +6,8 @@ into); `evaluate_pair` is the same pieces run for two models per batch (one data
 host→device copy per batch), paired by a join on example id. The task's adapter owns the forward
 call, target dtypes and the record columns: the engine knows no column name. Every pass runs
 under `torch.inference_mode()`, and each forward call under `torch.autocast` when the precision
-is bf16 / fp16; record columns stay on the device until the end, where each is concatenated and
-converted to numpy once (integers to int64, everything else to float64).
+is bf16 / fp16; record columns stay on the device, one buffer each, until the end, where each
+moves to numpy once, in the dtype its adapter chose.
 """
 
 from __future__ import annotations
