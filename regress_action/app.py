@@ -128,6 +128,7 @@ def evaluate_models(
         task=task,
         max_examples=eval_cfg.max_examples,
         name=eval_cfg.dataset_name,
+        options=eval_cfg.data_options(),
     )
     result, world_size = _run_pass(
         (baseline, candidate),
@@ -155,7 +156,22 @@ def evaluate_models(
         world_size=world_size,
         precision=eval_cfg.precision,
     )
-    return build_report(result.records, context, result.duration_s)
+    report = build_report(result.records, context, result.duration_s)
+    annotate_flips(report, eval_set)
+    return report
+
+
+def annotate_flips(report: Report, eval_set: EvalSet) -> None:
+    """Name each flipped example as the user knows it (its source's key and text)."""
+    if report.flips is None or eval_set.references is None:
+        return
+    for example in (
+        *report.flips.newly_wrong,
+        *report.flips.newly_right,
+        *report.flips.loss_increases,
+    ):
+        ref = eval_set.describe(example.example_id)
+        example.key, example.text = ref.key, ref.text
 
 
 def _run_pass(

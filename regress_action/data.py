@@ -8,6 +8,7 @@ described in `sources`.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,8 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from .errors import DataError
-from .sources import Fingerprint, source_for
-from .spec import TaskSpec
+from .sources import ExampleRef, Fingerprint, source_for
+from .spec import DataOptions, TaskSpec
 from .tasks import builtin_datasets
 
 
@@ -42,6 +43,13 @@ class EvalSet:
     n: int
     task: TaskSpec
     class_names: list[str] | None = None
+    references: Callable[[int], ExampleRef] | None = None
+
+    def describe(self, index: int) -> ExampleRef:
+        """Example `index` as the user knows it (its source's key; else its index)."""
+        if self.references is None:
+            return ExampleRef(f"#{index}")
+        return self.references(index)
 
     @property
     def fingerprint(self) -> str:
@@ -58,6 +66,7 @@ def load_eval_set(
     task: TaskSpec | None = None,
     max_examples: int | None = None,
     name: str | None = None,
+    options: DataOptions | None = None,
 ) -> EvalSet:
     """Load an eval set; keep its first `max_examples`; fingerprint exactly those.
 
@@ -77,7 +86,7 @@ def load_eval_set(
             f"dataset {label!r} is a torch Dataset, which does not say its task; "
             "pass task=TaskSpec(...) (modality, task and num_classes or vocab_size)"
         )
-    loaded = entry.load(source, max_examples)
+    loaded = entry.load(source, max_examples, options or DataOptions())
     where = label if entry.name == "dataset" else str(source)
     resolved = task if loaded.task is None else _reconcile(loaded.task, task, where)
     assert resolved is not None
@@ -88,7 +97,9 @@ def load_eval_set(
         digest = Fingerprint(lambda: entry.fingerprint(loaded.dataset, n), n)
     else:
         digest = Fingerprint.known(entry.fingerprint(loaded.dataset, n))
-    return EvalSet(label, loaded.dataset, digest, n, resolved, loaded.class_names)
+    return EvalSet(
+        label, loaded.dataset, digest, n, resolved, loaded.class_names, loaded.describe
+    )
 
 
 def _existing_path(source: str | Path) -> Path:

@@ -104,6 +104,10 @@ class StatsInfo(_Model):
 
 class FlipExample(_Model):
     example_id: int
+    # Where the example is in the user's data (a file path, `line 12`, `row 7`, the dataset's
+    # own id) and, for text, the text around it; both None when the source knows neither.
+    key: str | None = None
+    text: str | None = None
     label: int | None = None
     baseline_prediction: int | None = None
     candidate_prediction: int | None = None

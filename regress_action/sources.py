@@ -49,7 +49,7 @@ from numpy.typing import NDArray
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .errors import DataError
-from .spec import IGNORE_INDEX, TaskSpec
+from .spec import IGNORE_INDEX, DataOptions, TaskSpec
 from .tasks import TASKS, builtin_datasets, get_task
 
 JSONL_MAX_LEN = 256
@@ -57,13 +57,25 @@ _FINGERPRINT_VERSION = b"regress-action eval set v1\n"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
+@dataclass(frozen=True)
+class ExampleRef:
+    """How a user finds one example in their data: a key they recognise (a file path, `line
+    12`, `row 7`, the dataset's own id) and, for text, the text around it (raw: the report
+    escapes it)."""
+
+    key: str
+    text: str | None = None
+
+
 @dataclass
 class Loaded:
-    """What a source read: the examples, the task they show (None: the caller's), class names."""
+    """What a source read: the examples, the task they show (None: the caller's), class names,
+    and `describe(i)`, the reference of example i (None: examples are known by index only)."""
 
     dataset: Dataset[Any]
     task: TaskSpec | None
     class_names: list[str] | None = None
+    describe: Callable[[int], ExampleRef] | None = None
 
 
 class Source:
@@ -77,7 +89,7 @@ class Source:
     def detect(self, source: Any) -> bool:
         raise NotImplementedError
 
-    def load(self, source: Any, max_examples: int | None) -> Loaded:
+    def load(self, source: Any, max_examples: int | None, options: DataOptions) -> Loaded:
         raise NotImplementedError
 
     def label(self, source: Any) -> str:
@@ -99,7 +111,7 @@ class UserDataset(Source):
     def label(self, source: Any) -> str:
         return type(source).__name__
 
-    def load(self, source: Any, max_examples: int | None) -> Loaded:
+    def load(self, source: Any, max_examples: int | None, options: DataOptions) -> Loaded:
         try:
             size = len(source)
         except TypeError:
@@ -121,7 +133,7 @@ class Builtin(Source):
     def label(self, source: Any) -> str:
         return str(source)
 
-    def load(self, source: Any, max_examples: int | None) -> Loaded:
+    def load(self, source: Any, max_examples: int | None, options: DataOptions) -> Loaded:
         builtin = builtin_datasets()[source]
         dataset = builtin.load("eval", None)
         if max_examples is not None and isinstance(dataset, TensorDataset):
@@ -137,7 +149,7 @@ class ImageFolder(Source):
     def detect(self, source: Any) -> bool:
         return isinstance(source, str | Path) and Path(source).is_dir()
 
-    def load(self, source: Any, max_examples: int | None) -> Loaded:
+    def load(self, source: Any, max_examples: int | None, options: DataOptions) -> Loaded:
         return _load_image_folder(Path(source), max_examples)
 
 
@@ -147,7 +159,7 @@ class Jsonl(Source):
     def detect(self, source: Any) -> bool:
         return isinstance(source, str | Path) and Path(source).suffix.lower() == ".jsonl"
 
-    def load(self, source: Any, max_examples: int | None) -> Loaded:
+    def load(self, source: Any, max_examples: int | None, options: DataOptions) -> Loaded:
         task = TaskSpec(modality="text", task="lm", vocab_size=256)
         return Loaded(_load_jsonl(Path(source), max_examples), task)
 
@@ -158,7 +170,7 @@ class Npz(Source):
     def detect(self, source: Any) -> bool:
         return isinstance(source, str | Path) and Path(source).suffix.lower() == ".npz"
 
-    def load(self, source: Any, max_examples: int | None) -> Loaded:
+    def load(self, source: Any, max_examples: int | None, options: DataOptions) -> Loaded:
         return _load_npz(Path(source), max_examples)
 
 

@@ -56,7 +56,42 @@ class TaskSpec(BaseModel):
         return self
 
 
-class EvalConfig(BaseModel):
+TokenDtype = Literal["uint16", "uint32", "int32", "int64"]
+
+
+class DataOptions(BaseModel):
+    """How an eval set's raw examples become model inputs: the sources (`regress_action.sources`)
+    read these; each option applies to the sources it names and is ignored by the others.
+
+    - `tokenizer` (text): `bytes` (UTF-8 bytes, vocab 256), a path to a `tokenizer.json`
+      (Hugging Face `tokenizers`), or `model` (the tokenizer saved in the baseline's Hugging Face
+      folder).
+    - `context_length` / `stride` (lm): the sliding window over each document; None: the
+      model's maximum positions when known, else 256, and half the context.
+    - `token_dtype` (lm, a raw `.bin` of token ids): the dtype of the ids (`.npy` says its own).
+    - `image_size` (images): (height, width) every image is resized to; None: as stored.
+    - `normalize` (images): per-channel (mean, std) applied after scaling to [0, 1].
+    - `dataset_factory` / `dataset_kwargs`: "package.module:callable" importable from the
+      working directory, called with the kwargs, returning the eval set (a torch Dataset).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tokenizer: str = "bytes"
+    context_length: int | None = Field(default=None, ge=2)
+    stride: int | None = Field(default=None, ge=1)
+    token_dtype: TokenDtype | None = None
+    image_size: tuple[int, int] | None = None
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    dataset_factory: str | None = None
+    dataset_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    def data_options(self) -> DataOptions:
+        """These options alone (an `EvalConfig` holds more)."""
+        return DataOptions(**{name: getattr(self, name) for name in DataOptions.model_fields})
+
+
+class EvalConfig(DataOptions):
     """The eval set and how to run over it.
 
     `dataset` is a built-in name (see `regress_action.tasks.builtin_datasets`), a path to a file
@@ -64,9 +99,9 @@ class EvalConfig(BaseModel):
     `(input, target)`.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", frozen=False)
 
-    dataset: Any
+    dataset: Any = None  # None: `dataset_factory` builds it
     dataset_name: str | None = None
     batch_size: int = Field(default=64, ge=1)
     max_examples: int | None = Field(default=None, ge=1)

@@ -441,7 +441,7 @@ def test_a_new_source_is_one_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         def detect(self, source: object) -> bool:
             return isinstance(source, str | Path) and str(source).endswith(".csv")
 
-        def load(self, source: object, max_examples: int | None) -> sources.Loaded:
+        def load(self, source: object, max_examples: int | None, options: object) -> sources.Loaded:
             rows = np.loadtxt(str(source), delimiter=",", ndmin=2)[:max_examples]
             data = TensorDataset(torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, -1]))
             return sources.Loaded(data, TaskSpec(modality="tabular", task="regression"))

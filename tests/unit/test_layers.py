@@ -28,6 +28,8 @@ LAZY_TORCH = {"__init__", "cli", "cli_args", "app", "action", "api", "formats", 
 # TaskSpec validation), so torch only inside the adapters and the dataset constructors.
 LAZY_TORCH |= {"builtin_data", "tasks", "tasks.base", "tasks.classification", "tasks.lm"}
 LAZY_TORCH |= {"tasks.regression"}
+# Text tokenizers: `tokenizers` / `transformers` (which import torch) only inside the loaders.
+LAZY_TORCH |= {"vocab"}
 # Imports the user's metrics module (which may import torch itself), never torch directly.
 TORCH_FREE |= {"tasks.custom"}
 ONLY_IN = {"github": {"github"}, "sqlalchemy": {"store", "store_schema"}, "jinja2": {"render"}}
