@@ -97,9 +97,7 @@ def load_eval_set(
         digest = Fingerprint(lambda: entry.fingerprint(loaded.dataset, n), n)
     else:
         digest = Fingerprint.known(entry.fingerprint(loaded.dataset, n))
-    return EvalSet(
-        label, loaded.dataset, digest, n, resolved, loaded.class_names, loaded.describe
-    )
+    return EvalSet(label, loaded.dataset, digest, n, resolved, loaded.class_names, loaded.describe)
 
 
 def _existing_path(source: str | Path) -> Path:

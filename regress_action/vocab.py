@@ -184,6 +184,4 @@ def _import(module: str, what: str) -> Any:
     try:
         return __import__(module)
     except ImportError:
-        raise DataError(
-            f"{what} need the {module!r} package; install regress-action[hf]"
-        ) from None
+        raise DataError(f"{what} need the {module!r} package; install regress-action[hf]") from None
