@@ -22,6 +22,7 @@ from .render import TREND_POINTS, render_markdown
 from .report import DatasetInfo, Report, RunInfo
 from .spec import (
     CheckpointFormat,
+    DataOptions,
     EvalConfig,
     Precision,
     RunCreate,
@@ -52,6 +53,7 @@ class CompareRequest:
     device: str = "auto"
     precision: Precision = "fp32"
     workers: int | None = None  # DataLoader workers; None: the engine's default
+    data: DataOptions = field(default_factory=DataOptions)  # tokenizer, windows, images, ...
     report_name: str = "default"
     json_path: Path | None = None
     markdown_path: Path | None = None
@@ -257,6 +259,7 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
         device=request.device,
         precision=request.precision,
         workers=request.workers,
+        **request.data.model_dump(),
     )
     context = ReportContext(
         task=baseline_run.task,
