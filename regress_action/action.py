@@ -119,6 +119,7 @@ def _run_ids(
                 checkpoint=checkpoint,
                 task=task,
                 git_sha=commit if side == "candidate" else None,
+                side=side,
             )
             with commands.group(f"Register {side} checkpoint {checkpoint}"):
                 run_id = _register(services, db, request, side)
@@ -132,5 +133,5 @@ def _register(services: Services, db: ExperimentDB, request: CheckpointRequest, 
         return services.register(db, request).id
     except UserError as exc:
         raise ConfigError(
-            f"inputs {side}-checkpoint / model-factory / model-kwargs: {exc}"
+            f"inputs {side}-checkpoint / {side}-model-factory / model-factory: {exc}"
         ) from None

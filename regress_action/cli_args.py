@@ -219,6 +219,48 @@ def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("eval set")
+    group.add_argument(
+        "--dataset-factory",
+        metavar="MODULE:CALLABLE",
+        help="a function importable from the working directory returning the eval set "
+        "(a torch Dataset of (input, target)); instead of --dataset",
+    )
+    group.add_argument("--dataset-kwargs", type=_json_object, default={}, metavar="JSON")
+    group.add_argument(
+        "--tokenizer",
+        default="bytes",
+        help="text: bytes (default, UTF-8 bytes), model (the tokenizer in the baseline's "
+        "Hugging Face folder) or the path to a tokenizer.json",
+    )
+    group.add_argument(
+        "--context-length",
+        type=_int_between(2),
+        metavar="N",
+        help="lm: tokens per sliding window (default: the model's maximum positions, else 256)",
+    )
+    group.add_argument(
+        "--stride",
+        type=_int_between(1),
+        metavar="N",
+        help="lm: tokens the window moves by (default: half the context)",
+    )
+    group.add_argument(
+        "--token-dtype",
+        choices=("uint16", "uint32", "int32", "int64"),
+        help="lm: dtype of the ids in a raw .bin token file",
+    )
+    group.add_argument(
+        "--image-size", metavar="H,W", help="images: resize every image to H,W (or SIZE)"
+    )
+    group.add_argument(
+        "--normalize",
+        metavar="SPEC",
+        help='images: imagenet, or {"mean": [...], "std": [...]} after scaling to [0, 1]',
+    )
+
+
 def _add_compare(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "compare",
@@ -236,9 +278,10 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidate-run-id", type=_positive_int, required=True)
     parser.add_argument(
         "--dataset",
-        required=True,
-        help="built-in name (lm_tiny, vision_tiny) or a path (.jsonl, .npz, image folder)",
+        help="built-in name (lm_tiny, vision_tiny, ...) or a path (.jsonl, .npz, .npy/.bin "
+        "tokens, .parquet/.arrow, a datasets folder, an image folder); or --dataset-factory",
     )
+    _add_data_options(parser)
     _add_verdict_options(parser)
     _add_db(parser)
     parser.add_argument(
@@ -318,6 +361,11 @@ def _add_runs(sub: Subparsers) -> None:
     add.add_argument("--format", choices=REGISTRY.names())
     add.add_argument("--git-sha")
     add.add_argument("--allow-pickle", action="store_true")
+    add.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="hf folders: run the model code the folder ships (trusted folders only)",
+    )
     _add_db(add)
     add.set_defaults(handler="runs_add")
     listing = runs_sub.add_parser("list", help="list registered runs")

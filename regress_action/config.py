@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import ValidationError
 
 from .errors import ConfigError
-from .spec import CheckpointFormat, Precision, TaskSpec, VerdictConfig
+from .spec import CheckpointFormat, DataOptions, Precision, TaskSpec, VerdictConfig
 
 if TYPE_CHECKING:
     from .app import CheckpointRequest, CompareRequest
@@ -78,7 +78,7 @@ class CompareOptions(Protocol):
     """The options of a comparison besides the verdict's (see `verdict_config`)."""
 
     @property
-    def dataset(self) -> str: ...
+    def dataset(self) -> str | None: ...
     @property
     def batch_size(self) -> int: ...
     @property
@@ -106,6 +106,8 @@ class CheckpointOptions(Protocol):
     def factory_kwargs(self) -> dict[str, Any]: ...
     @property
     def allow_pickle(self) -> bool: ...
+    @property
+    def trust_remote_code(self) -> bool: ...
 
 
 def task_spec(
@@ -174,6 +176,16 @@ def verdict_config(options: object, names: Names) -> VerdictConfig:
     return verdict
 
 
+def data_options(options: object, names: Names) -> DataOptions:
+    """How the eval set's examples become inputs (tokenizer, windows, image size and
+    normalisation, dataset factory), from any object whose attributes carry DataOptions' field
+    names; a field it lacks keeps its default."""
+    try:
+        return DataOptions.model_validate(options, from_attributes=True)
+    except ValidationError as exc:
+        raise _validation_error(exc, "the eval-set options").named(names) from None
+
+
 def compare_request(
     options: CompareOptions,
     names: Names,
@@ -187,16 +199,20 @@ def compare_request(
     from .app import CompareRequest
 
     check_precision(options, names)
+    data = data_options(options, names)
+    if not options.dataset and data.dataset_factory is None:
+        raise OptionError("{dataset}: give an eval set, or {dataset_factory}").named(names)
     return CompareRequest(
         baseline_run_id=baseline_run_id,
         candidate_run_id=candidate_run_id,
-        dataset=options.dataset,
+        dataset=options.dataset or data.dataset_factory or "",
         verdict=verdict_config(options, names),
         batch_size=options.batch_size,
         max_examples=options.max_examples,
         workers=options.workers,
         device=options.device,
         precision=options.precision,
+        data=data,
         report_name=options.report_name,
         json_path=options.json_path,
         markdown_path=options.markdown_path,
@@ -224,18 +240,41 @@ def checkpoint_request(
     git_sha: str | None,
     name: str | None = None,
     format: CheckpointFormat | None = None,
+    side: str | None = None,
 ) -> CheckpointRequest:
     """A checkpoint to register, loaded as the options say (`factory`, `factory_kwargs`,
-    `allow_pickle`)."""
+    `allow_pickle`, `trust_remote_code`). With `side` ("baseline" / "candidate"), the side's
+    own `{side}_factory` / `{side}_factory_kwargs` win over the shared ones, so a comparison
+    can span an architecture change; a side factory without side kwargs gets none."""
     from .app import CheckpointRequest
 
+    factory, kwargs = options.factory, dict(options.factory_kwargs)
+    if side is not None:
+        own_factory = getattr(options, f"{side}_factory", None)
+        own_kwargs = getattr(options, f"{side}_factory_kwargs", None)
+        if own_factory is not None:
+            factory, kwargs = own_factory, {}
+        if own_kwargs:
+            kwargs = dict(own_kwargs)
     return CheckpointRequest(
         checkpoint=checkpoint,
         task=task,
         name=name,
-        factory=options.factory,
-        factory_kwargs=dict(options.factory_kwargs),
+        factory=factory,
+        factory_kwargs=kwargs,
         format=format,
         git_sha=git_sha,
         allow_pickle=options.allow_pickle,
+        **_remote_code(options),
     )
+
+
+def _remote_code(options: CheckpointOptions) -> dict[str, bool]:
+    """`trust_remote_code` for a request type that knows it (the hf format's opt-in)."""
+    from dataclasses import fields
+
+    from .app import CheckpointRequest
+
+    known = {f.name for f in fields(CheckpointRequest)}
+    value = bool(getattr(options, "trust_remote_code", False))
+    return {"trust_remote_code": value} if "trust_remote_code" in known else {}

@@ -11,7 +11,7 @@ import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import check_precision, verdict_config
+from .config import check_precision, data_options, verdict_config
 from .errors import ConfigError, UserError
 from .files import check_distinct, check_writable
 from .settings import input_label
@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 def check_inputs(inputs: ActionInputs, given: TaskSpec | None, db: ExperimentDB) -> None:
     """Raise a ConfigError naming the first bad input; touch nothing. `given` is the task the
     task inputs describe (None when they are not set)."""
-    _check_dataset(inputs.dataset)
+    if inputs.dataset is not None:  # else a dataset factory, imported when the eval set loads
+        _check_dataset(inputs.dataset)
+    data_options(inputs, input_label)
     check_precision(inputs, input_label)
     task = _runs_task(inputs, given, db)
     if task is not None:

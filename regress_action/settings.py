@@ -10,7 +10,6 @@ Imports pydantic, pydantic-settings, `errors` and `spec` only (no torch, no PyGi
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from .spec import (
     SignificanceMode,
     check_device,
     check_report_name,
+    parse_json_object,
     parse_tolerances,
 )
 
@@ -79,12 +79,27 @@ class ActionInputs(BaseSettings):
     candidate_checkpoint: str | None = _input("candidate-checkpoint", default=None)
     factory: str | None = _input("model-factory", default=None)
     factory_kwargs: dict[str, Any] = _input("model-kwargs", default_factory=dict)
+    baseline_factory: str | None = _input("baseline-model-factory", default=None)
+    baseline_factory_kwargs: dict[str, Any] = _input("baseline-model-kwargs", default_factory=dict)
+    candidate_factory: str | None = _input("candidate-model-factory", default=None)
+    candidate_factory_kwargs: dict[str, Any] = _input(
+        "candidate-model-kwargs", default_factory=dict
+    )
+    trust_remote_code: bool = _input("trust-remote-code", default=False)
     task: str | None = _input("task", default=None)  # a name in the task registry
     modality: str | None = _input("modality", default=None)
     num_classes: int | None = _input("num-classes", default=None, ge=2)
     vocab_size: int | None = _input("vocab-size", default=None, ge=2)
     allow_pickle: bool = _input("allow-pickle", default=False)
-    dataset: str = _input("dataset")
+    dataset: str | None = _input("dataset", default=None)
+    dataset_factory: str | None = _input("dataset-factory", default=None)
+    dataset_kwargs: dict[str, Any] = _input("dataset-kwargs", default_factory=dict)
+    tokenizer: str = _input("tokenizer", default="bytes")
+    context_length: int | None = _input("context-length", default=None, ge=2)
+    stride: int | None = _input("stride", default=None, ge=1)
+    token_dtype: str | None = _input("token-dtype", default=None)
+    image_size: str | None = _input("image-size", default=None)
+    normalize: str | None = _input("normalize", default=None)
     threshold: float = _input("threshold", default=0.01, ge=0, allow_inf_nan=False)
     metrics: tuple[str, ...] | None = _input("metrics", default=None)
     gate: tuple[str, ...] | None = _input("gate", default=None)
@@ -117,17 +132,16 @@ class ActionInputs(BaseSettings):
     def _tolerances(cls, value: Any) -> Any:
         return parse_tolerances(value) if isinstance(value, str) else value
 
-    @field_validator("factory_kwargs", mode="before")
+    @field_validator(
+        "factory_kwargs",
+        "baseline_factory_kwargs",
+        "candidate_factory_kwargs",
+        "dataset_kwargs",
+        mode="before",
+    )
     @classmethod
     def _kwargs(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not valid JSON ({exc.msg} at char {exc.pos})") from None
-            if not isinstance(value, dict):
-                raise ValueError('must be a JSON object such as {"hidden": 64}')
-        return value
+        return parse_json_object(value) if isinstance(value, str) else value
 
     @field_validator("*", mode="before")
     @classmethod
@@ -162,6 +176,15 @@ class ActionInputs(BaseSettings):
                     f"inputs {side}-run-id / {side}-checkpoint: set exactly one of them "
                     f"(a run id from the ExperimentDB, or a checkpoint path to register)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _eval_set_given(self) -> Self:
+        if (self.dataset is None) == (self.dataset_factory is None):
+            raise ValueError(
+                "inputs dataset / dataset-factory: set one of them (a built-in name or a path, "
+                "or a function returning the eval set)"
+            )
         return self
 
     @model_validator(mode="after")

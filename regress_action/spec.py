@@ -86,6 +86,68 @@ class DataOptions(BaseModel):
     dataset_factory: str | None = None
     dataset_kwargs: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _image_size(cls, value: Any) -> Any:
+        return parse_image_size(value) if isinstance(value, str | int) else value
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and min(value) < 1:
+            raise ValueError(f"{value} is not a size; give HEIGHT,WIDTH in pixels, e.g. 224,224")
+        return value
+
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _normalize(cls, value: Any) -> Any:
+        return parse_normalize(value) if isinstance(value, str) else value
+
+    @field_validator("normalize")
+    @classmethod
+    def _mean_std(
+        cls, value: tuple[tuple[float, ...], tuple[float, ...]] | None
+    ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        if value is None:
+            return None
+        mean, std = value
+        if not mean or len(mean) != len(std):
+            raise ValueError("mean and std need one value per channel, as many of each")
+        if not all(math.isfinite(x) for x in (*mean, *std)) or min(std) <= 0:
+            raise ValueError("mean must be finite and std positive")
+        return value
+
+    @field_validator("dataset_kwargs", mode="before")
+    @classmethod
+    def _kwargs(cls, value: Any) -> Any:
+        return parse_json_object(value) if isinstance(value, str) else value
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("give 'bytes', 'model' or the path to a tokenizer.json")
+        return value
+
+    @field_validator("dataset_factory")
+    @classmethod
+    def _factory(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError(
+                f"{value!r} is not 'package.module:callable' (a function returning the Dataset)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        stride, context = self.stride, self.context_length
+        if stride is not None and context is not None and stride > context:
+            raise ValueError(
+                f"stride {stride} is longer than context_length {context}: tokens between "
+                "windows would never be scored; use a stride of at most the context length"
+            )
+        return self
+
     def data_options(self) -> DataOptions:
         """These options alone (an `EvalConfig` holds more)."""
         return DataOptions(**{name: getattr(self, name) for name in DataOptions.model_fields})
@@ -328,3 +390,47 @@ def check_device(value: str) -> str:
     if value in {"auto", "cpu", "cuda"} or re.fullmatch(r"cuda:\d+", value):
         return value
     raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
+
+
+# The ImageNet statistics most pretrained vision models are normalised with.
+IMAGENET_NORMALIZE = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def parse_image_size(value: str | int) -> tuple[int, int]:
+    """`224` or `224,160` (height, width) -> (height, width)."""
+    parts = [p.strip() for p in re.split(r"[,x×]", str(value).strip()) if p.strip()]
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        sizes = []
+    if len(sizes) not in (1, 2):
+        raise ValueError(f"{value!r} is not a size; give SIZE or HEIGHT,WIDTH, e.g. 224 or 224,160")
+    return (sizes[0], sizes[-1])
+
+
+def parse_normalize(value: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """`imagenet`, or JSON `{"mean": [...], "std": [...]}` -> (mean, std)."""
+    text = value.strip()
+    if text.lower() == "imagenet":
+        return IMAGENET_NORMALIZE
+    hint = 'give imagenet or JSON {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}'
+    try:
+        parsed = json.loads(text)
+        mean = tuple(float(x) for x in parsed["mean"])
+        std = tuple(float(x) for x in parsed["std"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a normalisation; {hint}") from None
+    if set(parsed) != {"mean", "std"}:
+        raise ValueError(f"{value!r} has keys besides mean and std; {hint}")
+    return (mean, std)
+
+
+def parse_json_object(value: str) -> dict[str, Any]:
+    """A JSON object's text -> the dict (kwargs of a factory)."""
+    try:
+        parsed = json.loads(value) if value.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError('must be a JSON object such as {"hidden": 64}')
+    return parsed

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from regress_action.errors import ConfigError
 from regress_action.publish import Publication, report_outputs
-from regress_action.settings import ActionInputs, input_names
+from regress_action.settings import ActionInputs, input_names, load_inputs
 from tests.report_factory import make_report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,7 +124,21 @@ def test_every_input_maps_to_a_setting_with_the_same_default() -> None:
 def test_required_inputs_match() -> None:
     declared = load_yaml(ROOT / "action.yml")["inputs"]
     required = {name for name, spec in declared.items() if spec.get("required")}
-    assert required == {"dataset"}  # the run ids are "one of id or checkpoint", checked in code
+    # The run ids are "one of id or checkpoint", the eval set "dataset or dataset-factory":
+    # both checked in code.
+    assert required == set()
+
+
+def test_an_eval_set_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INPUT_BASELINE-RUN-ID", "1")
+    monkeypatch.setenv("INPUT_CANDIDATE-RUN-ID", "2")
+    with pytest.raises(ConfigError, match="inputs dataset / dataset-factory: set one of them"):
+        load_inputs()
+    monkeypatch.setenv("INPUT_DATASET-FACTORY", "evals:load")
+    assert load_inputs().dataset is None
+    monkeypatch.setenv("INPUT_DATASET", "lm_tiny")
+    with pytest.raises(ConfigError, match="set one of them"):
+        load_inputs()
 
 
 def test_outputs_are_exactly_those_the_entrypoint_writes() -> None:

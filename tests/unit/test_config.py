@@ -17,8 +17,9 @@ from regress_action.config import (
     task_from,
     task_spec,
 )
+from regress_action.errors import ConfigError
 from regress_action.settings import input_label, load_inputs
-from regress_action.spec import MetricTolerance, TaskSpec
+from regress_action.spec import IMAGENET_NORMALIZE, MetricTolerance, TaskSpec
 
 COMPARE = {
     # flag: (action input, value)
@@ -37,6 +38,13 @@ COMPARE = {
     "--max-examples": ("max-examples", "16"),
     "--workers": ("workers", "2"),
     "--report-name": ("report-name", "lm"),
+    "--tokenizer": ("tokenizer", "tok/tokenizer.json"),
+    "--context-length": ("context-length", "128"),
+    "--stride": ("stride", "64"),
+    "--token-dtype": ("token-dtype", "uint16"),
+    "--image-size": ("image-size", "32,24"),
+    "--normalize": ("normalize", "imagenet"),
+    "--dataset-kwargs": ("dataset-kwargs", '{"split": "dev"}'),
 }
 
 
@@ -70,6 +78,92 @@ def test_the_cli_and_the_action_ask_for_the_same_comparison(
     assert from_cli.verdict.tolerances == {"perplexity": MetricTolerance(rel=0.05)}
     assert from_cli.json_path == Path("out/r.json") and from_cli.max_examples == 16
     assert from_cli.precision == "bf16"
+    data = from_cli.data
+    assert (data.tokenizer, data.context_length, data.stride) == ("tok/tokenizer.json", 128, 64)
+    assert data.image_size == (32, 24) and data.normalize == IMAGENET_NORMALIZE
+    assert data.token_dtype == "uint16" and data.dataset_kwargs == {"split": "dev"}
+
+
+def test_a_dataset_factory_replaces_the_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = {"baseline_run_id": 1, "candidate_run_id": 2, "commit": None}
+    args = build_parser().parse_args(
+        ["compare", "--baseline-run-id", "1", "--candidate-run-id", "2",
+         "--dataset-factory", "evals.sets:held_out", "--dataset-kwargs", '{"n": 5}']
+    )  # fmt: skip
+    set_inputs(monkeypatch, {"baseline-run-id": "1", "candidate-run-id": "2"})
+    set_inputs(
+        monkeypatch, {"dataset-factory": "evals.sets:held_out", "dataset-kwargs": '{"n": 5}'}
+    )
+    from_cli = compare_request(args, flag_name, **ids)
+    assert from_cli.data == compare_request(load_inputs(), input_label, **ids).data
+    assert from_cli.dataset == "evals.sets:held_out"
+    assert from_cli.data.dataset_factory == "evals.sets:held_out"
+    assert from_cli.data.dataset_kwargs == {"n": 5}
+    no_data = build_parser().parse_args(
+        ["compare", "--baseline-run-id", "1", "--candidate-run-id", "2"]
+    )
+    with pytest.raises(ConfigError, match="--dataset: give an eval set, or --dataset-factory"):
+        compare_request(no_data, flag_name, **ids)
+
+
+BAD_NORMALIZE = '{"mean": [0.5], "std": [0]}'
+
+
+@pytest.mark.parametrize(
+    ("flags", "inputs", "message"),
+    [
+        (["--image-size", "big"], {"image-size": "big"}, "is not a size"),
+        (["--normalize", "[1]"], {"normalize": "[1]"}, "is not a normalisation"),
+        (["--normalize", BAD_NORMALIZE], {"normalize": BAD_NORMALIZE}, "std positive"),
+        (["--context-length", "8", "--stride", "9"], {"context-length": "8", "stride": "9"},
+         "stride 9 is longer"),
+        (["--dataset-factory", "nocolon"], {"dataset-factory": "nocolon"},
+         "is not 'package.module:callable'"),
+    ],
+)  # fmt: skip
+def test_bad_eval_set_options_name_the_option(
+    monkeypatch: pytest.MonkeyPatch, flags: list[str], inputs: dict[str, str], message: str
+) -> None:
+    ids = {"baseline_run_id": 1, "candidate_run_id": 2, "commit": None}
+    dataset = [] if "--dataset-factory" in flags else ["--dataset", "lm_tiny"]
+    args = build_parser().parse_args(
+        ["compare", "--baseline-run-id", "1", "--candidate-run-id", "2", *dataset, *flags]
+    )
+    with pytest.raises(ConfigError, match=message) as raised:
+        compare_request(args, flag_name, **ids)
+    assert str(raised.value).startswith(flags[0]) or "stride" in str(raised.value)
+    set_inputs(monkeypatch, {"baseline-run-id": "1", "candidate-run-id": "2", **inputs})
+    if "dataset-factory" not in inputs:
+        set_inputs(monkeypatch, {"dataset": "lm_tiny"})
+    with pytest.raises(ConfigError, match=message):
+        compare_request(load_inputs(), input_label, **ids)
+
+
+def test_each_side_can_have_its_own_factory(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_inputs(
+        monkeypatch,
+        {"baseline-checkpoint": "a.safetensors", "candidate-checkpoint": "b.safetensors",
+         "dataset": "x", "task": "classification", "num-classes": "3",
+         "model-factory": "pkg.mod:build", "model-kwargs": '{"width": 32}',
+         "candidate-model-factory": "pkg.mod:build_v2", "candidate-model-kwargs": '{"width": 8}'},
+    )  # fmt: skip
+    inputs = load_inputs()
+    task = task_from(inputs, input_label)
+    assert task is not None
+    made = {"task": task, "git_sha": None}
+    base = checkpoint_request(inputs, checkpoint="a.safetensors", side="baseline", **made)
+    cand = checkpoint_request(inputs, checkpoint="b.safetensors", side="candidate", **made)
+    assert (base.factory, base.factory_kwargs) == ("pkg.mod:build", {"width": 32})
+    assert (cand.factory, cand.factory_kwargs) == ("pkg.mod:build_v2", {"width": 8})
+    # Own kwargs alone reuse the shared factory; an own factory alone gets no shared kwargs.
+    set_inputs(monkeypatch, {"candidate-model-factory": "", "candidate-model-kwargs": '{"w": 1}'})
+    cand = checkpoint_request(load_inputs(), checkpoint="b", side="candidate", **made)
+    assert (cand.factory, cand.factory_kwargs) == ("pkg.mod:build", {"w": 1})
+    set_inputs(
+        monkeypatch, {"candidate-model-factory": "pkg.mod:other", "candidate-model-kwargs": ""}
+    )
+    cand = checkpoint_request(load_inputs(), checkpoint="b", side="candidate", **made)
+    assert (cand.factory, cand.factory_kwargs) == ("pkg.mod:other", {})
 
 
 def test_the_cli_and_the_action_register_a_checkpoint_alike(

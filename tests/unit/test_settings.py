@@ -146,7 +146,7 @@ def test_required_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
         load_inputs()
     monkeypatch.setenv("INPUT_BASELINE-RUN-ID", "1")
     monkeypatch.delenv("INPUT_DATASET")
-    with pytest.raises(ConfigError, match="input dataset is required"):
+    with pytest.raises(ConfigError, match="inputs dataset / dataset-factory: set one"):
         load_inputs()
 
 
