@@ -6,6 +6,10 @@ AUROC sum that both the value and its bootstrap use), its adapter, its analysis 
 newly right examples, per-class accuracy), its `.npz` layout (`images`, `labels`, optional
 `class_names`) and the built-in `vision_tiny`. Torch only inside the adapter.
 
+Inputs: vision, images (B, C, H, W), called `model(images)`; text, (B, 2, T) int64 token ids
+stacked on the attention mask (`regress_action.textcls`), called as `text_forward` documents
+(keywords for a Hugging Face model, positionally otherwise).
+
 Record columns: `label` (int64, shared by both sides), `prediction` (int64), `correct` (0/1),
 `loss` (per-example NLL), `confidence` (max softmax probability), `brier` (per-example
 Σ_c (p_c − y_c)²), `top5_correct` (0/1; only with more than 5 classes).
@@ -264,16 +268,24 @@ METRICS: dict[str, Metric] = {
 
 class ClassificationAdapter:
     """Logits (B, C) and integer labels (B,) → loss, correct, prediction, confidence, Brier,
-    top-5."""
+    top-5.
+
+    The forward call depends on the modality. Vision: `model(images)`. Text: the batch's
+    inputs are (B, 2, T) integer tensors, token ids stacked on the attention mask (what the
+    text sources build, `regress_action.textcls`), or plain (B, T) ids; see `text_forward`."""
 
     task: str = "classification"
     shared: tuple[str, ...] = ("label",)
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, modality: str = "vision") -> None:
         self.num_classes = num_classes
         self.top5 = num_classes > TOP_K
+        self.modality = modality
 
-    forward = staticmethod(forward_inputs)
+    def forward(self, model: torch.nn.Module, batch: Any) -> Any:
+        if self.modality == "text":
+            return text_forward(model, batch[0])
+        return forward_inputs(model, batch)
 
     def records(self, output: Any, batch: Any, side: str) -> dict[str, torch.Tensor]:
         import torch
@@ -318,6 +330,23 @@ class ClassificationAdapter:
             top5 = logits.topk(TOP_K, dim=1).indices
             columns["top5_correct"] = (top5 == target.view(-1, 1)).any(dim=1)
         return columns
+
+
+def text_forward(model: torch.nn.Module, inputs: torch.Tensor) -> Any:
+    """Run a text classifier on (B, 2, T) ids-and-mask inputs (or (B, T) ids alone).
+
+    Convention: a model with a `config` attribute (a Hugging Face model, e.g.
+    `AutoModelForSequenceClassification`) is called with keywords,
+    `model(input_ids=..., attention_mask=...)`; any other module positionally,
+    `model(input_ids, attention_mask)` (`model(input_ids)` for ids alone). The mask is 1 on
+    tokens, 0 on padding."""
+    if inputs.ndim == 3 and inputs.shape[1] == 2 and not inputs.is_floating_point():
+        ids, mask = inputs[:, 0], inputs[:, 1]
+    else:
+        ids, mask = inputs, None
+    if hasattr(model, "config"):
+        return model(input_ids=ids) if mask is None else model(input_ids=ids, attention_mask=mask)
+    return model(ids) if mask is None else model(ids, mask)
 
 
 # --- analysis --------------------------------------------------------------------------------
@@ -464,7 +493,7 @@ class ClassificationTask(Task):
 
     def adapter(self, spec: TaskSpec) -> ClassificationAdapter:
         assert spec.num_classes is not None
-        return ClassificationAdapter(spec.num_classes)
+        return ClassificationAdapter(spec.num_classes, spec.modality)
 
     def analyse(self, records: PairedRecords, class_names: list[str] | None) -> Analysis:
         return Analysis(flips=flips(records), per_class=per_class(records, class_names))
