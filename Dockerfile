@@ -16,9 +16,10 @@ COPY requirements-torch.txt ./
 RUN pip install -r requirements-torch.txt --index-url https://download.pytorch.org/whl/cpu
 
 # Then the package's other dependencies, read from pyproject.toml alone, so editing the source
-# does not invalidate this layer.
+# does not invalidate this layer: the core ones and the hf (transformers, tokenizers) and arrow
+# (pyarrow) extras, so Hugging Face folders, tokenizers and Parquet eval sets work in the Action.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print(chr(10).join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(chr(10).join(p['dependencies'] + p['optional-dependencies']['hf'] + p['optional-dependencies']['arrow']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
