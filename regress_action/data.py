@@ -61,7 +61,7 @@ class EvalSet:
 
 
 def load_eval_set(
-    source: str | Path | Dataset[Any],
+    source: str | Path | Dataset[Any] | None,
     *,
     task: TaskSpec | None = None,
     max_examples: int | None = None,
@@ -72,9 +72,19 @@ def load_eval_set(
 
     A built-in name wins over a file of the same name. `task` is required for a Dataset; for the
     other sources it may widen the known task (e.g. more classes than the labels show).
+    `source` None: `options.dataset_factory` builds the Dataset (`dataset_from_factory`; its
+    name is the factory's unless `name` is given).
     """
     if max_examples is not None and max_examples < 1:
         raise DataError(f"max_examples must be at least 1 (got {max_examples})")
+    if source is None:
+        if options is None or options.dataset_factory is None:
+            raise DataError(
+                "no eval set: pass a dataset (a built-in name, a path or a torch Dataset) or "
+                "a dataset factory ('package.module:callable')"
+            )
+        source = dataset_from_factory(options.dataset_factory, options.dataset_kwargs)
+        name = name or options.dataset_factory
     entry = source_for(source)
     if entry is None or entry.name not in ("dataset", "builtin"):
         path = _existing_path(source)  # type: ignore[arg-type]
@@ -98,6 +108,59 @@ def load_eval_set(
     else:
         digest = Fingerprint.known(entry.fingerprint(loaded.dataset, n))
     return EvalSet(label, loaded.dataset, digest, n, resolved, loaded.class_names, loaded.describe)
+
+
+def dataset_from_factory(factory: str, kwargs: dict[str, Any] | None = None) -> Dataset[Any]:
+    """Call `factory` ("package.module:callable", imported from the working directory first,
+    like model factories) with `kwargs`; its result must be a map-style torch Dataset (with
+    `__len__`). Every failure is a one-line DataError naming the factory: a malformed spec, a
+    module that does not import, a missing callable, an exception it raised (its first line),
+    a result that is not a map-style Dataset.
+
+    The result is an ordinary Dataset eval set (the `dataset` source): its fingerprint reads
+    every example used once, unless it has a stable `fingerprint` (see `sources.UserDataset`).
+    """
+    import importlib
+
+    from torch.utils.data import IterableDataset
+
+    from .checkpoints import importable_from
+    from .tasks.base import first_line
+
+    module_name, _, attribute = factory.partition(":")
+    if not module_name or not attribute:
+        raise DataError(
+            f"dataset factory {factory!r} is not 'package.module:callable'; name the module "
+            "and the function that returns the Dataset"
+        )
+    with importable_from(Path.cwd()):
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise DataError(
+                f"dataset factory {factory!r}: cannot import {module_name!r} from {Path.cwd()} "
+                f"({type(exc).__name__}: {first_line(exc)}); run from the repository root or fix "
+                "the module"
+            ) from None
+    build = getattr(module, attribute, None)
+    if not callable(build):
+        raise DataError(
+            f"dataset factory {factory!r}: module {module_name!r} has no callable "
+            f"{attribute!r}; check the name"
+        )
+    try:
+        dataset = build(**(kwargs or {}))
+    except Exception as exc:
+        raise DataError(
+            f"dataset factory {factory!r} raised {type(exc).__name__}: {first_line(exc)}; "
+            "fix the factory or its dataset kwargs"
+        ) from None
+    if isinstance(dataset, IterableDataset) or not isinstance(dataset, Dataset):
+        raise DataError(
+            f"dataset factory {factory!r} returned a {type(dataset).__name__}, not a map-style "
+            "torch Dataset (with __len__ and __getitem__); return one"
+        )
+    return dataset
 
 
 def _existing_path(source: str | Path) -> Path:

@@ -119,9 +119,40 @@ class UserDataset(Source):
                 f"dataset {self.label(source)!r} has no len(); an eval set must be a map-style "
                 "Dataset with __len__ and __getitem__"
             ) from None
+        describe = _dataset_keys(source)
         if max_examples is not None and max_examples < size:
             source = Subset(source, range(max_examples))
-        return Loaded(source, None)
+        return Loaded(source, None, describe=describe)
+
+    def fingerprint(self, dataset: Dataset[Any], n: int) -> str:
+        """The dataset's own stable `fingerprint` (a str attribute or a method returning one),
+        combined with n, when it has one (no reading pass); else the content fingerprint, one
+        pass reading every example used."""
+        own = getattr(
+            dataset.dataset if isinstance(dataset, Subset) else dataset, "fingerprint", None
+        )
+        value = own() if callable(own) else own
+        if not isinstance(value, str) or not value:
+            return fingerprint_dataset(dataset, n)
+        digest = hashlib.sha256(_FINGERPRINT_VERSION + b"dataset's own fingerprint\n")
+        digest.update(f"{value}\n{n}\n".encode())
+        return digest.hexdigest()
+
+
+def _dataset_keys(dataset: Any) -> Callable[[int], ExampleRef] | None:
+    """A user Dataset's references: its `example_id(i)` or `key(i)` method when it has one
+    (str() of what it returns; an error there falls back to `#i`), else None (`#i`)."""
+    method = getattr(dataset, "example_id", None) or getattr(dataset, "key", None)
+    if not callable(method):
+        return None
+
+    def describe(index: int) -> ExampleRef:
+        try:
+            return ExampleRef(str(method(index)))
+        except Exception:  # a report annotation is not worth failing the comparison for
+            return ExampleRef(f"#{index}")
+
+    return describe
 
 
 class Builtin(Source):

@@ -184,6 +184,8 @@ class EvalConfig(DataOptions):
             return self.dataset_name
         if isinstance(self.dataset, str | Path):
             return str(self.dataset)
+        if self.dataset is None and self.dataset_factory:
+            return self.dataset_factory
         return type(self.dataset).__name__
 
 
