@@ -59,6 +59,7 @@ class CompareRequest:
     markdown_path: Path | None = None
     commit: str | None = None
     allow_pickle: bool = False
+    trust_remote_code: bool = False  # run code shipped in a Hugging Face folder (auto_map)
     record: bool = True
 
 
@@ -250,8 +251,15 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
             f"run {baseline_run.id} is {_describe(baseline_run.task)} but run {candidate_run.id} "
             f"is {_describe(candidate_run.task)}; compare runs of the same task"
         )
-    baseline = load_model(baseline_run.source, allow_pickle=request.allow_pickle)
-    candidate = load_model(candidate_run.source, allow_pickle=request.allow_pickle)
+    baseline, candidate = (
+        load_model(
+            run.source,
+            allow_pickle=request.allow_pickle,
+            trust_remote_code=request.trust_remote_code,
+            task=run.task,
+        )
+        for run in (baseline_run, candidate_run)
+    )
     eval_cfg = EvalConfig(
         dataset=request.dataset,
         batch_size=request.batch_size,
@@ -291,11 +299,17 @@ class CheckpointRequest:
     format: CheckpointFormat | None = None
     git_sha: str | None = None
     allow_pickle: bool = False
+    trust_remote_code: bool = False  # run code shipped in a Hugging Face folder (auto_map)
 
 
 def register_checkpoint(db: ExperimentDB, request: CheckpointRequest) -> RunRecord:
-    """Hash the checkpoint, check that it loads safely, and register it as a run."""
-    from .models import load_model, make_source
+    """Hash the checkpoint, check that it loads safely and that its output fits the task
+    (`models.check_fits_task`), and register it as a run.
+
+    Loads the model once (and runs an lm once on a tiny dummy batch); a mismatch fails here, at
+    `runs add`, not in the middle of a comparison.
+    """
+    from .models import check_fits_task, load_model, make_source
 
     source = make_source(
         request.checkpoint,
@@ -303,7 +317,13 @@ def register_checkpoint(db: ExperimentDB, request: CheckpointRequest) -> RunReco
         factory_kwargs=request.factory_kwargs,
         format=request.format,
     )
-    load_model(source, allow_pickle=request.allow_pickle)  # refuse unloadable / unsafe files now
+    module = load_model(  # refuse unloadable / unsafe checkpoints now
+        source,
+        allow_pickle=request.allow_pickle,
+        trust_remote_code=request.trust_remote_code,
+        task=request.task,
+    )
+    check_fits_task(module, request.task, source)
     run = RunCreate(
         name=request.name or Path(request.checkpoint).stem,
         task=request.task,
@@ -319,14 +339,19 @@ def register_checkpoint(db: ExperimentDB, request: CheckpointRequest) -> RunReco
 
 
 def _same_run(existing: RunCreate, new: RunCreate) -> bool:
-    """Same name, task, loader and bytes, at the same file however its path is spelled."""
+    """Same name, task, loader and bytes, at the same file however its path is spelled.
+
+    The factory counts only for a format that loads through one: a self-contained checkpoint
+    recorded with a needless factory (before `make_source` dropped it) is still the same run.
+    """
+    from .formats import REGISTRY
+
     if (existing.name, existing.task) != (new.name, new.task):
         return False
     old, fresh = existing.source, new.source
-    same_loader = (old.format, old.sha256, old.factory, old.factory_kwargs) == (
-        fresh.format,
-        fresh.sha256,
-        fresh.factory,
-        fresh.factory_kwargs,
-    )
-    return same_loader and os.path.realpath(old.checkpoint) == os.path.realpath(fresh.checkpoint)
+    if (old.format, old.sha256) != (fresh.format, fresh.sha256):
+        return False
+    needs_factory = REGISTRY.get(old.format).needs_factory
+    if needs_factory and (old.factory, old.factory_kwargs) != (fresh.factory, fresh.factory_kwargs):
+        return False
+    return os.path.realpath(old.checkpoint) == os.path.realpath(fresh.checkpoint)

@@ -2,10 +2,10 @@
 the sha256, and the one-line errors every format's loader shares.
 
 Owns `Probe`, `sha256_file`, `state_from`, `importable_from` and the error helpers
-(`existing_file`, `corrupt`, `describe`, `reading`). Which format a file is belongs to the entries
-in `formats`; this module only answers questions about bytes. Imports torch only inside
-functions (`regress-action --help` must not import it); never `models`, SQLAlchemy, PyGithub or
-jinja2, nor the app, cli, store or render modules.
+(`existing_file`, `existing_path`, `corrupt`, `describe`, `reading`). Which format a file is
+belongs to the entries in `formats`; this module only answers questions about bytes. Imports
+torch only inside functions (`regress-action --help` must not import it); never `models`,
+SQLAlchemy, PyGithub or jinja2, nor the app, cli, store or render modules.
 
 Safety: nothing here runs the file's code; the only load is `torch.load(weights_only=True)`,
 which refuses any pickled object that is not a tensor or a plain container.
@@ -33,6 +33,7 @@ __all__ = [
     "corrupt",
     "describe",
     "existing_file",
+    "existing_path",
     "importable_from",
     "reading",
     "sha256_file",
@@ -51,13 +52,17 @@ _NOT_LEGACY_SUFFIXES = {".safetensors", ".pt2"}
 class Probe:
     """Facts about one checkpoint's bytes, each read on demand and at most once.
 
-    Format entries decide from these; the probe never decides a format itself.
+    Format entries decide from these; the probe never decides a format itself. A directory
+    (a model folder) is probed too: `is_dir`, and no bytes (`head` is empty).
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = existing_file(path)
-        with self.path.open("rb") as handle:
-            self.head = handle.read(_HEAD_BYTES)
+        self.path = Path(path)
+        self.is_dir = self.path.is_dir()
+        self.head = b""
+        if not self.is_dir:
+            with existing_file(self.path).open("rb") as handle:
+                self.head = handle.read(_HEAD_BYTES)
         self._names: list[str] | None = None
         self._loaded: tuple[Any] | None = None  # (result,); (None,) when weights_only refused
         self._refused = False
@@ -161,6 +166,13 @@ def importable_from(root: Path) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- errors
+
+
+def existing_path(path: Path) -> Path:
+    """The path if a file or a folder is there (which one a format takes is its own check)."""
+    if not path.exists():
+        raise ModelLoadError(f"checkpoint {path} not found; check the path")
+    return path
 
 
 def existing_file(path: Path) -> Path:

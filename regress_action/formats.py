@@ -2,20 +2,24 @@
 
 An entry (a `FormatEntry` subclass) owns its `name`, how it is recognised from file content
 (`detect`, asking a `checkpoints.Probe`, never running the file's code), whether it needs a
-factory (`needs_factory`), whether it loads without the `allow_pickle` opt-in
-(`safe_without_opt_in`), its checks at registration (`validate`), `load`, `save` (for the demo
-and tests) and its `fingerprint` (the file's sha256).
+factory (`needs_factory`), whether it is a folder rather than a file (`folder`), whether it
+loads without an opt-in (`safe_without_opt_in`, `check_allowed`: `allow_pickle`,
+`trust_remote_code`), its checks at registration (`validate`), `load`, `save` (for the demo and
+tests), its `fingerprint` (the file's sha256; a folder's manifest hash) and the output size its
+metadata declares (`output_size`, checked against the task at registration).
 
 `REGISTRY` holds the built-in entries in detection order: the first whose `detect` says yes
 wins, so the zip-based formats that are more specific (torch.export, TorchScript) come before
-a plain torch.save zip, and the safetensors header check before the legacy pickle sniff. A new
+a plain torch.save zip, and the safetensors header check before the legacy pickle sniff; the
+Hugging Face folder entry (`hf`, its specifics in `regress_action.hf`) is the only one that
+says yes to a directory. A new
 format is one new entry and `REGISTRY.register(MyFormat())` (`before="state_dict"` where it must
 be tried earlier); `--format`, detection, loading and `ModelSource` validation pick it up.
 
-Imports torch (and safetensors) only inside the entries' methods: `cli_args` imports this module
-for the `--format` choices, and `regress-action --help` must not import torch. Never imports
-`models` at module level, SQLAlchemy, PyGithub or jinja2, nor the app, cli, store or render
-modules.
+Imports torch (and safetensors, transformers) only inside the entries' methods: `cli_args`
+imports this module for the `--format` choices, and `regress-action --help` must not import
+torch. Never imports `models` at module level, SQLAlchemy, PyGithub or jinja2, nor the app, cli,
+store or render modules.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from . import hf
 from .checkpoints import (
     Probe,
     corrupt,
     describe,
+    existing_file,
     importable_from,
     reading,
     sha256_file,
@@ -45,10 +51,13 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from .spec import TaskSpec
+
 __all__ = [
     "REGISTRY",
     "FormatEntry",
     "FormatRegistry",
+    "HuggingFace",
     "LoadContext",
     "Pickle",
     "Safetensors",
@@ -65,6 +74,9 @@ class LoadContext:
     root: Path  # the user's repository: factories and pickled classes are imported from here
     # Builds the model with the source's factory and loads `state` into it strictly.
     with_weights: Callable[[Mapping[str, torch.Tensor]], nn.Module]
+    task: TaskSpec | None = None  # the run's task: picks the model class of a Hugging Face folder
+    allow_pickle: bool = False  # the opt-ins, already checked by `check_allowed`
+    trust_remote_code: bool = False
 
 
 class FormatEntry(ABC):
@@ -73,6 +85,7 @@ class FormatEntry(ABC):
     name: ClassVar[str]
     needs_factory: ClassVar[bool] = False  # the file holds weights only, no architecture
     safe_without_opt_in: ClassVar[bool] = True  # False: loading it can run arbitrary code
+    folder: ClassVar[bool] = False  # a directory (e.g. a Hugging Face model folder), not a file
 
     @abstractmethod
     def detect(self, probe: Probe) -> bool:
@@ -94,10 +107,21 @@ class FormatEntry(ABC):
                 "'package.module:callable' that builds the model, e.g. regress_action.zoo:tiny_cnn"
             )
 
-    def check_allowed(self, path: Path, *, allow_pickle: bool) -> None:
-        """Refuse, before touching the file, a format that can run code unless opted in."""
+    def check_path(self, path: Path) -> Path:
+        """The checkpoint, if it is there as this format stores it (a file, or a folder)."""
+        return existing_file(path)
+
+    def check_allowed(
+        self, path: Path, *, allow_pickle: bool, trust_remote_code: bool = False
+    ) -> None:
+        """Refuse, before loading, a checkpoint that can run code unless opted in."""
         if not self.safe_without_opt_in and not allow_pickle:
             raise ModelLoadError(self.refusal(path))
+
+    def output_size(self, module: nn.Module, task: TaskSpec) -> int | None:
+        """The task's output size (vocab_size, num_classes) the loaded model's own metadata
+        declares; None when the format keeps none (the default)."""
+        return None
 
     def refusal(self, path: Path) -> str:
         return (
@@ -144,6 +168,8 @@ class FormatRegistry:
         for entry in self._entries:
             if entry.detect(probe):
                 return entry
+        if probe.is_dir:
+            existing_file(probe.path)  # "is a directory, not a file"
         if probe.is_zip:
             detail = "a zip archive that is neither torch.save, TorchScript nor torch.export"
         else:
@@ -336,7 +362,74 @@ class Pickle(FormatEntry):
         torch.save(module, path)
 
 
-REGISTRY = FormatRegistry([TorchExport(), TorchScript(), Safetensors(), StateDict(), Pickle()])
+# ---------------------------------------------------------------- model folders
+
+
+class HuggingFace(FormatEntry):
+    """A Hugging Face model folder (config.json + safetensors weights); see `regress_action.hf`.
+
+    Self-contained (config.json names the architecture). Its fingerprint hashes every file of
+    the folder (reading every byte once); pickled `.bin` weights need `allow_pickle`, code in the
+    folder (`auto_map`) needs `trust_remote_code`.
+    """
+
+    name = "hf"
+    folder = True
+
+    def detect(self, probe: Probe) -> bool:
+        """Yes for a directory: a ModelLoadError when it is not a loadable model folder."""
+        if not probe.is_dir:
+            return False
+        hf.inspect_folder(probe.path)
+        hf.require_transformers(probe.path)
+        return True
+
+    def check_path(self, path: Path) -> Path:
+        hf.inspect_folder(path)
+        return path
+
+    def validate(self, path: Path, factory: str | None) -> None:
+        hf.inspect_folder(path)
+        hf.require_transformers(path)
+
+    def check_allowed(
+        self, path: Path, *, allow_pickle: bool, trust_remote_code: bool = False
+    ) -> None:
+        found = hf.inspect_folder(path)
+        if found.weights == "pickle" and not allow_pickle:
+            raise ModelLoadError(
+                f"checkpoint {path} holds pickled weights (pytorch_model.bin); loading them can "
+                "run arbitrary code. Re-save with save_pretrained (safetensors), or pass "
+                "--allow-pickle if you trust it"
+            )
+        if found.custom_code and not trust_remote_code:
+            raise ModelLoadError(
+                f"checkpoint {path} declares custom model code (auto_map in config.json), which "
+                "would run when loaded; pass trust_remote_code=True (--trust-remote-code) if you "
+                "trust that code, or save the model with a built-in transformers architecture"
+            )
+
+    def load(self, path: Path, context: LoadContext) -> nn.Module:
+        return hf.load(
+            path,
+            task=context.task,
+            allow_pickle=context.allow_pickle,
+            trust_remote_code=context.trust_remote_code,
+        )
+
+    def save(self, module: nn.Module, path: Path, example_input: torch.Tensor | None) -> None:
+        hf.save(module, path)
+
+    def fingerprint(self, path: Path) -> str:
+        return hf.fingerprint(path)
+
+    def output_size(self, module: nn.Module, task: TaskSpec) -> int | None:
+        return hf.output_size(module, task)
+
+
+REGISTRY = FormatRegistry(
+    [TorchExport(), TorchScript(), Safetensors(), StateDict(), Pickle(), HuggingFace()]
+)
 
 
 # ---------------------------------------------------------------- helpers

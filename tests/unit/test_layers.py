@@ -31,6 +31,8 @@ LAZY_TORCH |= {"builtin_data", "tasks", "tasks.base", "tasks.classification", "t
 LAZY_TORCH |= {"tasks.regression"}
 # Text tokenizers: `tokenizers` / `transformers` (which import torch) only inside the loaders.
 LAZY_TORCH |= {"vocab"}
+# Hugging Face model folders: `transformers` (which imports torch) only inside load and save.
+LAZY_TORCH |= {"hf"}
 # Imports the user's metrics module (which may import torch itself), never torch directly.
 TORCH_FREE |= {"tasks.custom"}
 ONLY_IN = {"github": {"github"}, "sqlalchemy": {"store", "store_schema"}, "jinja2": {"render"}}
