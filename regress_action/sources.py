@@ -181,7 +181,7 @@ class ImageFolder(Source):
         return isinstance(source, str | Path) and Path(source).is_dir()
 
     def load(self, source: Any, max_examples: int | None, options: DataOptions) -> Loaded:
-        return _load_image_folder(Path(source), max_examples)
+        return _load_image_folder(Path(source), max_examples, options)
 
 
 class Jsonl(Source):
@@ -202,7 +202,7 @@ class Npz(Source):
         return isinstance(source, str | Path) and Path(source).suffix.lower() == ".npz"
 
     def load(self, source: Any, max_examples: int | None, options: DataOptions) -> Loaded:
-        return _load_npz(Path(source), max_examples)
+        return _load_npz(Path(source), max_examples, options)
 
 
 # Asked in this order: the first that recognises the input loads it.
@@ -367,7 +367,7 @@ def _jsonl_row(path: Path, lineno: int, raw: bytes) -> bytes | None:
 # ---------------------------------------------------------------- .npz arrays
 
 
-def _load_npz(path: Path, max_examples: int | None) -> Loaded:
+def _load_npz(path: Path, max_examples: int | None, options: DataOptions) -> Loaded:
     try:
         # Our own handle: np.load leaks the one it opens when the archive is corrupt.
         with path.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
@@ -389,10 +389,14 @@ def _load_npz(path: Path, max_examples: int | None) -> Loaded:
         )
     read = get_task(task.name).read_npz(arrays, str(path))
     end = read.targets.shape[0] if max_examples is None else max_examples
-    dataset = TensorDataset(
-        torch.from_numpy(read.inputs[:end]), torch.from_numpy(read.targets[:end])
-    )
-    return Loaded(dataset, TaskSpec.model_validate(read.spec), read.class_names)
+    inputs = torch.from_numpy(read.inputs[:end])
+    if read.spec.get("modality") == "vision" and resizes_or_normalizes(options):
+        check_image_options(int(inputs.shape[1]), options, str(path))
+        parts = range(0, inputs.shape[0], 256)  # bounded memory for the resize
+        inputs = torch.cat([finish_images(inputs[i : i + 256], options) for i in parts])
+    dataset = TensorDataset(inputs, torch.from_numpy(read.targets[:end]))
+    spec = TaskSpec.model_validate(read.spec)
+    return Loaded(dataset, spec, read.class_names, lambda i: ExampleRef(f"row {i}"))
 
 
 # ---------------------------------------------------------------- image folders
@@ -411,10 +415,17 @@ class ImageFiles(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """
 
     def __init__(
-        self, root: Path, files: list[Path], labels: list[int], channels: int, size: tuple[int, int]
+        self,
+        root: Path,
+        files: list[Path],
+        labels: list[int],
+        channels: int,
+        size: tuple[int, int] | None,
+        options: DataOptions | None = None,
     ) -> None:
         self.root, self.files, self.channels, self.size = root, files, channels, size
         self.labels = torch.tensor(labels, dtype=torch.int64)
+        self.options = options if options is not None and resizes_or_normalizes(options) else None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -422,16 +433,17 @@ class ImageFiles(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         file = self.files[index]
         pixels = _decode(file)
-        width, height = self.size
-        if pixels.shape[1:] != (height, width):
-            raise _size_error(
-                self.root, file, pixels.shape[2], pixels.shape[1], self.files[0], self.size
-            )
+        height, width = pixels.shape[1:]
+        if self.size is not None and (width, height) != self.size:
+            raise _size_error(self.root, file, width, height, self.files[0], self.size)
         if pixels.shape[0] > self.channels:
             raise DataError(f"image {file} became RGB after the folder was listed; run again")
         pixels = np.broadcast_to(pixels, (self.channels, height, width))
         # The same correctly-rounded division as a whole stacked array: identical bytes.
-        return torch.from_numpy(pixels.astype(np.float32) / np.float32(255.0)), self.labels[index]
+        image = torch.from_numpy(pixels.astype(np.float32) / np.float32(255.0))
+        if self.options is not None:
+            image = finish_images(image, self.options)
+        return image, self.labels[index]
 
     @staticmethod
     def collate_fn(items: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
@@ -447,7 +459,7 @@ class ImageFiles(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return [images, torch.stack([label for _, label in items])]
 
 
-def _load_image_folder(root: Path, max_examples: int | None) -> Loaded:
+def _load_image_folder(root: Path, max_examples: int | None, options: DataOptions) -> Loaded:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if len(classes) < 2:
         raise DataError(
@@ -464,10 +476,13 @@ def _load_image_folder(root: Path, max_examples: int | None) -> Loaded:
         if i < len(files)
     ][:max_examples]
     files = [file for file, _ in order]
-    channels, size = _scan_headers(root, files)
-    dataset = ImageFiles(root, files, [label for _, label in order], channels, size)
+    channels, size = _scan_headers(root, files, same_size=options.image_size is None)
+    check_image_options(channels, options, str(root))
+    labels = [label for _, label in order]
+    dataset = ImageFiles(root, files, labels, channels, size, options)
     task = TaskSpec(modality="vision", task="classification", num_classes=len(classes))
-    return Loaded(dataset, task, classes)
+    keys = [file.relative_to(root).as_posix() for file in files]
+    return Loaded(dataset, task, classes, lambda i: ExampleRef(keys[i]))
 
 
 def _class_files(folder: Path) -> list[Path]:
@@ -480,9 +495,12 @@ def _class_files(folder: Path) -> list[Path]:
     return files
 
 
-def _scan_headers(root: Path, files: list[Path]) -> tuple[int, tuple[int, int]]:
+def _scan_headers(
+    root: Path, files: list[Path], *, same_size: bool = True
+) -> tuple[int, tuple[int, int] | None]:
     """The channel count (1 when every image is gray, else 3) and the (width, height) all
-    images share, from the files' headers alone (Pillow opens lazily: no pixel is decoded)."""
+    images share (None, unchecked, when not `same_size`: `image_size` resizes them), from the
+    files' headers alone (Pillow opens lazily: no pixel is decoded)."""
     from PIL import Image  # lazily: only image folders need Pillow
 
     size: tuple[int, int] | None = None
@@ -495,16 +513,18 @@ def _scan_headers(root: Path, files: list[Path]) -> tuple[int, tuple[int, int]]:
             raise DataError(f"cannot read image {file} ({exc}); fix or remove it") from None
         if size is None:
             size = found
-        elif found != size:
+        elif found != size and same_size:
             raise _size_error(root, file, found[0], found[1], files[0], size)
         if mode not in _GRAY_MODES:
             channels = 3
     assert size is not None, "a class folder without images is refused when listed"
-    return channels, size
+    return channels, size if same_size else None
 
 
-def _decode(file: Path) -> NDArray[np.uint8]:
-    """One image as (C, H, W) uint8: gray modes as one channel, every other mode as RGB."""
+def _decode(file: Path | Any, name: str | None = None) -> NDArray[np.uint8]:
+    """One image (a path, or a binary file object named `name`) as (C, H, W) uint8: gray modes
+    as one channel, every other mode as RGB (an alpha channel is dropped, as Pillow's RGB
+    conversion does: the colour values are kept, not composited on a background)."""
     from PIL import Image
 
     try:
@@ -512,8 +532,43 @@ def _decode(file: Path) -> NDArray[np.uint8]:
             gray = image.mode in _GRAY_MODES
             pixels = np.asarray(image.convert("L" if gray else "RGB"), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"cannot read image {file} ({exc}); fix or remove it") from None
+        raise DataError(f"cannot read image {name or file} ({exc}); fix or remove it") from None
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+# ---------------------------------------------------------------- image options
+
+
+def resizes_or_normalizes(options: DataOptions) -> bool:
+    return options.image_size is not None or options.normalize is not None
+
+
+def check_image_options(channels: int, options: DataOptions, where: str) -> None:
+    """A DataError when `options.normalize` does not give one mean and std per channel."""
+    if options.normalize is not None and len(options.normalize[0]) != channels:
+        raise DataError(
+            f"{where}: the images have {channels} channel(s) but normalize gives "
+            f"{len(options.normalize[0])} mean(s); give one mean and std per channel"
+        )
+
+
+def finish_images(images: torch.Tensor, options: DataOptions) -> torch.Tensor:
+    """Scaled float images, (C, H, W) or (N, C, H, W), resized to `options.image_size`
+    (bilinear, antialiased, corners not aligned: what torchvision's Resize does on tensors)
+    then normalised per channel, `(x - mean) / std`. Either step is skipped when unset (and
+    the resize when the size already matches). Runs where the images are read: in the
+    DataLoader workers for decoded images, once at load for arrays."""
+    batch = images if images.ndim == 4 else images[None]
+    if options.image_size is not None and tuple(batch.shape[-2:]) != options.image_size:
+        batch = torch.nn.functional.interpolate(
+            batch.float(), size=options.image_size, mode="bilinear", antialias=True,
+            align_corners=False,
+        )  # fmt: skip
+    if options.normalize is not None:
+        mean = torch.tensor(options.normalize[0], dtype=batch.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(options.normalize[1], dtype=batch.dtype).view(1, -1, 1, 1)
+        batch = (batch - mean) / std
+    return batch if images.ndim == 4 else batch[0]
 
 
 def _size_error(
