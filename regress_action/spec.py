@@ -250,7 +250,9 @@ class ModelSource(BaseModel):
 
     `safetensors` / `state_dict` need `factory` ("package.module:callable", importable from the
     working directory) and its JSON `factory_kwargs`; `export` (.pt2) and `torchscript` are
-    self-contained; `pickle` (a whole pickled module) loads only with an explicit opt-in.
+    self-contained; `pickle` (a whole pickled module) loads only with an explicit opt-in; `hf`
+    is a Hugging Face model folder (`checkpoint` names the folder, `sha256` hashes the manifest
+    of all its files). A self-contained format has no factory.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
