@@ -65,7 +65,7 @@ def _check_dataset(dataset: str) -> None:
 
 def _runs_task(inputs: ActionInputs, given: TaskSpec | None, db: ExperimentDB) -> TaskSpec | None:
     """The runs' task: a registered run's, or the task inputs' (`given`) for checkpoints;
-    checks that each run id exists and each checkpoint file is there."""
+    checks that each run id exists and each checkpoint (a file, or an hf folder) is there."""
     task: TaskSpec | None = None
     for side in ("baseline", "candidate"):
         run_id: int | None = getattr(inputs, f"{side}_run_id")
@@ -74,9 +74,9 @@ def _runs_task(inputs: ActionInputs, given: TaskSpec | None, db: ExperimentDB) -
             task = task or run.task
             continue
         checkpoint = Path(getattr(inputs, f"{side}_checkpoint"))
-        if not checkpoint.is_file():
+        if not checkpoint.is_file() and not checkpoint.is_dir():  # a file, or an hf folder
             raise ConfigError(
-                f"input {side}-checkpoint: no file {str(checkpoint)!r} in the workspace "
+                f"input {side}-checkpoint: no file or folder {str(checkpoint)!r} in the workspace "
                 f"({Path.cwd()}); check the path (relative to the repository root)"
             )
         if given is None:
