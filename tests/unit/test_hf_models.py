@@ -1,10 +1,10 @@
 """Hugging Face model folders as checkpoints (`format: hf`), and the checks at registration.
 
 Real tiny transformers models built offline from small configs and saved with `save_pretrained`
-into tmp_path: a 2-layer GPT-2 over bytes (vocab 256, so it reads `lm_tiny`), a ViT image
-classifier (3 classes, on an `.npz` the test writes), a BERT sequence classifier. Every metric
-the comparison reports is checked against a plain loop over the Hugging Face models; every
-refusal is one line; the folder's hash covers every file.
+into tmp_path: a 2-layer GPT-2 over bytes (vocab 256, so it reads `lm_tiny`), ViT and ResNet
+image classifiers (3 classes, on an `.npz` the test writes), a BERT sequence classifier. Every
+metric the comparison reports is checked against a plain loop over the Hugging Face models;
+every refusal is one line; the folder's hash covers every file.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from transformers import (
     BertModel,
     GPT2Config,
     GPT2LMHeadModel,
+    ResNetConfig,
+    ResNetForImageClassification,
     ViTConfig,
     ViTForImageClassification,
 )
@@ -64,6 +66,14 @@ def _vit(seed: int) -> ViTForImageClassification:
     return ViTForImageClassification(config).eval()
 
 
+def _resnet(seed: int) -> ResNetForImageClassification:
+    torch.manual_seed(seed)
+    config = ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3
+    )
+    return ResNetForImageClassification(config).eval()
+
+
 def _bert_config(**extra: Any) -> BertConfig:
     return BertConfig(
         vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -79,6 +89,8 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "gpt2_b": _gpt2(1),
         "vit_a": _vit(0),
         "vit_b": _vit(1),
+        "resnet_a": _resnet(0),
+        "resnet_b": _resnet(1),
         "bert": BertForSequenceClassification(_bert_config(num_labels=4)).eval(),
         "bert_base": BertModel(_bert_config()).eval(),
     }
@@ -132,21 +144,23 @@ def test_gpt2_folders_compare_like_a_plain_loop(folders: dict[str, Path], db: Ex
     assert report.baseline.format == "hf" and report.dataset.n == 24
 
 
-def test_vit_folders_compare_like_a_plain_loop(
-    folders: dict[str, Path], db: ExperimentDB, tmp_path: Path
+@pytest.mark.parametrize("kind", ["vit", "resnet"])
+def test_image_classifier_folders_compare_like_a_plain_loop(
+    kind: str, folders: dict[str, Path], db: ExperimentDB, tmp_path: Path
 ) -> None:
     rng = np.random.default_rng(0)
     images = rng.random((40, 3, 8, 8), dtype=np.float32)
     labels = rng.integers(0, 3, 40)
     np.savez(tmp_path / "images.npz", images=images, labels=labels)
-    base = _register(db, folders["vit_a"], VISION)
-    cand = _register(db, folders["vit_b"], VISION)
+    base = _register(db, folders[f"{kind}_a"], VISION)
+    cand = _register(db, folders[f"{kind}_b"], VISION)
     request = CompareRequest(base, cand, str(tmp_path / "images.npz"), batch_size=16, device="cpu")
     report = run_compare(request, db).report
 
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
-    for side, folder in (("baseline", "vit_a"), ("candidate", "vit_b")):
-        model = ViTForImageClassification.from_pretrained(folders[folder], local_files_only=True)
+    auto = {"vit": ViTForImageClassification, "resnet": ResNetForImageClassification}[kind]
+    for side, folder in (("baseline", f"{kind}_a"), ("candidate", f"{kind}_b")):
+        model = auto.from_pretrained(folders[folder], local_files_only=True)
         with torch.no_grad():
             logits = model.eval()(x).logits
         accuracy = float((logits.argmax(-1) == y).double().mean())
@@ -231,6 +245,21 @@ def test_runs_add_registers_a_folder_once(
     with ExperimentDB(db[1]) as store:
         runs = store.list_runs()
     assert [(run.source.format, run.source.factory) for run in runs] == [("hf", None)]
+    # A second folder, then `compare` of the two, as a user runs it.
+    other = _copy(folders["gpt2_b"], tmp_path)
+    assert _cli(["runs", "add", other.name, "--task", "lm", *db], tmp_path, monkeypatch)[:2] == (
+        0,
+        "2\n",
+    )
+    compare = ["compare", "--baseline-run-id", "1", "--candidate-run-id", "2", *db]
+    code, out, err = _cli(
+        [*compare, "--dataset", "lm_tiny", "--max-examples", "8", "--device", "cpu"],
+        tmp_path,
+        monkeypatch,
+    )
+    assert code in (0, 1) and "Traceback" not in err, err
+    report = json.loads(out)
+    assert report["baseline"]["format"] == "hf" and report["dataset"]["n"] == 8
 
 
 # ---------------------------------------------------------------- refusals, one line each
