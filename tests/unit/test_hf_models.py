@@ -282,17 +282,41 @@ def test_a_missing_file_is_not_taken_for_a_hub_id(tmp_path: Path) -> None:
         make_source(tmp_path / "model.pt")
 
 
-def test_custom_code_needs_trust_remote_code(folders: dict[str, Path], tmp_path: Path) -> None:
+_CUSTOM_CODE = """
+from transformers import GPT2LMHeadModel
+
+
+class DoubledLM(GPT2LMHeadModel):
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits = out.logits * 2  # shows that this file's code ran
+        return out
+"""
+
+
+def test_custom_code_needs_trust_remote_code(
+    folders: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = _copy(folders["gpt2_a"], tmp_path)
     config = json.loads((folder / "config.json").read_text())
-    config["auto_map"] = {"AutoModelForCausalLM": "modeling_mine.MyLM"}
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_doubled.DoubledLM"}
     (folder / "config.json").write_text(json.dumps(config))
-    (folder / "modeling_mine.py").write_text("raise SystemExit('custom code ran')\n")
+    (folder / "modeling_doubled.py").write_text(_CUSTOM_CODE)
     source = make_source(folder)
     with pytest.raises(ModelLoadError) as exc:
         load_model(source, task=LM)
     message = _one_line(exc)
     assert "auto_map" in message and "trust_remote_code=True" in message
+    # With the opt-in the folder's own class loads (transformers copies the code into its
+    # modules cache: kept under tmp_path here).
+    import transformers.dynamic_module_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    loaded = load_model(source, task=LM, trust_remote_code=True)
+    tokens = torch.tensor([[1, 2, 3]])
+    assert type(loaded).__name__ == "DoubledLM"
+    torch.testing.assert_close(loaded(tokens).logits, 2 * _gpt2(0)(tokens).logits)
 
 
 def test_pickled_weights_need_allow_pickle(folders: dict[str, Path], tmp_path: Path) -> None:
