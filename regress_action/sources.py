@@ -184,6 +184,26 @@ class ImageFolder(Source):
         return _load_image_folder(Path(source), max_examples, options)
 
 
+class TableSource(Source):
+    """Parquet / Arrow files and `datasets.save_to_disk` folders (`regress_action.tables`).
+    Asked before the image folder: a `save_to_disk` folder is a directory too."""
+
+    name = "table"
+    # Image rows decode on read (the workers); a text table is tokenized at load, and its
+    # batches feed the fingerprint all the same.
+    decodes_on_read = True
+
+    def detect(self, source: Any) -> bool:
+        from .tables import is_table
+
+        return is_table(source)
+
+    def load(self, source: Any, max_examples: int | None, options: DataOptions) -> Loaded:
+        from .tables import load_table
+
+        return load_table(Path(source), max_examples, options)
+
+
 class Jsonl(Source):
     name = "jsonl"
 
@@ -206,7 +226,14 @@ class Npz(Source):
 
 
 # Asked in this order: the first that recognises the input loads it.
-SOURCES: tuple[Source, ...] = (UserDataset(), Builtin(), ImageFolder(), Jsonl(), Npz())
+SOURCES: tuple[Source, ...] = (
+    UserDataset(),
+    Builtin(),
+    TableSource(),
+    ImageFolder(),
+    Jsonl(),
+    Npz(),
+)
 
 
 def source_for(source: Any) -> Source | None:

@@ -26,7 +26,7 @@ Torch layer (builds tensors); `tokenizers` only through `vocab`.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,10 @@ def class_ids(
     All ints: the ids themselves (>= 0; below len(class_names) when names are given). All
     strings: `class_names`' order when given (an unknown name is a DataError), else the sorted
     distinct names. Booleans, floats, None and mixed kinds are refused."""
-    kinds = {_kind(value) for value in labels}
+    if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu":
+        kinds = {"int"}  # an integer column (a table's): no per-value check needed
+    else:
+        kinds = {_kind(value) for value in labels}
     if kinds == {"int"}:
         ids = np.asarray(labels, dtype=np.int64)
         if ids.size and int(ids.min()) < 0:
@@ -156,7 +159,7 @@ def num_classes_of(ids: NDArray[np.int64], names: list[str] | None, where: str) 
 
 
 def text_classification(
-    texts: Sequence[str],
+    texts: Iterable[str],
     ids: NDArray[np.int64],
     class_names: list[str] | None,
     keys: Sequence[str],
@@ -169,7 +172,11 @@ def text_classification(
     are the examples' labels."""
     tokenizer = load_tokenizer(options.tokenizer)
     length = options.context_length or DEFAULT_CONTEXT
-    encoded = [_encode(tokenizer, text, length) for text in texts]
+    encoded: list[NDArray[np.int64]] = []
+    shown: list[str] = []
+    for text in texts:  # one pass: `texts` may be read lazily (a table's column)
+        encoded.append(_encode(tokenizer, text, length))
+        shown.append(shorten(text))
     for key, tokens in zip(keys, encoded, strict=True):
         if tokens.size == 0:
             raise DataError(f"{where}: {key} has no tokens (an empty text); remove it")
@@ -184,7 +191,6 @@ def text_classification(
     spec = TaskSpec(
         modality="text", task="classification", num_classes=num_classes_of(ids, class_names, where)
     )
-    shown = [shorten(text) for text in texts]
     keys = list(keys)
     return Loaded(dataset, spec, class_names, lambda i: ExampleRef(keys[i], shown[i]))
 

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "regress_action"
 
 TORCH_LAYER = {
     "engine", "data", "sources", "models", "zoo", "train", "distributed",
-    "textcls",
+    "textcls", "tables",
 }  # fmt: skip
 # Trains models (torch) and orchestrates through `app`, like the CLI does, but never GitHub.
 DEMO = {"demo"}
