@@ -50,6 +50,10 @@ def compare_models(
     everything else (tolerances, metrics, significance), so passing both is a ConfigError.
     `adapter` may be None: the task's own adapter is used.
 
+    An LM eval set's `tokenizer="model"` is the tokenizer in the folder a Hugging Face baseline
+    was loaded from (`from_pretrained(folder)`); two such models with different tokenizers are
+    compared on bits per byte alone (see `app.evaluate_models`).
+
     Under an initialised `torch.distributed` process group (e.g. a script started by torchrun),
     call it on every rank: each evaluates its shard of the eval set, rank 0 computes, records and
     writes the report, and every rank returns rank 0's dict (or raises rank 0's error).
@@ -113,10 +117,26 @@ def _compare(r: _Request) -> dict[str, Any]:
         if eval_cfg.dataset_name is None and not isinstance(eval_cfg.dataset, str | Path):
             eval_cfg = eval_cfg.model_copy(update={"dataset_name": eval_cfg.display_name()})
         report = evaluate_models(
-            r.baseline_model, r.candidate_model, eval_cfg, r.task_spec, context, r.adapter
+            r.baseline_model,
+            r.candidate_model,
+            eval_cfg,
+            r.task_spec,
+            context,
+            r.adapter,
+            model_dirs=(_model_dir(r.baseline_model), _model_dir(r.candidate_model)),
         )
         outputs = replace(outputs, db=store)
         return finish(report, outputs).report.to_dict()
+
+
+def _model_dir(model: Any) -> Path | None:
+    """The local folder a Hugging Face model was loaded from (`name_or_path`), where its
+    tokenizer is (`tokenizer="model"`); None for any other model or a hub id."""
+    where = getattr(model, "name_or_path", None)
+    if not isinstance(where, str) or not where:
+        return None
+    path = Path(where)
+    return path if path.is_dir() else None
 
 
 def _verdict(threshold: float | None, verdict: VerdictConfig | None) -> VerdictConfig:

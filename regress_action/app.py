@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from .data import EvalSet
     from .engine import EngineResult, PassOptions
+    from .records import PairedRecords
     from .store import ExperimentDB
     from .tasks import Adapter
 
@@ -103,6 +104,7 @@ def dataset_info(eval_set: EvalSet) -> DatasetInfo:
         fingerprint=eval_set.fingerprint,
         n=eval_set.n,
         class_names=eval_set.class_names,
+        tokenizer=None if eval_set.tokenizer is None else eval_set.tokenizer.name,
     )
 
 
@@ -119,20 +121,35 @@ def evaluate_models(
     task: TaskSpec,
     context: ReportContext,
     adapter: Adapter | None = None,
+    model_dirs: tuple[Path | None, Path | None] = (None, None),
 ) -> Report:
-    """Load the eval set, run both models in one pass and build the report (not yet recorded)."""
+    """Load the eval set, run both models in one pass and build the report (not yet recorded).
+
+    `model_dirs`: the baseline's and the candidate's Hugging Face folders, when they are (an
+    LM's tokenizer: `model` names the baseline's, and two folders whose tokenizers differ are
+    compared on bits per byte alone, each model reading the documents with its own tokenizer).
+    """
     from .data import load_eval_set
     from .engine import PassOptions
     from .tasks import adapter_for
 
     metric_specs(task, context.verdict)  # unknown metric names fail before any work
+    options = eval_cfg.data_options()
+    if task.task == "lm":
+        options = lm_options(options, (baseline, candidate), model_dirs, task)
+        own = _differing_tokenizers(model_dirs)
+        if own is not None:
+            return _evaluate_across_tokenizers(
+                (baseline, candidate), eval_cfg, options, task, context, adapter, own
+            )
     eval_set = load_eval_set(
         eval_cfg.dataset,
         task=task,
         max_examples=eval_cfg.max_examples,
         name=eval_cfg.dataset_name,
-        options=eval_cfg.data_options(),
+        options=options,
     )
+    verdict = _lm_verdict(eval_set, task, context.verdict) if task.task == "lm" else None
     result, world_size = _run_pass(
         (baseline, candidate),
         eval_set,
@@ -147,10 +164,11 @@ def evaluate_models(
         ),
         task,
     )
+    join_data_columns(result.records, eval_set)
     context = ReportContext(
         task=task,
         dataset=dataset_info(eval_set),
-        verdict=context.verdict,
+        verdict=verdict or context.verdict,
         baseline=context.baseline,
         candidate=context.candidate,
         report_name=context.report_name,
@@ -161,6 +179,239 @@ def evaluate_models(
     )
     report = build_report(result.records, context, result.duration_s)
     annotate_flips(report, eval_set)
+    return report
+
+
+def lm_options(
+    options: DataOptions,
+    models: tuple[torch.nn.Module, torch.nn.Module],
+    model_dirs: tuple[Path | None, Path | None],
+    task: TaskSpec,
+) -> DataOptions:
+    """An LM eval set's options made concrete: `tokenizer: model` → the baseline's folder,
+    `context_length` → the models' maximum positions (the smaller; 256 when neither says);
+    a ConfigError for a context a model cannot take, or a tokenizer larger than the model's
+    vocabulary."""
+    from .vocab import BYTES, FROM_MODEL, load_tokenizer
+
+    update: dict[str, Any] = {}
+    if options.tokenizer == FROM_MODEL:
+        if model_dirs[0] is None:
+            raise ConfigError(
+                "tokenizer 'model' reads the tokenizer saved in the baseline's Hugging Face "
+                "folder, but the baseline is not a model folder; pass a tokenizer.json path "
+                "or 'bytes'"
+            )
+        update["tokenizer"] = str(model_dirs[0])
+    positions = [(side, _max_positions(m)) for side, m in zip(SIDE_NAMES, models, strict=True)]
+    known = [(side, n) for side, n in positions if n is not None]
+    if options.context_length is None:
+        if known:
+            update["context_length"] = min(n for _, n in known)
+    else:
+        for side, n in known:
+            if options.context_length > n:
+                raise ConfigError(
+                    f"context-length {options.context_length} is more than the {side} model's "
+                    f"maximum positions ({n}); pass context-length {n} or less"
+                )
+    options = options.model_copy(update=update)
+    if options.tokenizer != BYTES and isinstance(options.tokenizer, str):
+        tokenizer = load_tokenizer(options.tokenizer)
+        if task.vocab_size is not None and tokenizer.vocab_size > task.vocab_size:
+            raise ConfigError(
+                f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but the models' "
+                f"vocab_size is {task.vocab_size}; use the tokenizer the models were trained "
+                "with (tokenizer 'model' for a Hugging Face folder)"
+            )
+    return options
+
+
+SIDE_NAMES = ("baseline", "candidate")
+
+
+def _max_positions(model: Any) -> int | None:
+    """A Hugging Face model's maximum positions (`config.n_positions` /
+    `max_position_embeddings`), None when it does not say."""
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _differing_tokenizers(model_dirs: tuple[Path | None, Path | None]) -> tuple[str, str] | None:
+    """The two folders, when both hold a tokenizer and the tokenizers differ (vocabulary,
+    merges, added tokens); None when they share one or either has none."""
+    from .errors import DataError
+    from .vocab import load_tokenizer
+
+    if model_dirs[0] is None or model_dirs[1] is None:
+        return None
+    try:
+        first, second = (load_tokenizer(str(folder)) for folder in model_dirs)
+    except DataError:  # a folder without a tokenizer: nothing to compare
+        return None
+    if first.fingerprint == second.fingerprint:
+        return None
+    return str(model_dirs[0]), str(model_dirs[1])
+
+
+def _has_bytes(eval_set: EvalSet, task: TaskSpec) -> bool:
+    """Whether the eval set knows the bytes of text its tokens cover: a text source's `bytes`
+    column, or (a source without data columns) a byte-level vocabulary."""
+    if eval_set.columns is None:
+        return task.vocab_size == BYTE_VOCAB
+    return "bytes" in eval_set.columns
+
+
+BYTE_VOCAB = 256
+
+
+def _lm_verdict(eval_set: EvalSet, task: TaskSpec, verdict: VerdictConfig) -> VerdictConfig:
+    """The verdict without bits per byte when the eval set has no bytes (token arrays); a
+    ConfigError when it was asked for by name."""
+    from .tasks import select_metrics
+
+    if _has_bytes(eval_set, task):
+        return verdict
+    asked = [*(verdict.metrics or ()), *(verdict.gate or ()), *verdict.tolerances]
+    if "bits_per_byte" in asked:
+        raise ConfigError(
+            f"bits_per_byte needs the text the tokens came from, and {eval_set.name} has "
+            "none (token ids only); drop bits_per_byte or evaluate a text eval set (.jsonl)"
+        )
+    names = select_metrics(task, verdict.metrics, verdict.metrics_module)
+    return verdict.model_copy(
+        update={"metrics": tuple(name for name in names if name != "bits_per_byte")}
+    )
+
+
+def join_data_columns(records: PairedRecords, eval_set: EvalSet) -> None:
+    """Add the eval set's per-example data columns (e.g. `bytes`) to both sides' records, by
+    example id; a source with data columns replaces what an adapter assumed (bytes = tokens)."""
+    if eval_set.columns is None:
+        return
+    for side in (records.baseline, records.candidate):
+        side.pop("bytes", None)
+        for name, values in eval_set.columns.items():
+            if name != "doc":
+                side[name] = values[records.example_ids]
+
+
+def _evaluate_across_tokenizers(
+    models: tuple[torch.nn.Module, torch.nn.Module],
+    eval_cfg: EvalConfig,
+    options: DataOptions,
+    task: TaskSpec,
+    context: ReportContext,
+    adapter: Adapter | None,
+    folders: tuple[str, str],
+) -> Report:
+    """Two models with different tokenizers, on bits per byte alone: each reads the documents
+    with its own tokenizer (`engine.evaluate`, one model at a time); NLL and bytes are summed
+    per document and the two sides paired on document ids. `max_examples` counts documents."""
+    import numpy as np
+    from torch.utils.data import TensorDataset
+
+    from .data import load_eval_set
+    from .engine import PassOptions, evaluate
+    from .records import Records, pair
+    from .tasks import adapter_for
+
+    verdict = context.verdict
+    others = [
+        name
+        for name in (*(verdict.metrics or ()), *(verdict.gate or ()), *verdict.tolerances)
+        if name != "bits_per_byte"
+    ]
+    if others:
+        raise ConfigError(
+            f"the baseline ({folders[0]}) and the candidate ({folders[1]}) have different "
+            f"tokenizers, so {', '.join(sorted(set(others)))} cannot be compared; only "
+            "bits_per_byte is tokenizer-independent: drop the others or use one tokenizer"
+        )
+    sides: list[Records] = []
+    sets: list[EvalSet] = []
+    device, duration = "", 0.0
+    for model, folder in zip(models, folders, strict=True):
+        eval_set = load_eval_set(
+            eval_cfg.dataset,
+            task=task,
+            name=eval_cfg.dataset_name,
+            options=options.model_copy(update={"tokenizer": folder}),
+        )
+        if eval_set.columns is None or "doc" not in eval_set.columns:
+            raise ConfigError(
+                f"the baseline ({folders[0]}) and the candidate ({folders[1]}) have different "
+                f"tokenizers, and {eval_set.name} holds token ids of one tokenizer; compare "
+                "models that share a tokenizer, or use a text eval set (bits per byte)"
+            )
+        doc = np.asarray(eval_set.columns["doc"], dtype=np.int64)
+        keep = doc.size  # windows are in document order: the first documents' are a prefix
+        if eval_cfg.max_examples is not None:
+            last = np.unique(doc)[: eval_cfg.max_examples][-1]
+            keep = int(np.count_nonzero(doc <= last))
+        dataset = eval_set.dataset
+        if keep < doc.size and isinstance(dataset, TensorDataset):
+            dataset = TensorDataset(*(tensor[:keep] for tensor in dataset.tensors))
+        result = evaluate(
+            model,
+            dataset,
+            adapter or adapter_for(task),
+            PassOptions(
+                eval_cfg.batch_size,
+                eval_cfg.device,
+                eval_cfg.progress,
+                precision=eval_cfg.precision,
+                workers=eval_cfg.workers,
+            ),
+        )
+        window_doc = doc[result.records.example_ids]
+        ids, at = np.unique(window_doc, return_inverse=True)
+        nll = np.bincount(at, weights=result.records.columns["nll_sum"].astype(np.float64))
+        covered = np.bincount(at, weights=eval_set.columns["bytes"][result.records.example_ids])
+        # Per-document loss in nats per byte (`tokens` := bytes), comparable across tokenizers.
+        sides.append(Records(ids, {"nll_sum": nll, "bytes": covered, "tokens": covered}))
+        sets.append(eval_set)
+        device, duration = result.device, duration + result.duration_s
+    common = np.intersect1d(sides[0].example_ids, sides[1].example_ids)
+    sides = [
+        Records(common, {k: v[np.isin(r.example_ids, common)] for k, v in r.columns.items()})
+        for r in sides
+    ]
+    records = pair(sides[0], sides[1], task="lm")
+    names = [sets[0].tokenizer.name, sets[1].tokenizer.name]
+    info = dataset_info(sets[0])
+    info.n = int(common.size)
+    info.tokenizer = f"baseline {names[0]}, candidate {names[1]}"
+    info.note = (
+        "The models have different tokenizers: each read the documents with its own, and only "
+        "bits_per_byte (ΣNLL / (ln 2 · ΣUTF-8 bytes), per document) is compared and gated."
+    )
+    report = build_report(
+        records,
+        ReportContext(
+            task=task,
+            dataset=info,
+            verdict=verdict.model_copy(
+                update={"metrics": ("bits_per_byte",), "gate": verdict.gate and ("bits_per_byte",)}
+            ),
+            baseline=context.baseline,
+            candidate=context.candidate,
+            report_name=context.report_name,
+            commit=context.commit,
+            device=device,
+            precision=eval_cfg.precision,
+        ),
+        duration,
+    )
+    document = getattr(sets[0].references, "document", None)
+    if report.flips is not None and document is not None:
+        for example in report.flips.loss_increases:  # ids are document indices
+            ref = document(example.example_id)
+            example.key, example.text = ref.key, ref.text
     return report
 
 
@@ -278,13 +529,22 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
         report_name=request.report_name,
         commit=request.commit,
     )
-    report = evaluate_models(baseline, candidate, eval_cfg, baseline_run.task, context)
+    folders = (_folder(baseline_run), _folder(candidate_run))
+    report = evaluate_models(
+        baseline, candidate, eval_cfg, baseline_run.task, context, model_dirs=folders
+    )
     outputs = Outputs(
         db=db if request.record else None,
         json_path=request.json_path,
         markdown_path=request.markdown_path,
     )
     return finish(report, outputs)
+
+
+def _folder(run: RunRecord) -> Path | None:
+    """The run's checkpoint when it is a folder (a Hugging Face model's: its tokenizer)."""
+    path = Path(run.source.checkpoint)
+    return path if path.is_dir() else None
 
 
 @dataclass(frozen=True)

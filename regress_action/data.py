@@ -44,6 +44,10 @@ class EvalSet:
     task: TaskSpec
     class_names: list[str] | None = None
     references: Callable[[int], ExampleRef] | None = None
+    # Per-example data columns joined to both sides' records (`sources.Loaded.columns`: e.g. an
+    # LM window's `bytes`), and the tokenizer of a text eval set.
+    columns: dict[str, Any] | None = None
+    tokenizer: Any = None
 
     def describe(self, index: int) -> ExampleRef:
         """Example `index` as the user knows it (its source's key; else its index)."""
@@ -107,7 +111,17 @@ def load_eval_set(
         digest = Fingerprint(lambda: entry.fingerprint(loaded.dataset, n), n)
     else:
         digest = Fingerprint.known(entry.fingerprint(loaded.dataset, n))
-    return EvalSet(label, loaded.dataset, digest, n, resolved, loaded.class_names, loaded.describe)
+    return EvalSet(
+        label,
+        loaded.dataset,
+        digest,
+        n,
+        resolved,
+        loaded.class_names,
+        loaded.describe,
+        loaded.columns,
+        loaded.tokenizer,
+    )
 
 
 def dataset_from_factory(factory: str, kwargs: dict[str, Any] | None = None) -> Dataset[Any]:

@@ -90,6 +90,10 @@ class DatasetInfo(_Model):
     fingerprint: str
     n: int
     class_names: list[str] | None = None
+    # A text eval set's tokenizer (`bytes`, a tokenizer.json, a model folder; both sides' when
+    # they differ) and what the reader must know about how the data was read.
+    tokenizer: str | None = None
+    note: str | None = None
 
 
 class StatsInfo(_Model):

@@ -7,15 +7,21 @@ loaded. `data.load_eval_set` asks them in order; a new source is one new entry i
 | `dataset`      | a `torch.utils.data.Dataset` | the user's own; the caller gives the task  |
 | `builtin`      | a name a task registers      | generated (`tasks.builtin_datasets`)       |
 | `image_folder` | a directory                  | `root/<class_name>/*.png` (jpg, jpeg, bmp) |
-| `jsonl`        | a `.jsonl` file              | `{"text": ...}` lines, byte-level windows  |
+| `jsonl`        | a `.jsonl` file              | `{"text": ...}` lines: LM sliding windows  |
+|                |                              | (`{"text", "label"}`: text classification) |
+| `tokens`       | a `.npy` / `.bin` file       | token ids, memory-mapped: LM windows       |
 | `npz`          | a `.npz` file                | the arrays of the task that reads them     |
 
 Details per source:
-- `jsonl`: the text's UTF-8 bytes are the tokens (vocab 256). A text longer than JSONL_MAX_LEN + 1
-  bytes becomes several consecutive examples (windows overlapping by one byte, so each byte after
-  the first is predicted once: the whole text is evaluated). input_ids = bytes[:-1] padded with
-  0, target_ids = bytes[1:] padded with -100 (the ignore index), to the longest example's
-  length. Blank lines, and texts under 2 bytes (nothing to predict), are skipped.
+- `jsonl`: decided by the first non-blank line: with a `"label"` key, text classification
+  (`textcls.load_jsonl`); else each line's text is an LM document (`textlm.load_jsonl`),
+  tokenized with `DataOptions.tokenizer` and cut into sliding windows of `context_length`
+  tokens moving by `stride` (each token after a document's first predicted once); per-window
+  data columns `bytes` and `doc`; keys `line L, chars A–B`. Blank lines, and texts under 2
+  tokens (nothing to predict), are skipped.
+- `tokens`: a `.npy` (its header's dtype) or raw `.bin` (`DataOptions.token_dtype`) of token ids
+  (nanoGPT style), memory-mapped and read in chunks, windowed as one document; the task's
+  vocab_size must exceed the largest id; keys `tokens A–B`; no bytes (no bits per byte).
 - `npz`: the task whose arrays the file holds (`images` + `labels` for classification, `inputs`
   + `targets` for regression; see each task's `read_npz`), or the task the caller names.
   Classification: `images` (N, C, H, W) or (N, H, W) (channels-last (N, H, W, C) with C in
@@ -36,7 +42,6 @@ PyGithub or jinja2.
 from __future__ import annotations
 
 import hashlib
-import json
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,10 +54,9 @@ from numpy.typing import NDArray
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .errors import DataError
-from .spec import IGNORE_INDEX, DataOptions, TaskSpec
+from .spec import DataOptions, TaskSpec
 from .tasks import TASKS, builtin_datasets, get_task
 
-JSONL_MAX_LEN = 256
 _FINGERPRINT_VERSION = b"regress-action eval set v1\n"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -76,6 +80,11 @@ class Loaded:
     task: TaskSpec | None
     class_names: list[str] | None = None
     describe: Callable[[int], ExampleRef] | None = None
+    # Per-example data columns (the data's, not a model's: e.g. an LM window's `bytes`), joined
+    # to both sides' records by id; None: the source has none to say (a byte-level vocabulary
+    # then counts one byte per token), {}: known to have none (token arrays: no bytes).
+    columns: dict[str, NDArray[Any]] | None = None
+    tokenizer: Any = None  # the `vocab.Tokenizer` that made a text eval set's tokens
 
 
 class Source:
@@ -211,8 +220,32 @@ class Jsonl(Source):
         return isinstance(source, str | Path) and Path(source).suffix.lower() == ".jsonl"
 
     def load(self, source: Any, max_examples: int | None, options: DataOptions) -> Loaded:
-        task = TaskSpec(modality="text", task="lm", vocab_size=256)
-        return Loaded(_load_jsonl(Path(source), max_examples), task)
+        from . import textlm  # lazily, like the text classification loader
+
+        path = Path(source)
+        first = textlm.first_jsonl_record(path)
+        if isinstance(first, dict) and "label" in first:
+            from . import textcls
+
+            return textcls.load_jsonl(path, max_examples, options)
+        return textlm.load_jsonl(path, max_examples, options)
+
+
+class TokenArray(Source):
+    name = "tokens"
+
+    def detect(self, source: Any) -> bool:
+        return isinstance(source, str | Path) and Path(source).suffix.lower() in (".npy", ".bin")
+
+    def load(self, source: Any, max_examples: int | None, options: DataOptions) -> Loaded:
+        from . import textlm
+
+        return textlm.load_tokens(Path(source), max_examples, options)
+
+    def fingerprint(self, dataset: Dataset[Any], n: int) -> str:
+        """Taken while loading, over the chunks of ids the windows use (no pass of its own)."""
+        known = getattr(dataset, "fingerprint", None)
+        return known if isinstance(known, str) else fingerprint_dataset(dataset, n)
 
 
 class Npz(Source):
@@ -232,6 +265,7 @@ SOURCES: tuple[Source, ...] = (
     TableSource(),
     ImageFolder(),
     Jsonl(),
+    TokenArray(),
     Npz(),
 )
 
@@ -326,69 +360,6 @@ def _as_pair(item: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise DataError(
             f"dataset item {index} does not convert to tensors ({exc}); return tensors or numbers"
         ) from None
-
-
-# ---------------------------------------------------------------- JSONL text
-
-
-def _load_jsonl(path: Path, max_examples: int | None) -> TensorDataset:
-    rows: list[bytes] = []
-    try:
-        with path.open("rb") as handle:
-            for lineno, raw in enumerate(handle, start=1):
-                if max_examples is not None and len(rows) >= max_examples:
-                    break
-                rows.extend(_windows(_jsonl_row(path, lineno, raw)))
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not rows:
-        raise DataError(
-            f'{path} has no usable lines; each line must be {{"text": "..."}} '
-            "with at least 2 bytes of text"
-        )
-    rows = rows[:max_examples]
-    length = max(len(row) for row in rows) - 1
-    inputs = torch.zeros((len(rows), length), dtype=torch.int64)
-    targets = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.int64)
-    for i, row in enumerate(rows):
-        tokens = torch.frombuffer(bytearray(row), dtype=torch.uint8).to(torch.int64)
-        inputs[i, : len(row) - 1] = tokens[:-1]
-        targets[i, : len(row) - 1] = tokens[1:]
-    return TensorDataset(inputs, targets)
-
-
-def _windows(data: bytes | None) -> list[bytes]:
-    """A text as consecutive examples of at most JSONL_MAX_LEN predicted tokens; windows
-    overlap by one byte, so every byte after the first is predicted exactly once."""
-    if data is None:
-        return []
-    step = JSONL_MAX_LEN
-    return [data[start : start + step + 1] for start in range(0, len(data) - 1, step)]
-
-
-def _jsonl_row(path: Path, lineno: int, raw: bytes) -> bytes | None:
-    """The line's token bytes, None for a skipped line; a DataError naming file:line if bad."""
-    if not raw.strip():
-        return None
-    where = f"{path}:{lineno}"
-    if lineno == 1:
-        raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors)
-    try:
-        record = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f'{where}: not valid JSON ({exc.msg}); each line must be {{"text": "..."}}'
-        ) from None
-    except UnicodeDecodeError:
-        raise DataError(f"{where}: not UTF-8; save the file as UTF-8") from None
-    text = record.get("text") if isinstance(record, dict) else None
-    if not isinstance(text, str):
-        raise DataError(f'{where}: expected an object with a string "text" field')
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise DataError(f"{where}: text contains an unpaired surrogate escape; fix it") from None
-    return data if len(data) >= 2 else None
 
 
 # ---------------------------------------------------------------- .npz arrays

@@ -2,11 +2,16 @@
 the ignore index.
 
 Owns its metrics (loss, perplexity = exp(ΣNLL / Σtokens) over the whole set, token accuracy,
-bits per byte for byte-level vocabularies), its adapter, its analysis (the largest per-example
-loss increases) and the built-in `lm_tiny`. Torch only inside the adapter.
+bits per byte), its adapter, its analysis (the largest per-example loss increases) and the
+built-in `lm_tiny`. Torch only inside the adapter.
 
 Record columns per example: `nll_sum` (summed token NLL, nats), `tokens`, `correct_tokens`, and
-`bytes` (byte-level vocabulary only, where one token is one byte).
+`bytes`, the UTF-8 bytes of text the example's predicted tokens cover. Bytes are the data's,
+not the model's: a text eval set gives them as a data column (`sources.Loaded.columns`, any
+tokenizer), which `app` joins to both sides' records; the adapter only assumes one byte per
+token for a byte-level vocabulary (256) from a source without data columns (`lm_tiny`, a
+Dataset). Bits per byte is offered for every vocabulary; `app` leaves it out when the eval set
+has no bytes (token arrays).
 """
 
 from __future__ import annotations
@@ -51,7 +56,8 @@ METRICS: dict[str, Metric] = {
         ("correct_tokens", "tokens"),
         unit_interval=True,
     ),
-    # Only for byte-level vocabularies, where Σbytes = Σtokens: the same hypothesis.
+    # ΣNLL over the bytes the tokens cover: tokenizer-independent. The same hypothesis as the
+    # loss (a fixed eval set's bytes do not depend on the model).
     "bits_per_byte": Metric(
         "bits_per_byte",
         False,
@@ -65,7 +71,8 @@ METRICS: dict[str, Metric] = {
 
 
 class LMAdapter:
-    """Summed NLL, token count, correct tokens (and bytes, byte-level) per example."""
+    """Summed NLL, token count, correct tokens per example (and bytes = tokens for a
+    byte-level vocabulary; a text eval set's own `bytes` column replaces them)."""
 
     task: str = "lm"
     shared: tuple[str, ...] = ()
@@ -147,17 +154,9 @@ class LMTask(Task):
         return dict(METRICS)
 
     def metrics(self, spec: TaskSpec) -> dict[str, Metric]:
-        """Bits per byte only for byte-level vocabularies (vocab 256)."""
-        metrics = self.all_metrics()
-        if spec.vocab_size != BYTE_VOCAB:
-            metrics.pop("bits_per_byte")
-        return metrics
-
-    def record_columns(self, spec: TaskSpec | None = None) -> tuple[str, ...]:
-        """`bytes` only for byte-level vocabularies."""
-        if spec is None or spec.vocab_size == BYTE_VOCAB:
-            return self.columns
-        return tuple(c for c in self.columns if c != "bytes")
+        """Every metric, bits per byte included for any vocabulary: whether the eval set has
+        bytes is the data's to say (`app` drops it for token arrays)."""
+        return self.all_metrics()
 
     def adapter(self, spec: TaskSpec) -> LMAdapter:
         assert spec.vocab_size is not None

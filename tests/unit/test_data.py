@@ -15,9 +15,10 @@ from torch.utils.data import Dataset, TensorDataset
 from regress_action import sources
 from regress_action.data import load_eval_set
 from regress_action.errors import DataError
-from regress_action.sources import JSONL_MAX_LEN, fingerprint_dataset
+from regress_action.sources import fingerprint_dataset
 from regress_action.spec import IGNORE_INDEX, TaskSpec
 from regress_action.tasks import builtin_datasets
+from regress_action.textlm import DEFAULT_CONTEXT
 
 BUILTIN_DATASETS = tuple(builtin_datasets())
 
@@ -210,22 +211,26 @@ def test_jsonl_pads_inputs_and_ignores_padded_targets(tmp_path: Path) -> None:
     assert (eval_set.name, eval_set.n) == ("eval.jsonl", 2)  # blank and 1-byte lines skipped
     assert eval_set.task == TaskSpec(modality="text", task="lm", vocab_size=256)
     inputs, targets = eval_set.dataset[0]
-    assert inputs.tolist() == [*b"hell", 0, 0]
-    assert targets.tolist() == [*b"ello", IGNORE_INDEX, IGNORE_INDEX]
+    pad = DEFAULT_CONTEXT - 4  # every window is context_length long
+    assert inputs.tolist() == [*b"hell"] + [0] * pad
+    assert targets.tolist() == [*b"ello"] + [IGNORE_INDEX] * pad
     inputs, targets = eval_set.dataset[1]
-    assert bytes(inputs.tolist()) + bytes(targets[-1:].tolist()) == "héllo!".encode()
+    size = len("héllo!".encode()) - 1
+    assert bytes(inputs[:size].tolist()) + bytes(targets[size - 1 : size].tolist()) == (
+        "héllo!".encode()
+    )
 
 
 def test_jsonl_accepts_a_byte_order_mark(tmp_path: Path) -> None:
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"text": "hi there"}\n')
-    assert bytes(load_eval_set(path).dataset[0][0].tolist()) == b"hi ther"
+    assert bytes(load_eval_set(path).dataset[0][0][:7].tolist()) == b"hi ther"
 
 
 def test_jsonl_truncates_long_lines(tmp_path: Path) -> None:
     path = _jsonl(tmp_path / "long.jsonl", [json.dumps({"text": "ab" * 500})])
     inputs, targets = load_eval_set(path).dataset[0]
-    assert inputs.shape == targets.shape == (JSONL_MAX_LEN,)
+    assert inputs.shape == targets.shape == (DEFAULT_CONTEXT,)
 
 
 def test_jsonl_max_examples(tmp_path: Path) -> None:
@@ -258,7 +263,7 @@ def test_jsonl_not_utf8_and_empty(tmp_path: Path) -> None:
     empty = _jsonl(tmp_path / "empty.jsonl", ["", '{"text": "x"}'])
     with pytest.raises(DataError) as exc:
         load_eval_set(empty)
-    assert "has no usable lines" in _one_line(exc)
+    assert "has no usable text" in _one_line(exc)
 
 
 # ---------------------------------------------------------------- .npz
@@ -413,9 +418,11 @@ def test_a_long_jsonl_text_is_evaluated_whole_in_windows(tmp_path: Path) -> None
     path.write_text(json.dumps({"text": text}) + "\n")
     eval_set = load_eval_set(path)
     _, targets = eval_set.dataset.tensors  # type: ignore[attr-defined]
-    assert eval_set.n == 4  # ceil(899 / 256) windows
+    assert eval_set.n == 7  # 256 bytes predicted, then 128 per window (stride: half of 256)
     assert int((targets != -100).sum()) == len(text) - 1  # every byte but the first, once
-    assert bytes(targets[1, :5].tolist()) == text.encode()[257:262]
+    # The second window predicts bytes 257.. with the 128 bytes before them as context.
+    assert bytes(targets[1, 128:133].tolist()) == text.encode()[257:262]
+    assert int((targets[1] != -100).sum()) == 128
 
 
 def test_each_input_kind_has_its_source(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ TORCH_LAYER = {
     "engine", "data", "sources", "models", "zoo", "train", "distributed",
     "textcls", "tables",
 }  # fmt: skip
+TORCH_LAYER |= {"textlm"}  # LM eval sets from text and token arrays
 # Trains models (torch) and orchestrates through `app`, like the CLI does, but never GitHub.
 DEMO = {"demo"}
 # Modules that must never import torch, anywhere (not even inside a function).
