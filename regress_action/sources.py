@@ -6,6 +6,9 @@ loaded. `data.load_eval_set` asks them in order; a new source is one new entry i
 |----------------|------------------------------|--------------------------------------------|
 | `dataset`      | a `torch.utils.data.Dataset` | the user's own; the caller gives the task  |
 | `builtin`      | a name a task registers      | generated (`tasks.builtin_datasets`)       |
+| `table`        | `.parquet` / `.arrow` /      | rows: text + label, text, or image + label |
+|                | `.feather`, a `save_to_disk` | (`regress_action.tables`)                  |
+|                | folder                       |                                            |
 | `image_folder` | a directory                  | `root/<class_name>/*.png` (jpg, jpeg, bmp) |
 | `jsonl`        | a `.jsonl` file              | `{"text": ...}` lines: LM sliding windows  |
 |                |                              | (`{"text", "label"}`: text classification) |
@@ -33,7 +36,22 @@ Details per source:
   the classes (the i-th file of each class, files sorted by name), so the first `max_examples`
   cover the classes evenly. Loading reads only the files' headers (size and mode: the size
   check and the channel rule); each file is decoded when its item is read (`ImageFiles`), by the
-  engine's DataLoader workers, whose batches also feed the fingerprint (`Fingerprint`).
+  engine's DataLoader workers, whose batches also feed the fingerprint (`Fingerprint`). Keys:
+  the file's path in the folder (`cat/001.png`).
+- `dataset`: a user's Dataset, or the one `DataOptions.dataset_factory` builds
+  (`data.dataset_from_factory`). Keys: its `example_id(i)` / `key(i)` when it has one, else
+  `#i`. Fingerprint: its own `fingerprint` (a str attribute or method) combined with n when it
+  has one, else one pass reading every example used.
+- `table`: see `regress_action.tables` (columns, lazy reading, keys `row i` or the `id` column).
+
+Images (folders, `.npz`, tables): uint8 is scaled by 1/255 to [0, 1], floats are kept. A
+decoded file's gray modes stay one channel and every other mode is read as RGB, an alpha
+channel dropped (its colour values kept, not composited); a folder (or table) with any colour
+image is all RGB. Arrays (`.npz`, table pixel lists) keep their channels. Then
+`DataOptions.image_size` resizes to (H, W) (bilinear, antialiased; in the workers for decoded
+images, at load for arrays; mixed sizes are then allowed) and `DataOptions.normalize` applies
+(x - mean) / std per channel (`finish_images`; a mean count that is not the channel count is a
+DataError).
 
 Torch layer: imports torch, numpy and (lazily, for image folders) Pillow; never SQLAlchemy,
 PyGithub or jinja2.
