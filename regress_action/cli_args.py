@@ -325,6 +325,11 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         help="allow loading pickled whole-model checkpoints (runs arbitrary code: trusted only)",
     )
     parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="hf folders: run the model code the folders ship (trusted folders only)",
+    )
+    parser.add_argument(
         "--no-record",
         dest="record",
         action="store_false",

@@ -97,6 +97,8 @@ class CompareOptions(Protocol):
     def markdown_path(self) -> Path | None: ...
     @property
     def allow_pickle(self) -> bool: ...
+    @property
+    def trust_remote_code(self) -> bool: ...
 
 
 class CheckpointOptions(Protocol):
@@ -218,6 +220,7 @@ def compare_request(
         markdown_path=options.markdown_path,
         commit=commit,
         allow_pickle=options.allow_pickle,
+        trust_remote_code=options.trust_remote_code,
         record=record,
     )
 

@@ -319,6 +319,35 @@ def test_custom_code_needs_trust_remote_code(
     torch.testing.assert_close(loaded(tokens).logits, 2 * _gpt2(0)(tokens).logits)
 
 
+def test_the_cli_opts_in_to_custom_code_for_runs_add_and_compare(
+    folders: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers.dynamic_module_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    folder = _copy(folders["gpt2_a"], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_doubled.DoubledLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "modeling_doubled.py").write_text(_CUSTOM_CODE)
+    plain = _copy(folders["gpt2_b"], tmp_path)
+    db = ["--db", f"sqlite:///{tmp_path / 'regress.db'}"]
+    add = ["runs", "add", folder.name, "--task", "lm", *db]
+    code, _, err = _cli(add, tmp_path, monkeypatch)
+    assert code == 2 and "auto_map" in err and len(err.strip().splitlines()) == 1
+    assert _cli([*add, "--trust-remote-code"], tmp_path, monkeypatch)[:2] == (0, "1\n")
+    assert _cli(["runs", "add", plain.name, "--task", "lm", *db], tmp_path, monkeypatch)[0] == 0
+    compare = [
+        "compare", "--baseline-run-id", "1", "--candidate-run-id", "2", "--dataset", "lm_tiny",
+        "--max-examples", "4", "--device", "cpu", "--no-record", *db,
+    ]  # fmt: skip
+    code, _, err = _cli(compare, tmp_path, monkeypatch)
+    assert code == 2 and "auto_map" in err and len(err.strip().splitlines()) == 1
+    code, out, err = _cli([*compare, "--trust-remote-code"], tmp_path, monkeypatch)
+    assert code in (0, 1) and json.loads(out)["dataset"]["n"] == 4, err
+
+
 def test_pickled_weights_need_allow_pickle(folders: dict[str, Path], tmp_path: Path) -> None:
     folder = _copy(folders["gpt2_a"], tmp_path)
     from safetensors.torch import load_file
