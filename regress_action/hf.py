@@ -240,10 +240,14 @@ def load(
     folder: Path, *, task: TaskSpec | None, allow_pickle: bool, trust_remote_code: bool
 ) -> nn.Module:
     """The folder's model, in float32 and eval mode, through the Auto class for `task` (None:
-    the class config.json names in `architectures`). The caller has already refused what needs
-    an opt-in (`formats.HuggingFace.check_allowed`). Costs one read of the weights (float32:
-    4 bytes a parameter in memory)."""
+    the class config.json names in `architectures`). What needs an opt-in is refused without it
+    (`formats.HuggingFace.check_allowed` says so in full before any load). Costs one
+    read of the weights (float32: 4 bytes a parameter in memory)."""
     found = inspect_folder(folder)
+    if found.weights == "pickle" and not allow_pickle:  # `check_allowed` refused it already
+        raise ModelLoadError(f"checkpoint {folder} holds pickled weights; pass --allow-pickle")
+    if found.custom_code and not trust_remote_code:
+        raise ModelLoadError(f"checkpoint {folder} ships model code; pass --trust-remote-code")
     require_transformers(folder)
     import torch
 
