@@ -50,7 +50,7 @@ from torch.utils.data import Dataset, TensorDataset
 from .errors import DataError
 from .sources import ExampleRef, Loaded
 from .spec import IGNORE_INDEX, DataOptions, TaskSpec
-from .vocab import BYTES, Tokenizer, load_tokenizer
+from .vocab import load_tokenizer
 
 DEFAULT_CONTEXT = 256
 TEXT_AROUND = 200  # characters of a window's text shown with a flipped example
@@ -418,6 +418,3 @@ def load_tokens(path: Path, max_examples: int | None, options: DataOptions) -> L
         describe=describe,
         columns={},
     )
-
-
-__all__ = ["BYTES", "Tokenizer", "lm_documents", "load_jsonl", "load_tokens", "plan_windows"]

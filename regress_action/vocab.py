@@ -89,8 +89,11 @@ class HFTokenizer(Tokenizer):
         # Character offsets -> UTF-8 byte offsets; each token's share runs to the next
         # token's start (whitespace a pre-tokenizer dropped is counted with the token before),
         # the last to the end of the text.
-        char_bytes = np.fromiter((len(c.encode("utf-8")) for c in text), np.int64, len(text))
-        byte_at = np.concatenate(([0], np.cumsum(char_bytes)))
+        # byte_at[c]: the UTF-8 offset of character c (the bytes that start a character: all
+        # but continuation bytes), and the text's length at the end. Vectorised, no per-char loop.
+        data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        starts = np.flatnonzero((data & 0xC0) != 0x80).astype(np.int64)
+        byte_at = np.concatenate((starts, [data.size]))
         starts = np.asarray([start for start, _ in encoding.offsets], dtype=np.int64)
         starts = np.clip(starts, 0, len(text))
         ends = np.empty_like(starts)

@@ -296,3 +296,21 @@ def test_token_arrays_refuse_bad_input(tmp_path: Path) -> None:
     np.save(matrix, np.zeros((3, 3), dtype=np.int64))
     with pytest.raises(DataError, match="1-D array of integer token ids"):
         load_eval_set(matrix, task=_lm(10))
+
+
+def test_token_byte_ends_follow_the_utf8_text(tmp_path: Path) -> None:
+    from regress_action.vocab import load_tokenizer
+
+    tokenizer = load_tokenizer(str(_tokenizer_json(tmp_path / "tokenizer.json", 300)))
+    text = CORPUS[2] + " 日本語 🙂"
+    encoded = tokenizer.encode(text)
+    offsets = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(text)
+    starts = [len(text[:start].encode()) for start, _ in offsets.offsets]
+    assert encoded.byte_ends.tolist() == [*starts[1:], len(text.encode())]
+
+
+def test_a_stride_longer_than_the_context_is_refused(tmp_path: Path) -> None:
+    data = _jsonl(tmp_path / "eval.jsonl", CORPUS[:1])
+    # The options refuse it when both are given; here the context is the default one.
+    with pytest.raises(DataError, match="stride 300 is larger than context-length 256"):
+        load_eval_set(data, options=DataOptions(stride=300))
