@@ -18,6 +18,7 @@ Imports numpy only at module level; `tokenizers` / `transformers` inside the loa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -127,9 +128,20 @@ def load_tokenizer(spec: str, model_dir: Path | None = None) -> Tokenizer:
 
 
 def _read_tokenizer_json(path: Path) -> Any:
+    """The file's `tokenizers.Tokenizer`; one comparison asks for the same file several times
+    (checks, then each eval set), so it is parsed once per (path, size, mtime)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return _parse_tokenizer_json(path, str(path), -1, -1)
+    return _parse_tokenizer_json(path, str(path.resolve()), status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_tokenizer_json(path: Path, resolved: str, size: int, mtime_ns: int) -> Any:
     tokenizers = _import("tokenizers", "tokenizer files")
     try:
-        return tokenizers.Tokenizer.from_file(str(path))
+        return tokenizers.Tokenizer.from_file(resolved)
     except Exception as exc:  # the Rust side raises plain Exceptions
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
