@@ -464,14 +464,14 @@ def test_bookkeeping_is_left_out_and_symlinks_must_stay_inside(
 
 
 def test_a_self_contained_checkpoint_records_no_factory(tmp_path: Path, db: ExperimentDB) -> None:
-    save_checkpoint(tiny_lm(dim=8), tmp_path / "lm.pt2", "export", torch.zeros(1, 8).long())
-    plain = make_source(tmp_path / "lm.pt2")
+    save_checkpoint(tiny_lm(dim=8), tmp_path / "lm.ts", "torchscript", torch.zeros(1, 8).long())
+    plain = make_source(tmp_path / "lm.ts")
     needless = make_source(
-        tmp_path / "lm.pt2", factory="regress_action.zoo:tiny_lm", factory_kwargs={"dim": 8}
+        tmp_path / "lm.ts", factory="regress_action.zoo:tiny_lm", factory_kwargs={"dim": 8}
     )
     assert needless == plain and needless.factory is None and needless.factory_kwargs == {}
-    first = _register(db, tmp_path / "lm.pt2", LM)
-    again = _register(db, tmp_path / "lm.pt2", LM, factory="regress_action.zoo:tiny_lm")
+    first = _register(db, tmp_path / "lm.ts", LM)
+    again = _register(db, tmp_path / "lm.ts", LM, factory="regress_action.zoo:tiny_lm")
     assert first == again and len(db.list_runs()) == 1
 
 
