@@ -268,16 +268,5 @@ def checkpoint_request(
         format=format,
         git_sha=git_sha,
         allow_pickle=options.allow_pickle,
-        **_remote_code(options),
+        trust_remote_code=options.trust_remote_code,
     )
-
-
-def _remote_code(options: CheckpointOptions) -> dict[str, bool]:
-    """`trust_remote_code` for a request type that knows it (the hf format's opt-in)."""
-    from dataclasses import fields
-
-    from .app import CheckpointRequest
-
-    known = {f.name for f in fields(CheckpointRequest)}
-    value = bool(getattr(options, "trust_remote_code", False))
-    return {"trust_remote_code": value} if "trust_remote_code" in known else {}
