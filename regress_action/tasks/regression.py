@@ -92,7 +92,10 @@ class RegressionAdapter:
         import torch
 
         target = batch[1].to(torch.float64)
-        prediction = output if isinstance(output, torch.Tensor) else None
+        # A Hugging Face model (num_labels=1, problem_type "regression") returns its values as
+        # `.logits`, shape (batch, 1).
+        logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+        prediction = logits if isinstance(logits, torch.Tensor) else None
         if prediction is not None and prediction.ndim == 2 and prediction.shape[1] == 1:
             prediction = prediction[:, 0]
         if prediction is None or prediction.shape != target.shape:

@@ -129,6 +129,30 @@ def test_a_model_with_the_wrong_output_shape_is_refused() -> None:
         evaluate_pair(wide, wide, eval_set.dataset, adapter_for(SPEC))
 
 
+class _LogitsOutput(nn.Module):
+    """A regression head answering like a Hugging Face model: an object with `.logits`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> object:
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        return SequenceClassifierOutput(logits=self.linear(x))
+
+
+def test_a_model_returning_logits_objects_is_read_like_a_tensor() -> None:
+    eval_set = load_eval_set("regression_tiny", max_examples=10)
+    torch.manual_seed(0)
+    wrapped = _LogitsOutput()
+    plain = nn.Sequential(wrapped.linear)
+    by_object = evaluate_pair(wrapped, wrapped, eval_set.dataset, adapter_for(SPEC)).records
+    by_tensor = evaluate_pair(plain, plain, eval_set.dataset, adapter_for(SPEC)).records
+    for column in ("prediction", "sq_error"):
+        assert np.array_equal(by_object.baseline[column], by_tensor.baseline[column])
+
+
 def test_the_cli_registers_and_compares_regression_models(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
