@@ -311,15 +311,24 @@ def _evaluate_across_tokenizers(
 ) -> Report:
     """Two models with different tokenizers, on bits per byte alone: each reads the documents
     with its own tokenizer (`engine.evaluate`, one model at a time); NLL and bytes are summed
-    per document and the two sides paired on document ids. `max_examples` counts documents."""
+    per document and the two sides paired on document ids. `max_examples` counts documents.
+    Not under torchrun (a ConfigError on every rank)."""
+    import hashlib
+
     import numpy as np
     from torch.utils.data import TensorDataset
 
     from .data import load_eval_set
+    from .distributed import current
     from .engine import PassOptions, evaluate
     from .records import Records, pair
     from .tasks import adapter_for
 
+    if current() is not None:  # every rank decides the same, so each fails alike
+        raise ConfigError(
+            f"the baseline ({folders[0]}) and the candidate ({folders[1]}) have different "
+            "tokenizers, a comparison run in one process; run it without torchrun"
+        )
     verdict = context.verdict
     others = [
         name
@@ -385,6 +394,8 @@ def _evaluate_across_tokenizers(
     names = [sets[0].tokenizer.name, sets[1].tokenizer.name]
     info = dataset_info(sets[0])
     info.n = int(common.size)
+    both = f"across tokenizers\n{sets[0].fingerprint}\n{sets[1].fingerprint}\n{common.size}"
+    info.fingerprint = hashlib.sha256(both.encode()).hexdigest()
     info.tokenizer = f"baseline {names[0]}, candidate {names[1]}"
     info.note = (
         "The models have different tokenizers: each read the documents with its own, and only "
