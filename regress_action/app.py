@@ -233,7 +233,9 @@ SIDE_NAMES = ("baseline", "candidate")
 def _max_positions(model: Any) -> int | None:
     """A Hugging Face model's maximum positions (`config.n_positions` /
     `max_position_embeddings`), None when it does not say."""
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
+    if hasattr(config, "get_text_config"):  # a multimodal config keeps the LM's apart
+        config = config.get_text_config()
     for name in ("n_positions", "max_position_embeddings", "n_ctx"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
