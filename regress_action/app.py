@@ -135,8 +135,18 @@ def evaluate_models(
 
     metric_specs(task, context.verdict)  # unknown metric names fail before any work
     options = eval_cfg.data_options()
+    if task.modality == "text":
+        options = text_options(options, (baseline, candidate), model_dirs, task)
+    if task.modality == "text" and task.task != "lm":
+        own = _differing_tokenizers(model_dirs)
+        if own is not None:
+            raise ConfigError(
+                f"the baseline ({own[0]}) and the candidate ({own[1]}) have different "
+                "tokenizers, so one eval set cannot be read the same way by both; compare "
+                "classifiers that share a tokenizer (only an lm can be compared across "
+                "tokenizers, on bits per byte)"
+            )
     if task.task == "lm":
-        options = lm_options(options, (baseline, candidate), model_dirs, task)
         own = _differing_tokenizers(model_dirs)
         if own is not None:
             return _evaluate_across_tokenizers(
@@ -182,15 +192,16 @@ def evaluate_models(
     return report
 
 
-def lm_options(
+def text_options(
     options: DataOptions,
     models: tuple[torch.nn.Module, torch.nn.Module],
     model_dirs: tuple[Path | None, Path | None],
     task: TaskSpec,
 ) -> DataOptions:
-    """An LM eval set's options made concrete: `tokenizer: model` → the baseline's folder,
-    `context_length` → the models' maximum positions (the smaller; 256 when neither says);
-    a ConfigError for a context a model cannot take, or a tokenizer larger than the model's
+    """A text eval set's options made concrete: `tokenizer: model` → the baseline's folder,
+    `context_length` → the models' maximum positions (the smaller; when neither says, the
+    source's default: 256 for an lm's windows, 512 for a text classifier's truncation); a
+    ConfigError for a context a model cannot take, or a tokenizer larger than an lm's
     vocabulary."""
     from .vocab import BYTES, FROM_MODEL, load_tokenizer
 

@@ -192,7 +192,9 @@ def text_classification(
         modality="text", task="classification", num_classes=num_classes_of(ids, class_names, where)
     )
     keys = list(keys)
-    return Loaded(dataset, spec, class_names, lambda i: ExampleRef(keys[i], shown[i]))
+    return Loaded(
+        dataset, spec, class_names, lambda i: ExampleRef(keys[i], shown[i]), tokenizer=tokenizer
+    )
 
 
 def shorten(text: str) -> str:

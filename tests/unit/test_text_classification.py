@@ -185,3 +185,32 @@ def test_a_tiny_bert_runs_through_compare_models_end_to_end(tmp_path: Path) -> N
     assert result["dataset"]["n"] == 24
     assert set(result["metrics"]) >= {"accuracy", "loss", "macro_f1", "ece"}
     assert 0.0 <= result["metrics"]["accuracy"]["baseline"] <= 1.0
+
+
+def test_classifiers_whose_folders_hold_different_tokenizers_are_refused(tmp_path: Path) -> None:
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    from regress_action.errors import ConfigError
+
+    tokenizer = _tokenizer_json(tmp_path)
+    vocab = Tokenizer.from_file(str(tokenizer)).get_vocab_size()
+    rows = [{"text": t, "label": y} for t, y in zip(TEXTS, LABELS, strict=True)]
+    path = _jsonl(tmp_path / "reviews.jsonl", rows)
+    baseline = _tiny_bert(tmp_path / "base", vocab, 0)
+    candidate = _tiny_bert(tmp_path / "cand", vocab, 1)
+    shutil.copy(tokenizer, tmp_path / "base" / "tokenizer.json")
+    other = Tokenizer.from_file(str(tokenizer))
+    other.add_tokens(["brandnewword"])
+    other.save(str(tmp_path / "cand" / "tokenizer.json"))
+    task = TaskSpec(modality="text", task="classification", num_classes=2)
+    eval_cfg = EvalConfig(dataset=str(path), tokenizer="model", device="cpu")
+    with pytest.raises(ConfigError, match="have different tokenizers"):
+        compare_models(baseline, candidate, None, task, eval_cfg)
+    # The same tokenizer in both folders: `model` reads it, and the context is the models'
+    # maximum positions.
+    shutil.copy(tokenizer, tmp_path / "cand" / "tokenizer.json")
+    result = compare_models(baseline, candidate, None, task, eval_cfg)
+    assert result["dataset"]["n"] == len(rows)
+    assert result["dataset"]["tokenizer"] == str(tmp_path / "base")
