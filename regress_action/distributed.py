@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -163,10 +163,22 @@ def session() -> Iterator[Session | None]:
     _SESSION = Session(dist.get_rank(), dist.get_world_size(), _local_rank())
     try:
         yield _SESSION
+        if owned:
+            _leave_together()
     finally:
         _SESSION = None
         if owned:
             dist.destroy_process_group()
+
+
+def _leave_together() -> None:
+    """Every rank reaches the end before any tears the group down: a gloo rank whose peer has
+    already closed its connections can abort at exit ("terminate called without an active
+    exception"). Bounded, so a peer that died cannot hold the others (they have its error)."""
+    if dist.get_backend() != "gloo":
+        return
+    with suppress(RuntimeError):
+        dist.monitored_barrier(timeout=timedelta(seconds=60))
 
 
 @contextmanager

@@ -34,6 +34,13 @@ def _names(requirements: list[str]) -> set[str]:
 
 RUNTIME = _names(PYPROJECT["project"]["dependencies"])
 DEV = _names(PYPROJECT["project"]["optional-dependencies"]["dev"])
+# The extras users opt into (hf, arrow); the dev extra pulls them all.
+OPTIONAL = {
+    name
+    for extra, requirements in PYPROJECT["project"]["optional-dependencies"].items()
+    if extra != "dev"
+    for name in _names(requirements)
+}
 
 
 def _top_level_imports(folder: Path) -> dict[str, set[str]]:
@@ -64,10 +71,10 @@ def _third_party(imports: dict[str, set[str]], folder: Path) -> dict[str, set[st
 @pytest.mark.parametrize(
     ("folder", "allowed"),
     [
-        ("regress_action", RUNTIME),
-        ("tests", RUNTIME | DEV),
-        ("benchmarks", RUNTIME | DEV),
-        ("scripts", RUNTIME | DEV),
+        ("regress_action", RUNTIME | OPTIONAL),
+        ("tests", RUNTIME | DEV | OPTIONAL),
+        ("benchmarks", RUNTIME | DEV | OPTIONAL),
+        ("scripts", RUNTIME | DEV | OPTIONAL),
     ],
 )
 def test_every_imported_module_is_declared(folder: str, allowed: set[str]) -> None:
@@ -79,6 +86,34 @@ def test_every_imported_module_is_declared(folder: str, allowed: set[str]) -> No
             undeclared[module] = (sorted(distributions) or "not installed", sorted(files))
     kind = "dependencies" if folder == "regress_action" else "dependencies or the dev extra"
     assert not undeclared, f"declare in pyproject.toml's {kind}: {undeclared}"
+
+
+def test_the_dev_extra_installs_every_optional_extra() -> None:
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    (itself,) = [r for r in extras["dev"] if _name(r) == "regress-action"]
+    wanted = set(itself[itself.index("[") + 1 : itself.index("]")].split(","))
+    assert wanted == set(extras) - {"dev"}
+
+
+def test_optional_packages_are_imported_only_inside_functions() -> None:
+    """The package imports and runs without its extras: transformers, tokenizers and pyarrow
+    are imported where a Hugging Face folder, a tokenizer or a table is read, never at module
+    level (an annotation-only import under TYPE_CHECKING is fine)."""
+    providers = importlib.metadata.packages_distributions()
+    eager = []
+    for path in (ROOT / "regress_action").rglob("*.py"):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if {_normalise(d) for d in providers.get(top, [])} & OPTIONAL:
+                    eager.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not eager, f"imported at module level: {eager}"
 
 
 def _pinned_torch() -> str:
