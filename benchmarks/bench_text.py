@@ -60,7 +60,14 @@ def gpt2(seed: int, vocab: int) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     config = GPT2Config(
-        n_layer=2, n_embd=128, n_head=4, n_positions=CONTEXT, vocab_size=vocab, use_cache=False
+        n_layer=2,
+        n_embd=128,
+        n_head=4,
+        n_positions=CONTEXT,
+        vocab_size=vocab,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     return GPT2LMHeadModel(config).eval()
 
