@@ -149,3 +149,13 @@ def test_outputs_are_exactly_those_the_entrypoint_writes() -> None:
 
 def _required() -> dict[str, str]:
     return {"INPUT_BASELINE-RUN-ID": "1", "INPUT_CANDIDATE-RUN-ID": "2", "INPUT_DATASET": "x"}
+
+
+def test_example_workflows_set_only_declared_inputs() -> None:
+    declared = set(load_yaml(ROOT / "action.yml")["inputs"])
+    for workflow in WORKFLOWS:
+        for job in load_yaml(workflow)["jobs"].values():
+            for step in job.get("steps", []):
+                if "regress-action" in str(step.get("uses", "")):
+                    unknown = set(step.get("with", {})) - declared
+                    assert not unknown, f"{workflow.name}: undeclared inputs {sorted(unknown)}"
