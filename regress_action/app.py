@@ -536,7 +536,7 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
         for run in (baseline_run, candidate_run)
     )
     eval_cfg = EvalConfig(
-        dataset=request.dataset,
+        dataset=request.dataset or None,  # None: built by the dataset factory
         batch_size=request.batch_size,
         max_examples=request.max_examples,
         device=request.device,

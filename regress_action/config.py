@@ -207,7 +207,7 @@ def compare_request(
     return CompareRequest(
         baseline_run_id=baseline_run_id,
         candidate_run_id=candidate_run_id,
-        dataset=options.dataset or data.dataset_factory or "",
+        dataset=options.dataset or "",  # "": the dataset factory builds the eval set
         verdict=verdict_config(options, names),
         batch_size=options.batch_size,
         max_examples=options.max_examples,

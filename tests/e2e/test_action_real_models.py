@@ -242,3 +242,69 @@ def test_a_hugging_face_text_classifier_on_labelled_jsonl(runner: Runner) -> Non
     assert "<b>" not in body and "](http" not in body  # user text is escaped
     shown = wrong[0].text or ""
     assert shown.split()[0].rstrip(".") in body
+
+
+FACTORY = '''
+import torch
+from torch.utils.data import Dataset
+
+
+class HeldOut(Dataset):
+    """Images made from the index; examples named by the user's own ids."""
+
+    fingerprint = "held-out-v1"
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return torch.rand(3, 16, 16, generator=g), i % 10
+
+    def example_id(self, i):
+        return f"sample-{i:03d}"
+
+
+def held_out(n=40):
+    return HeldOut(n)
+'''
+
+
+def test_a_dataset_factory_from_the_workspace(runner: Runner) -> None:  # noqa: F811
+    import torch
+
+    from regress_action.models import save_checkpoint
+    from regress_action.zoo import tiny_cnn
+
+    (runner.workspace / "evals").mkdir()
+    (runner.workspace / "evals" / "sets.py").write_text(FACTORY)
+    torch.manual_seed(0)
+    for name in ("baseline", "candidate"):
+        save_checkpoint(tiny_cnn().eval(), runner.workspace / f"{name}.pt2", "export",
+                        torch.zeros(2, 3, 16, 16))  # fmt: skip
+    inputs = _common(
+        **{
+            "baseline-checkpoint": "baseline.pt2",
+            "candidate-checkpoint": "candidate.pt2",
+            "task": "classification",
+            "num-classes": "10",
+            "dataset-factory": "evals.sets:held_out",
+            "dataset-kwargs": '{"n": 24}',
+            "fail-on-regression": "false",
+        }
+    )
+    result = runner.run("action", inputs=inputs)
+    assert result.rc == 0, result.stdout + result.stderr
+    report = Report.load(runner.workspace / result.outputs["report-json"])
+    assert report.dataset.name == "evals.sets:held_out" and report.dataset.n == 24
+    flips = report.flips.newly_wrong + report.flips.newly_right if report.flips else []
+    assert all(e.key and e.key.startswith("sample-") for e in flips)
+    inputs["dataset-factory"] = "evals.sets:missing"
+    inputs["report-name"] = "missing"
+    failed = runner.run("action", inputs=inputs)
+    assert failed.rc == 2
+    (error,) = failed.lines("::error")
+    assert "evals.sets:missing" in error

@@ -96,7 +96,7 @@ def test_a_dataset_factory_replaces_the_dataset(monkeypatch: pytest.MonkeyPatch)
     )
     from_cli = compare_request(args, flag_name, **ids)
     assert from_cli.data == compare_request(load_inputs(), input_label, **ids).data
-    assert from_cli.dataset == "evals.sets:held_out"
+    assert from_cli.dataset == ""  # the factory builds it
     assert from_cli.data.dataset_factory == "evals.sets:held_out"
     assert from_cli.data.dataset_kwargs == {"n": 5}
     no_data = build_parser().parse_args(
