@@ -11,6 +11,7 @@ recorded comparison without its files.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,7 +131,6 @@ def evaluate_models(
     compared on bits per byte alone, each model reading the documents with its own tokenizer).
     """
     from .data import load_eval_set
-    from .engine import PassOptions
     from .tasks import adapter_for
 
     metric_specs(task, context.verdict)  # unknown metric names fail before any work
@@ -164,14 +164,8 @@ def evaluate_models(
         (baseline, candidate),
         eval_set,
         adapter or adapter_for(task),
-        PassOptions(
-            eval_cfg.batch_size,
-            eval_cfg.device,
-            eval_cfg.progress,
-            precision=eval_cfg.precision,
-            workers=eval_cfg.workers,
-            observe=eval_set.observe,  # an image folder's fingerprint, from the pass's batches
-        ),
+        # An image folder's fingerprint comes from the pass's batches.
+        pass_options(eval_cfg, observe=eval_set.observe),
         task,
     )
     join_data_columns(result.records, eval_set)
@@ -190,6 +184,20 @@ def evaluate_models(
     report = build_report(result.records, context, result.duration_s)
     annotate_flips(report, eval_set)
     return report
+
+
+def pass_options(eval_cfg: EvalConfig, observe: Callable[[Any], None] | None = None) -> PassOptions:
+    """How the engine runs over the eval set, as the EvalConfig asks."""
+    from .engine import PassOptions
+
+    return PassOptions(
+        eval_cfg.batch_size,
+        eval_cfg.device,
+        eval_cfg.progress,
+        precision=eval_cfg.precision,
+        workers=eval_cfg.workers,
+        observe=observe,
+    )
 
 
 def text_options(
@@ -333,7 +341,7 @@ def _evaluate_across_tokenizers(
 
     from .data import load_eval_set
     from .distributed import current
-    from .engine import PassOptions, evaluate
+    from .engine import evaluate
     from .records import Records, pair
     from .tasks import adapter_for
 
@@ -382,13 +390,7 @@ def _evaluate_across_tokenizers(
             model,
             dataset,
             adapter or adapter_for(task),
-            PassOptions(
-                eval_cfg.batch_size,
-                eval_cfg.device,
-                eval_cfg.progress,
-                precision=eval_cfg.precision,
-                workers=eval_cfg.workers,
-            ),
+            pass_options(eval_cfg),
         )
         window_doc = doc[result.records.example_ids]
         ids, at = np.unique(window_doc, return_inverse=True)

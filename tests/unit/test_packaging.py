@@ -48,15 +48,18 @@ def _top_level_imports(folder: Path) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for path in folder.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            for name in names:
+            for name in _imported(node):
                 found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(ROOT)))
     return found
+
+
+def _imported(node: ast.AST) -> list[str]:
+    """The absolute module names an import statement names (none for anything else)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return [node.module]
+    return []
 
 
 def _third_party(imports: dict[str, set[str]], folder: Path) -> dict[str, set[str]]:
@@ -103,13 +106,7 @@ def test_optional_packages_are_imported_only_inside_functions() -> None:
     eager = []
     for path in (ROOT / "regress_action").rglob("*.py"):
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            for name in names:
+            for name in _imported(node):
                 top = name.split(".")[0]
                 if {_normalise(d) for d in providers.get(top, [])} & OPTIONAL:
                     eager.append(f"{path.relative_to(ROOT)}: {name}")
