@@ -137,20 +137,17 @@ def evaluate_models(
     options = eval_cfg.data_options()
     if task.modality == "text":
         options = text_options(options, (baseline, candidate), model_dirs, task)
-    if task.modality == "text" and task.task != "lm":
         own = _differing_tokenizers(model_dirs)
+        if own is not None and task.task == "lm":
+            return _evaluate_across_tokenizers(
+                (baseline, candidate), eval_cfg, options, task, context, adapter, own
+            )
         if own is not None:
             raise ConfigError(
                 f"the baseline ({own[0]}) and the candidate ({own[1]}) have different "
                 "tokenizers, so one eval set cannot be read the same way by both; compare "
                 "classifiers that share a tokenizer (only an lm can be compared across "
                 "tokenizers, on bits per byte)"
-            )
-    if task.task == "lm":
-        own = _differing_tokenizers(model_dirs)
-        if own is not None:
-            return _evaluate_across_tokenizers(
-                (baseline, candidate), eval_cfg, options, task, context, adapter, own
             )
     eval_set = load_eval_set(
         eval_cfg.dataset,
@@ -282,12 +279,11 @@ def _differing_tokenizers(model_dirs: tuple[Path | None, Path | None]) -> tuple[
 def _has_bytes(eval_set: EvalSet, task: TaskSpec) -> bool:
     """Whether the eval set knows the bytes of text its tokens cover: a text source's `bytes`
     column, or (a source without data columns) a byte-level vocabulary."""
+    from .vocab import BYTE_VOCAB
+
     if eval_set.columns is None:
         return task.vocab_size == BYTE_VOCAB
     return "bytes" in eval_set.columns
-
-
-BYTE_VOCAB = 256
 
 
 def _lm_verdict(eval_set: EvalSet, task: TaskSpec, verdict: VerdictConfig) -> VerdictConfig:

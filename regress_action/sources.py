@@ -79,6 +79,14 @@ _FINGERPRINT_VERSION = b"regress-action eval set v1\n"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
+TEXT_SHOWN = 200  # characters of an example's text shown with a flipped example
+
+
+def shorten(text: str) -> str:
+    """An example's text as a report shows it: at most TEXT_SHOWN characters, '…' when cut."""
+    return text if len(text) <= TEXT_SHOWN else text[: TEXT_SHOWN - 1] + "…"
+
+
 @dataclass(frozen=True)
 class ExampleRef:
     """How a user finds one example in their data: a key they recognise (a file path, `line

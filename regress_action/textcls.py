@@ -17,7 +17,7 @@ exactly as for every other TensorDataset.
   strings (class names, sorted → ids 0..K-1, recorded in `Loaded.class_names`); mixed kinds
   are refused. A `class_names` list (e.g. a `datasets` ClassLabel) maps names to its own order.
 - References: `describe(i)` is the caller's key (`line L`, `row i`) and the text, cut to
-  TEXT_SHOWN characters.
+  `sources.TEXT_SHOWN` characters.
 
 Costs: every text is tokenized once at load, and the (N, 2, T) tensor is 16·N·T bytes.
 Torch layer (builds tensors); `tokenizers` only through `vocab`.
@@ -36,12 +36,11 @@ from numpy.typing import NDArray
 from torch.utils.data import TensorDataset
 
 from .errors import DataError
-from .sources import ExampleRef, Loaded
+from .sources import ExampleRef, Loaded, shorten
 from .spec import DataOptions, TaskSpec
-from .vocab import Tokenizer, load_tokenizer
+from .vocab import load_tokenizer
 
 DEFAULT_CONTEXT = 512
-TEXT_SHOWN = 200  # characters of an example's text shown in the report
 
 
 def load_jsonl(path: Path, max_examples: int | None, options: DataOptions) -> Loaded:
@@ -175,7 +174,7 @@ def text_classification(
     encoded: list[NDArray[np.int64]] = []
     shown: list[str] = []
     for text in texts:  # one pass: `texts` may be read lazily (a table's column)
-        encoded.append(_encode(tokenizer, text, length))
+        encoded.append(tokenizer.encode_sequence(text, length))
         shown.append(shorten(text))
     for key, tokens in zip(keys, encoded, strict=True):
         if tokens.size == 0:
@@ -195,19 +194,3 @@ def text_classification(
     return Loaded(
         dataset, spec, class_names, lambda i: ExampleRef(keys[i], shown[i]), tokenizer=tokenizer
     )
-
-
-def shorten(text: str) -> str:
-    """The text as a report shows it: at most TEXT_SHOWN characters, '…' when cut."""
-    return text if len(text) <= TEXT_SHOWN else text[: TEXT_SHOWN - 1] + "…"
-
-
-def _encode(tokenizer: Tokenizer, text: str, length: int) -> NDArray[np.int64]:
-    backend = getattr(tokenizer, "_backend", None)  # a Hugging Face `tokenizers.Tokenizer`
-    if backend is None:
-        return tokenizer.encode(text).ids[:length]
-    encoding = backend.encode(text, add_special_tokens=False)
-    specials = int(backend.num_special_tokens_to_add(False))
-    encoding.truncate(max(length - specials, 1))
-    encoding = backend.post_process(encoding, None, True)
-    return np.asarray(encoding.ids[:length], dtype=np.int64)

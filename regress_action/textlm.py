@@ -48,12 +48,11 @@ from numpy.typing import NDArray
 from torch.utils.data import Dataset, TensorDataset
 
 from .errors import DataError
-from .sources import ExampleRef, Loaded
+from .sources import ExampleRef, Loaded, shorten
 from .spec import IGNORE_INDEX, DataOptions, TaskSpec
 from .vocab import load_tokenizer
 
 DEFAULT_CONTEXT = 256
-TEXT_AROUND = 200  # characters of a window's text shown with a flipped example
 _CHUNK = 1 << 22  # token ids per chunk when scanning a token array
 _ROWS = 4096  # windows materialised per chunk
 _VERSION = b"regress-action lm windows v2\n"
@@ -244,17 +243,13 @@ class _TextRefs:
         text = data[lo:hi].decode("utf-8", errors="replace")
         return ExampleRef(
             f"{self.keys[doc]}, chars {chars_before}–{chars_before + len(text)}",
-            _clip(text),
+            shorten(text),
         )
 
     def document(self, index: int) -> ExampleRef:
         """Document `index` (its index in the source's texts: the `doc` column) as a whole."""
         doc = int(np.searchsorted(self.original, index))
-        return ExampleRef(self.keys[doc], _clip(self.texts[doc]))
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= TEXT_AROUND else text[:TEXT_AROUND] + "…"
+        return ExampleRef(self.keys[doc], shorten(self.texts[doc]))
 
 
 # ---------------------------------------------------------------- JSONL

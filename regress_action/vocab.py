@@ -57,6 +57,11 @@ class Tokenizer:
     def encode(self, text: str) -> Encoded:
         raise NotImplementedError
 
+    def encode_sequence(self, text: str, max_length: int) -> NDArray[np.int64]:
+        """The ids a classifier reads for `text`: with the tokenizer's own special tokens
+        (e.g. BERT's [CLS] … [SEP]), truncated to `max_length` with the specials kept."""
+        return self.encode(text).ids[:max_length]
+
 
 class ByteTokenizer(Tokenizer):
     """UTF-8 bytes as tokens: vocab 256, one token per byte."""
@@ -101,6 +106,13 @@ class HFTokenizer(Tokenizer):
         ends[:-1] = byte_at[starts[1:]]
         ends[-1] = byte_at[-1]
         return Encoded(ids, np.maximum.accumulate(ends))
+
+    def encode_sequence(self, text: str, max_length: int) -> NDArray[np.int64]:
+        encoding = self._backend.encode(text, add_special_tokens=False)
+        specials = int(self._backend.num_special_tokens_to_add(False))
+        encoding.truncate(max(max_length - specials, 1))
+        encoding = self._backend.post_process(encoding, None, True)
+        return np.asarray(encoding.ids[:max_length], dtype=np.int64)
 
 
 def load_tokenizer(spec: str, model_dir: Path | None = None) -> Tokenizer:

@@ -25,6 +25,7 @@ from ..metrics import Metric, f64
 from ..records import PairedRecords
 from ..report import Flips
 from ..spec import IGNORE_INDEX
+from ..vocab import BYTE_VOCAB
 from .base import Analysis, BuiltinDataset, SizeField, Task, forward_inputs, logits_of
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
     from ..spec import TaskSpec
 
-BYTE_VOCAB = 256
 
 METRICS: dict[str, Metric] = {
     "loss": Metric(

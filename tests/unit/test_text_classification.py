@@ -13,9 +13,10 @@ from torch import nn
 
 from regress_action import compare_models
 from regress_action.errors import DataError
+from regress_action.sources import TEXT_SHOWN
 from regress_action.spec import DataOptions, EvalConfig, TaskSpec
 from regress_action.tasks import adapter_for
-from regress_action.textcls import TEXT_SHOWN, class_ids, load_jsonl
+from regress_action.textcls import class_ids, load_jsonl
 
 TEXTS = [
     "the film was wonderful and warm",
