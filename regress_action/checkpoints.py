@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import pickle
+import re
 import sys
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,6 +164,45 @@ def importable_from(root: Path) -> Iterator[None]:
     finally:
         if added and entry in sys.path:
             sys.path.remove(entry)
+
+
+# "package.module:callable", the part after the colon possibly dotted (`Class.method`).
+CALLABLE_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def check_callable_spec(spec: str, error: type[RegressActionError], role: str) -> None:
+    """Refuse a `spec` that is not "package.module:callable" (one line naming the role)."""
+    if not CALLABLE_SPEC.match(spec):
+        raise error(
+            f"{role} {spec!r} is not of the form 'package.module:callable'; "
+            "e.g. regress_action.zoo:tiny_lm"
+        )
+
+
+def import_callable(
+    spec: str, root: Path, error: type[RegressActionError], role: str
+) -> Callable[..., Any]:
+    """The callable `spec` names, imported with `root` (the user's repository) first on the
+    path: what model factories and dataset factories share. Every failure is one `error` line
+    naming the role ("factory", "dataset factory") and the spec."""
+    check_callable_spec(spec, error, role)
+    module_name, attribute = spec.split(":")
+    with importable_from(root):
+        try:
+            target: Any = importlib.import_module(module_name)
+        except Exception as exc:
+            raise error(
+                f"cannot import {module_name!r} for {role} {spec!r} ({describe(exc)}); "
+                f"make it importable from {root} (the repository root) or install it"
+            ) from None
+    for part in attribute.split("."):
+        target = getattr(target, part, None)
+    if not callable(target):
+        raise error(
+            f"{role} {spec!r}: {module_name} has no callable {attribute!r}; "
+            "check the name after the colon"
+        )
+    return target  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------- errors

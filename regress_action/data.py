@@ -134,34 +134,12 @@ def dataset_from_factory(factory: str, kwargs: dict[str, Any] | None = None) -> 
     The result is an ordinary Dataset eval set (the `dataset` source): its fingerprint reads
     every example used once, unless it has a stable `fingerprint` (see `sources.UserDataset`).
     """
-    import importlib
-
     from torch.utils.data import IterableDataset
 
-    from .checkpoints import importable_from
+    from .checkpoints import import_callable
     from .tasks.base import first_line
 
-    module_name, _, attribute = factory.partition(":")
-    if not module_name or not attribute:
-        raise DataError(
-            f"dataset factory {factory!r} is not 'package.module:callable'; name the module "
-            "and the function that returns the Dataset"
-        )
-    with importable_from(Path.cwd()):
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:
-            raise DataError(
-                f"dataset factory {factory!r}: cannot import {module_name!r} from {Path.cwd()} "
-                f"({type(exc).__name__}: {first_line(exc)}); run from the repository root or fix "
-                "the module"
-            ) from None
-    build = getattr(module, attribute, None)
-    if not callable(build):
-        raise DataError(
-            f"dataset factory {factory!r}: module {module_name!r} has no callable "
-            f"{attribute!r}; check the name"
-        )
+    build = import_callable(factory, Path.cwd(), DataError, "dataset factory")
     try:
         dataset = build(**(kwargs or {}))
     except Exception as exc:

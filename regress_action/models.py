@@ -15,9 +15,7 @@ Safety: nothing is unpickled with `weights_only=False` unless the caller opts in
 from __future__ import annotations
 
 import functools
-import importlib
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,14 @@ import torch
 from torch import nn
 
 from . import hf
-from .checkpoints import describe, existing_file, existing_path, importable_from, sha256_file
+from .checkpoints import (
+    check_callable_spec,
+    describe,
+    existing_file,
+    existing_path,
+    import_callable,
+    sha256_file,
+)
 from .errors import ChecksumMismatchError, ModelLoadError, ModelOutputError
 from .formats import REGISTRY, FormatEntry, LoadContext
 from .spec import CheckpointFormat, ModelSource, TaskSpec
@@ -41,7 +46,6 @@ __all__ = [
     "sha256_file",
 ]
 
-_FACTORY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 # The dummy batch an lm is run on at registration: (batch, seq) token ids, all 0.
 _DUMMY_TOKENS = (1, 8)
 
@@ -92,7 +96,7 @@ def make_source(
     kwargs = dict(factory_kwargs or {})
     entry.validate(file, factory)
     if factory is not None:
-        _split_factory(factory)
+        check_callable_spec(factory, ModelLoadError, "factory")
     try:
         json.dumps(kwargs)
     except (TypeError, ValueError):
@@ -258,16 +262,6 @@ def _some(keys: list[str]) -> str:
 # ---------------------------------------------------------------- factories
 
 
-def _split_factory(factory: str) -> tuple[str, str]:
-    if not _FACTORY_RE.match(factory):
-        raise ModelLoadError(
-            f"factory {factory!r} is not of the form 'package.module:callable'; "
-            "e.g. regress_action.zoo:tiny_lm"
-        )
-    module_name, attribute = factory.split(":")
-    return module_name, attribute
-
-
 def _build(source: ModelSource, root: Path) -> nn.Module:
     """Import the source's factory (from `root`, the user's repository) and call it."""
     factory = source.factory
@@ -276,22 +270,7 @@ def _build(source: ModelSource, root: Path) -> nn.Module:
             f"checkpoint {source.checkpoint} ({source.format}) needs a factory "
             "'package.module:callable'; register it again with a factory"
         )
-    module_name, attribute = _split_factory(factory)
-    with importable_from(root):
-        try:
-            target: Any = importlib.import_module(module_name)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"cannot import {module_name!r} for factory {factory!r} ({describe(exc)}); "
-                f"make it importable from {root} (the repository root) or install it"
-            ) from None
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise ModelLoadError(
-                f"factory {factory!r}: {module_name} has no attribute {attribute!r}; "
-                "check the name after the colon"
-            )
-        target = getattr(target, part)
+    target = import_callable(factory, root, ModelLoadError, "factory")
     return _call_factory(target, factory, source.factory_kwargs)
 
 

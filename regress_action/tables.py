@@ -49,6 +49,7 @@ from .sources import (
     resizes_or_normalizes,
 )
 from .spec import DataOptions, TaskSpec
+from .tasks.base import first_line
 
 TABLE_SUFFIXES = (".parquet", ".arrow", ".feather")
 
@@ -112,7 +113,7 @@ class Table:
                 self.schema = self._batches[0].schema if self._batches else None
         except (OSError, pa.ArrowException) as exc:
             raise DataError(
-                f"cannot read {path} as a table ({_first_line(exc)}); write it with "
+                f"cannot read {path} as a table ({first_line(exc)}); write it with "
                 "pyarrow / pandas (Parquet, Arrow IPC) or datasets' save_to_disk"
             ) from None
         if self.schema is None:
@@ -423,8 +424,3 @@ def _scan_encoded(table: Table, rows: int, *, same_size: bool) -> int:
             channels = 1 if channels == 1 and mode in _GRAY_MODES else 3
             row += 1
     return channels
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -128,7 +128,7 @@ def test_factory_failures_are_one_line_data_errors(repo: Path, factory: str, mes
 def test_no_source_and_no_factory_is_a_data_error() -> None:
     with pytest.raises(DataError, match="no eval set"):
         load_eval_set(None, task=TASK)
-    with pytest.raises(DataError, match=r"is not 'package\.module:callable'"):
+    with pytest.raises(DataError, match=r"is not of the form 'package\.module:callable'"):
         dataset_from_factory("just_a_module")
 
 

@@ -198,7 +198,7 @@ def test_weights_need_a_factory(tmp_path: Path) -> None:
     [
         ("regress_action.zoo.tiny_cnn", {}, "is not of the form 'package.module:callable'"),
         ("no_such_package_xyz.models:build", {}, "cannot import 'no_such_package_xyz.models'"),
-        ("regress_action.zoo:tiny_cnm", {}, "has no attribute 'tiny_cnm'"),
+        ("regress_action.zoo:tiny_cnm", {}, "has no callable 'tiny_cnm'"),
         (CNN_FACTORY, {"widht": 4}, "failed with kwargs {'widht': 4} (TypeError"),
         ("regress_action.spec:TaskSpec", {}, "failed with kwargs"),
         ("regress_action.models:sha256_file", {"path": __file__}, "returned a str"),
