@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tokenizers
 import torch
+import transformers
 
 from regress_action.cli import main
-
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",

@@ -10,16 +10,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tokenizers
 import torch
+import transformers
 
 from regress_action import compare_models
 from regress_action.data import load_eval_set
 from regress_action.errors import ConfigError, DataError
 from regress_action.spec import IGNORE_INDEX, DataOptions, EvalConfig, TaskSpec, VerdictConfig
 from regress_action.textlm import plan_windows, window_tensors
-
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",
