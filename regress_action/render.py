@@ -91,7 +91,9 @@ def fmt_p(value: float | None) -> str:
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
 _MD_ESCAPES = str.maketrans(
-    {c: "\\" + c for c in "\\`*_[]|~#"}
+    # ":" too: GFM links bare URLs (`https://…`), and an escaped colon splits the text GitHub
+    # scans for them.
+    {c: "\\" + c for c in "\\`*_[]|~#:"}
     | {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
     # GitHub turns @name into a mention (a notification) after rendering, so an entity would
     # not stop it; a zero-width space after @ does, and reads the same.
@@ -107,7 +109,11 @@ def clip(text: str, limit: int = TEXT_CHARS) -> str:
 def md_escape(text: object, limit: int = TEXT_CHARS) -> str:
     """User text made inert anywhere inline, table cells included: no HTML, links, emphasis,
     code or cell breaks (Markdown punctuation backslash-escaped, HTML specials as entities)."""
-    return clip(str(text), limit).translate(_MD_ESCAPES)
+    escaped = clip(str(text), limit).translate(_MD_ESCAPES)
+    return _WWW.sub(r"\1\\.", escaped)  # `www.example.com` is linked without a scheme
+
+
+_WWW = re.compile(r"\b(www)\.", re.IGNORECASE)
 
 
 def code_span(text: object) -> str:

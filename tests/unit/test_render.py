@@ -477,6 +477,18 @@ def test_user_text_cannot_mention_people() -> None:
     assert "@team" not in render_markdown(report)
 
 
+def test_user_text_cannot_become_a_link() -> None:
+    # GFM links bare URLs and www. names; a flipped example's text or a class name must not.
+    text = render.md_escape("see https://evil.example/x, WWW.evil.example and ftp://x")
+    assert "https://" not in text and "ftp://" not in text and "www." not in text.lower()
+    flip = FlipExample(example_id=3, key="line 4", text="visit http://spam.example", label=0,
+                       baseline_prediction=0, candidate_prediction=1)  # fmt: skip
+    report = make_report()
+    report.flips = Flips(newly_wrong=[flip])
+    text = render_markdown(report)
+    assert "line 4" in text and "spam" in text and "http://spam" not in text
+
+
 def test_trend_points_on_another_eval_set_are_flagged() -> None:
     report = make_report(trend=3)
     report.trend[1].fingerprint = report.dataset.fingerprint
