@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -138,15 +139,16 @@ class DataOptions(BaseModel):
             )
         return value
 
-    @model_validator(mode="after")
-    def _window(self) -> Self:
-        stride, context = self.stride, self.context_length
+    @field_validator("stride")
+    @classmethod
+    def _within_context(cls, stride: int | None, info: ValidationInfo) -> int | None:
+        context = info.data.get("context_length")
         if stride is not None and context is not None and stride > context:
             raise ValueError(
-                f"stride {stride} is longer than context_length {context}: tokens between "
+                f"{stride} is longer than the context length {context}: tokens between "
                 "windows would never be scored; use a stride of at most the context length"
             )
-        return self
+        return stride
 
     def data_options(self) -> DataOptions:
         """These options alone (an `EvalConfig` holds more)."""
