@@ -4,9 +4,7 @@ token arrays; bad input exits 2 with one line. In-process (`main([...])`), like 
 
 from __future__ import annotations
 
-import io
 import json
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import tokenizers
 import torch
 import transformers
 
-from regress_action.cli import main
+from tests.cli_runner import run_cli
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -50,21 +48,13 @@ def _folder(root: Path, name: str, seed: int, extra: str = "") -> Path:
     return root / name
 
 
-def _cli(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    monkeypatch.chdir(cwd)
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main(args)
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
     db = ["--db", f"sqlite:///{tmp_path / 'regress.db'}"]
     for name, seed, extra in (("a", 0, ""), ("b", 1, ""), ("c", 2, "zebra quartz " * 30)):
         folder = _folder(tmp_path, name, seed, extra)
         add = ["runs", "add", folder.name, "--task", "lm", "--vocab-size", "300", *db]
-        code, _, err = _cli(add, tmp_path, monkeypatch)
+        code, _, err = run_cli(add, tmp_path, monkeypatch)
         assert code == 0, err
     lines = "".join(json.dumps({"text": text * 3}) + "\n" for text in CORPUS)
     (tmp_path / "eval.jsonl").write_text(lines, encoding="utf-8")
@@ -84,7 +74,7 @@ def test_compare_with_the_model_tokenizer(
 ) -> None:
     root, db = workspace
     args = [*_compare(1, 2, "--dataset", "eval.jsonl", "--tokenizer", "model"), *db]
-    code, _, err = _cli(args, root, monkeypatch)
+    code, _, err = run_cli(args, root, monkeypatch)
     assert code in (0, 1), err
     report = json.loads((root / "r.json").read_text())
     assert set(report["metrics"]) == {"loss", "perplexity", "token_accuracy", "bits_per_byte"}
@@ -92,7 +82,7 @@ def test_compare_with_the_model_tokenizer(
     keys = [example["key"] for example in report["flips"]["loss_increases"]]
     assert keys and all(key.startswith("line ") and ", chars " in key for key in keys)
     # Context beyond the models' 64 positions: refused before any work, in one line.
-    code, _, err = _cli([*args, "--context-length", "128"], root, monkeypatch)
+    code, _, err = run_cli([*args, "--context-length", "128"], root, monkeypatch)
     assert code == 2 and "maximum positions" in err and len(err.strip().splitlines()) == 1
 
 
@@ -101,13 +91,13 @@ def test_compare_across_tokenizers_on_bits_per_byte(
 ) -> None:
     root, db = workspace
     args = [*_compare(1, 3, "--dataset", "eval.jsonl", "--tokenizer", "model"), *db]
-    code, _, err = _cli(args, root, monkeypatch)
+    code, _, err = run_cli(args, root, monkeypatch)
     assert code in (0, 1), err
     report = json.loads((root / "r.json").read_text())
     assert list(report["metrics"]) == ["bits_per_byte"]
     assert report["dataset"]["n"] == len(CORPUS)
     assert "different tokenizers" in report["dataset"]["note"]
-    code, _, err = _cli([*args, "--metrics", "loss"], root, monkeypatch)
+    code, _, err = run_cli([*args, "--metrics", "loss"], root, monkeypatch)
     assert code == 2 and "only bits_per_byte" in err and len(err.strip().splitlines()) == 1
 
 
@@ -117,9 +107,9 @@ def test_compare_on_token_arrays(
     root, db = workspace
     (np.arange(500) % 300).astype(np.uint16).tofile(root / "val.bin")
     args = [*_compare(1, 2, "--dataset", "val.bin"), *db]
-    code, _, err = _cli(args, root, monkeypatch)
+    code, _, err = run_cli(args, root, monkeypatch)
     assert code == 2 and "token-dtype" in err and len(err.strip().splitlines()) == 1
-    code, _, err = _cli([*args, "--token-dtype", "uint16"], root, monkeypatch)
+    code, _, err = run_cli([*args, "--token-dtype", "uint16"], root, monkeypatch)
     assert code in (0, 1), err
     report = json.loads((root / "r.json").read_text())
     assert "bits_per_byte" not in report["metrics"]

@@ -9,12 +9,10 @@ every refusal is one line; the folder's hash covers every file.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import shutil
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +34,12 @@ from transformers import (
 
 from regress_action.app import CheckpointRequest, CompareRequest, register_checkpoint, run_compare
 from regress_action.builtin_data import builtin_split
-from regress_action.cli import main
 from regress_action.errors import ChecksumMismatchError, ModelLoadError, ModelOutputError
 from regress_action.models import load_model, make_source, save_checkpoint
 from regress_action.spec import IGNORE_INDEX, ModelSource, RunCreate, TaskSpec
 from regress_action.store import ExperimentDB
 from regress_action.zoo import tiny_lm
+from tests.cli_runner import run_cli
 
 LM = TaskSpec(modality="text", task="lm", vocab_size=256)
 VISION = TaskSpec(modality="vision", task="classification", num_classes=3)
@@ -217,29 +215,22 @@ def test_lm_of_another_format_runs_once_on_dummy_tokens(tmp_path: Path, db: Expe
 # ---------------------------------------------------------------- the CLI
 
 
-def _cli(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    monkeypatch.chdir(cwd)
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main(args)
-    return code, out.getvalue(), err.getvalue()
-
-
 def test_runs_add_registers_a_folder_once(
     folders: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = _copy(folders["gpt2_a"], tmp_path)
     db = ["--db", f"sqlite:///{tmp_path / 'regress.db'}"]
     add = ["runs", "add", folder.name, "--task", "lm", *db]
-    code, out, err = _cli(add, tmp_path, monkeypatch)
+    code, out, err = run_cli(add, tmp_path, monkeypatch)
     assert (code, out.strip(), err) == (0, "1", "")
     # Again, by another spelling of the path and with a factory it does not need: the same run.
     again = ["runs", "add", f"./{folder.name}/", "--task", "lm", "--factory", "a.b:c", *db]
-    assert _cli(again, tmp_path, monkeypatch)[:2] == (0, "1\n")
-    code, out, err = _cli([*add, "--vocab-size", "300"], tmp_path, monkeypatch)
+    assert run_cli(again, tmp_path, monkeypatch)[:2] == (0, "1\n")
+    code, out, err = run_cli([*add, "--vocab-size", "300"], tmp_path, monkeypatch)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert "predicts 256 tokens" in err and "Traceback" not in err
-    code, out, err = _cli(["runs", "add", "org/name", "--task", "lm", *db], tmp_path, monkeypatch)
+    hub = ["runs", "add", "org/name", "--task", "lm", *db]
+    code, out, err = run_cli(hub, tmp_path, monkeypatch)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "huggingface-cli download org/name --local-dir DIR" in err
     with ExperimentDB(db[1]) as store:
@@ -247,12 +238,12 @@ def test_runs_add_registers_a_folder_once(
     assert [(run.source.format, run.source.factory) for run in runs] == [("hf", None)]
     # A second folder, then `compare` of the two, as a user runs it.
     other = _copy(folders["gpt2_b"], tmp_path)
-    assert _cli(["runs", "add", other.name, "--task", "lm", *db], tmp_path, monkeypatch)[:2] == (
+    assert run_cli(["runs", "add", other.name, "--task", "lm", *db], tmp_path, monkeypatch)[:2] == (
         0,
         "2\n",
     )
     compare = ["compare", "--baseline-run-id", "1", "--candidate-run-id", "2", *db]
-    code, out, err = _cli(
+    code, out, err = run_cli(
         [*compare, "--dataset", "lm_tiny", "--max-examples", "8", "--device", "cpu"],
         tmp_path,
         monkeypatch,
@@ -334,17 +325,17 @@ def test_the_cli_opts_in_to_custom_code_for_runs_add_and_compare(
     plain = _copy(folders["gpt2_b"], tmp_path)
     db = ["--db", f"sqlite:///{tmp_path / 'regress.db'}"]
     add = ["runs", "add", folder.name, "--task", "lm", *db]
-    code, _, err = _cli(add, tmp_path, monkeypatch)
+    code, _, err = run_cli(add, tmp_path, monkeypatch)
     assert code == 2 and "auto_map" in err and len(err.strip().splitlines()) == 1
-    assert _cli([*add, "--trust-remote-code"], tmp_path, monkeypatch)[:2] == (0, "1\n")
-    assert _cli(["runs", "add", plain.name, "--task", "lm", *db], tmp_path, monkeypatch)[0] == 0
+    assert run_cli([*add, "--trust-remote-code"], tmp_path, monkeypatch)[:2] == (0, "1\n")
+    assert run_cli(["runs", "add", plain.name, "--task", "lm", *db], tmp_path, monkeypatch)[0] == 0
     compare = [
         "compare", "--baseline-run-id", "1", "--candidate-run-id", "2", "--dataset", "lm_tiny",
         "--max-examples", "4", "--device", "cpu", "--no-record", *db,
     ]  # fmt: skip
-    code, _, err = _cli(compare, tmp_path, monkeypatch)
+    code, _, err = run_cli(compare, tmp_path, monkeypatch)
     assert code == 2 and "auto_map" in err and len(err.strip().splitlines()) == 1
-    code, out, err = _cli([*compare, "--trust-remote-code"], tmp_path, monkeypatch)
+    code, out, err = run_cli([*compare, "--trust-remote-code"], tmp_path, monkeypatch)
     assert code in (0, 1) and json.loads(out)["dataset"]["n"] == 4, err
 
 
