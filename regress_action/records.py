@@ -46,6 +46,10 @@ class PairedRecords:
     baseline: dict[str, NDArray[np.float64] | NDArray[np.int64]] = field(default_factory=dict)
     candidate: dict[str, NDArray[np.float64] | NDArray[np.int64]] = field(default_factory=dict)
     num_classes: int | None = None
+    # A cluster id per example (e.g. the document a text window came from), aligned with
+    # `example_ids`; None: every example is its own cluster. Examples of one cluster are not
+    # independent, so the statistics resample whole clusters.
+    groups: NDArray[np.int64] | None = None
 
     @property
     def n(self) -> int:

@@ -171,7 +171,13 @@ class BootstrapPlan:
                 self.record_columns[side, name] = same[0] if same else len(distinct) - 1
         return np.column_stack(distinct)
 
-    def run(self, n: int, resamples: int, rng: np.random.Generator) -> dict[str, Array]:
+    def run(
+        self,
+        n: int,
+        resamples: int,
+        rng: np.random.Generator,
+        groups: NDArray[np.int64] | None = None,
+    ) -> dict[str, Array]:
         """Resampled deltas per metric (non-finite resamples dropped); empty when n < 2."""
         if not self.metrics or n < 2:
             return {name: np.empty(0) for name in self.metrics}

@@ -113,7 +113,7 @@ def paired_statistics(
             out[name] = _corpus_stats(records, alpha, resampled)
         else:
             plan.add_block(name, metric.resampler.block(records), test)
-    deltas = plan.run(records.n, resamples, np.random.default_rng(seed))
+    deltas = plan.run(records.n, resamples, np.random.default_rng(seed), records.groups)
     for name, delta_star in deltas.items():
         rng_perm = np.random.default_rng([seed, 1, zlib.crc32(name.encode())])
         if records.n < 2:
