@@ -43,6 +43,7 @@ import multiprocessing
 import sys
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -226,60 +227,69 @@ TASKS = {
 }
 
 
-# --- readouts: (report, truth) -> 1.0 / 0.0, or NaN where it does not apply ----------------------
+# --- readouts: (report, metric, truth) -> 1.0 / 0.0, or a reason it does not apply -------------
+
+Value = float | str  # a str: why this simulation has no value (e.g. the metric has no test)
 
 
 def _metric(report: Report, name: str) -> Any:
-    return report.metrics.get(name)
+    result = report.metrics.get(name)
+    return result if result is not None else f"no {name} in the report here"
 
 
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def read_job_fails(report: Report, metric: str, truth: float) -> float:
+def read_job_fails(report: Report, metric: str, truth: float) -> Value:
     return float(report.status == "regressed")
 
 
-def read_regressed(report: Report, metric: str, truth: float) -> float:
+def read_regressed(report: Report, metric: str, truth: float) -> Value:
     result = _metric(report, metric)
-    return math.nan if result is None else float(result.status == "regressed")
+    return result if isinstance(result, str) else float(result.status == "regressed")
 
 
-def read_p_below(report: Report, metric: str, truth: float) -> float:
+def read_p_below(report: Report, metric: str, truth: float) -> Value:
     result = _metric(report, metric)
-    if result is None or not _finite(result.p_value):
-        return math.nan
+    if isinstance(result, str):
+        return result
+    if not _finite(result.p_value):
+        return f"{metric} has no p-value here"
     return float(result.p_value < ALPHA)
 
 
-def read_covers(report: Report, metric: str, truth: float) -> float:
+def read_covers(report: Report, metric: str, truth: float) -> Value:
     result = _metric(report, metric)
-    if result is None or result.ci_low is None or result.ci_high is None:
-        return math.nan
+    if isinstance(result, str):
+        return result
+    if not (_finite(result.ci_low) and _finite(result.ci_high)):
+        return f"{metric} has no CI here"
+    if not math.isfinite(truth):
+        return f"no true delta of {metric}"
     return float(result.ci_low <= truth <= result.ci_high)
 
 
-def _disagree(report: Report, metric: str, adjusted: bool) -> float:
+def _disagree(report: Report, metric: str, adjusted: bool) -> Value:
     result = _metric(report, metric)
-    if result is None or not (_finite(result.ci_low) and _finite(result.ci_high)):
-        return math.nan
+    if isinstance(result, str):
+        return result
     p = result.p_adjusted if adjusted and result.p_adjusted is not None else result.p_value
-    if not _finite(p):
-        return math.nan
+    if not (_finite(result.ci_low) and _finite(result.ci_high) and _finite(p)):
+        return f"{metric} has no p-value or CI here"
     outside = result.ci_low > 0 or result.ci_high < 0
     return float(outside != (p < ALPHA))
 
 
-def read_disagree_adjusted(report: Report, metric: str, truth: float) -> float:
+def read_disagree_adjusted(report: Report, metric: str, truth: float) -> Value:
     return _disagree(report, metric, adjusted=True)
 
 
-def read_disagree_raw(report: Report, metric: str, truth: float) -> float:
+def read_disagree_raw(report: Report, metric: str, truth: float) -> Value:
     return _disagree(report, metric, adjusted=False)
 
 
-READOUTS: dict[str, Callable[[Report, str, float], float]] = {
+READOUTS: dict[str, Callable[[Report, str, float], Value]] = {
     "job_fails": read_job_fails,
     "regressed": read_regressed,
     "p_below": read_p_below,
@@ -452,8 +462,8 @@ def scenario_agreement(count: Counts, verdict: dict[str, Any] = AGREEMENT) -> li
     cases = []
     for n in (100, 300, 1000):
         readouts = (
-            Readout("accuracy (McNemar p, Newcombe CI) near the boundary: CI and p_adjusted "
-                    "disagree", "disagree_adjusted", "accuracy", ("<=", 0.0)),
+            Readout("accuracy (McNemar) near the boundary: CI and p_adjusted disagree",
+                    "disagree_adjusted", "accuracy", ("<=", 0.0)),
             Readout("accuracy near the boundary: CI and raw p disagree", "disagree_raw",
                     "accuracy"),
         )  # fmt: skip
@@ -462,8 +472,8 @@ def scenario_agreement(count: Counts, verdict: dict[str, Any] = AGREEMENT) -> li
                           params))  # fmt: skip
     for n in (50, 100, 200):
         readouts = (
-            Readout("loss (permutation p, bootstrap CI), lognormal differences near the "
-                    "boundary: CI and p_adjusted disagree", "disagree_adjusted", "loss",
+            Readout("loss (mean metric), lognormal differences near the boundary: CI and "
+                    "p_adjusted disagree", "disagree_adjusted", "loss",
                     ("<=", 0.0)),
             Readout("loss near the boundary: CI and raw p disagree", "disagree_raw", "loss"),
         )  # fmt: skip
@@ -582,17 +592,19 @@ def sim_seed(base: int, case: Case, sim: int) -> list[int]:
     return [base, zlib.crc32(case.data_key.encode()), sim]
 
 
-Chunk = tuple[int, int, list[list[float]], str, float]
+# A simulation's readout values and its statistics' signature (every metric's p and CI).
+Outcome = tuple[list[Value], str]
+Chunk = tuple[int, int, list[Outcome], str, float]
 
 
 def run_chunk(job: tuple[int, Case, int, int, int]) -> Chunk:
-    """Simulations start..stop of one case: one row of readout values per simulation (and the
+    """Simulations start..stop of one case: each one's readout values and signature (and the
     chunk's error, if any, and its CPU seconds)."""
     index, case, start, stop, base_seed = job
     began = time.process_time()
     logging.getLogger("regress_action").setLevel(logging.CRITICAL)
     generate = GENERATORS[case.generator]
-    out: list[list[float]] = []
+    out: list[Outcome] = []
     try:
         for sim in range(start, stop):
             rng = np.random.default_rng(sim_seed(base_seed, case, sim))
@@ -605,12 +617,12 @@ def run_chunk(job: tuple[int, Case, int, int, int]) -> Chunk:
                 verdict=verdict_config(case, sim),
             )
             report = build_report(records, context, 0.0)
-            out.append(
-                [
-                    READOUTS[r.kind](report, r.metric, case.truths.get(r.truth_key, math.nan))
-                    for r in case.readouts
-                ]
-            )
+            readings = [
+                READOUTS[r.kind](report, r.metric, case.truths.get(r.truth_key, math.nan))
+                for r in case.readouts
+            ]
+            signature = repr([(m.p_value, m.ci_low, m.ci_high) for m in report.metrics.values()])
+            out.append((readings, signature))
     except Exception as exc:  # an option this version rejects only when judging
         error = f"{type(exc).__name__}: {_first_line(exc)}"
         return index, start, out, error, time.process_time() - began
@@ -664,70 +676,36 @@ def _target_text(target: tuple[str, float] | None) -> str:
     return f"{sign} {value:.0%}" if value not in (0.0,) else f"{sign} 0"
 
 
-def summarise(case: Case, values: list[list[float]], error: str) -> list[Row]:
+def summarise(case: Case, values: list[list[Value]], error: str) -> list[Row]:
+    """One row per readout: the mean over simulations of its 0/1 values (the rate), with its
+    Monte-Carlo SE and a note (why a row is skipped, simulations without a value)."""
     rows = []
-    matrix = np.asarray(values, dtype=np.float64).reshape(len(values), len(case.readouts))
     for j, readout in enumerate(case.readouts):
-        target = _target_text(readout.target)
+        row = Row(case.scenario, readout.label, case.n, 0, None, None,
+                  _target_text(readout.target), None)  # fmt: skip
+        rows.append(row)
         if case.skip or (error and not values):
-            note = case.skip or f"skipped: {error}"
-            rows.append(
-                Row(
-                    case.scenario,
-                    readout.label,
-                    case.n,
-                    0,
-                    None,
-                    None,
-                    target,
-                    None,
-                    note if note.startswith("skipped") else f"skipped: {note}",
-                )
-            )
+            row.note = f"skipped: {case.skip or error}"
             continue
-        column = matrix[:, j]
-        valid = column[np.isfinite(column)]
-        note = f"stopped after {len(values)} sims: {error}" if error else ""
+        column = [v[j] for v in values]
+        valid = np.asarray([v for v in column if not isinstance(v, str)], dtype=np.float64)
+        reasons = Counter(v for v in column if isinstance(v, str))
         if valid.size == 0:
-            metric = readout.metric or "the readout"
-            rows.append(
-                Row(
-                    case.scenario,
-                    readout.label,
-                    case.n,
-                    0,
-                    None,
-                    None,
-                    target,
-                    None,
-                    f"skipped: no {metric} in the report here",
-                )
-            )
+            row.note = f"skipped: {reasons.most_common(1)[0][0]}" if reasons else "skipped"
             continue
-        rate = float(valid.mean())
-        se = math.sqrt(max(rate * (1 - rate), 0.0) / valid.size)
-        if valid.size < column.size:
-            note = f"{column.size - valid.size} sims without a value; " + note
+        notes = []
+        if reasons:
+            notes.append(f"{sum(reasons.values())} sims without a value: {', '.join(reasons)}")
         if readout.kind == "covers":
-            truth = case.truths.get(readout.truth_key, math.nan)
-            note = f"true delta {truth:.4g}; " + note
-        ok = None
+            notes.append(f"true delta {case.truths.get(readout.truth_key, math.nan):.4g}")
+        if error:
+            notes.append(f"stopped after {len(values)} sims: {error}")
+        row.sims, row.rate = int(valid.size), float(valid.mean())
+        row.se = math.sqrt(max(row.rate * (1 - row.rate), 0.0) / valid.size)
         if readout.target is not None:
             op, value = readout.target
-            ok = rate <= value if op == "<=" else rate >= value
-        rows.append(
-            Row(
-                case.scenario,
-                readout.label,
-                case.n,
-                int(valid.size),
-                rate,
-                se,
-                target,
-                ok,
-                note.strip().rstrip(";"),
-            )
-        )
+            row.ok = row.rate <= value if op == "<=" else row.rate >= value
+        row.note = "; ".join(notes)
     return rows
 
 
@@ -743,7 +721,7 @@ def jobs(cases: Sequence[Case], base_seed: int) -> Iterator[tuple[int, Case, int
 
 
 def run(cases: Sequence[Case], processes: int, base_seed: int) -> list[Row]:
-    values: dict[int, dict[int, list[list[float]]]] = {i: {} for i in range(len(cases))}
+    values: dict[int, dict[int, list[Outcome]]] = {i: {} for i in range(len(cases))}
     errors: dict[int, str] = {}
     work = list(jobs(cases, base_seed))
     if processes > 1:
@@ -764,12 +742,13 @@ def run(cases: Sequence[Case], processes: int, base_seed: int) -> list[Row]:
     }
     rows = []
     for i, case in enumerate(cases):
-        case_rows = summarise(case, ordered[i], errors.get(i, ""))
+        case_rows = summarise(case, [readings for readings, _ in ordered[i]], errors.get(i, ""))
         twin = _without_groups(cases, i)
-        if twin is not None and ordered[i] and ordered[i] == ordered[twin]:
+        signatures = [signature for _, signature in ordered[i]]
+        if twin is not None and signatures and signatures == [s for _, s in ordered[twin]]:
             for row in case_rows:
                 row.note = (row.note + "; " if row.note else "") + (
-                    "the same outcome as without groups in every simulation: groups had no effect"
+                    "every p and CI as without groups: groups had no effect"
                 )
         for row in case_rows:
             row.cpu_s = round(cpu[i], 2)
