@@ -51,11 +51,14 @@ from .metrics import Metric, TestName, all_finite, f64, transform_array
 from .records import PairedRecords
 
 __all__ = [
+    "BLOCKS",
+    "BLOCK_MIN_UNITS",
     "CHUNK_WEIGHTS",
     "MULTINOMIAL_MAX_CELLS",
     "MULTINOMIAL_MAX_N",
     "BootstrapPlan",
     "CellCounts",
+    "CellFeatures",
     "WeightedSums",
     "bootstrap_p",
     "cell_deltas",
@@ -64,6 +67,8 @@ __all__ = [
     "multinomial_weights",
     "percentile_ci",
     "poisson_weights",
+    "resampling_units",
+    "unit_sums",
     "weight_chunks",
 ]
 
@@ -72,6 +77,10 @@ Array = NDArray[np.float64]
 MULTINOMIAL_MAX_N = 10_000  # classic multinomial bootstrap up to here, Poisson weights above
 CHUNK_WEIGHTS = 8_000_000  # weights per chunk: 64 MB of float64 whatever n is
 MULTINOMIAL_MAX_CELLS = 4096  # cell counts: multinomial over cells up to here, index draws above
+BLOCK_MIN_UNITS = 20_000  # more resampling units (examples or clusters) than this: blocks
+BLOCKS = 10_000  # blocks of a plan's sums (and of a narrow cell-count metric)
+MIN_BLOCKS = 2_000  # the fewest blocks of a wide cell-count metric (1000-class macro-F1)
+BLOCK_CELLS = 4_000_000  # blocks × columns of a cell-count metric at most, above MIN_BLOCKS
 
 
 # A block of per-example columns (n × k) and how its resampled sums (B × k) become B deltas.
@@ -103,6 +112,27 @@ class CellCounts:
     cells: Callable[[PairedRecords], tuple[NDArray[np.int64], Any]]
     delta: Callable[[Array, NDArray[np.int64], Any], Array]
     stream: int = 2
+
+
+@dataclass(frozen=True)
+class CellFeatures:
+    """A `CellCounts` delta that reads the counts only through linear features of them.
+
+    `features(cells, context)` is a sparse (u × f) matrix: what one example of each cell adds to
+    each feature (macro-F1: per class and side, true positives and support + predicted).
+    `finish(sums, context)` maps resampled feature sums (B × f) to B deltas. Called as a
+    `CellCounts` delta it is `finish(counts @ features)`; `cell_deltas` uses the features
+    directly when it resamples clusters or blocks, so that the number of distinct cells (which
+    grows with n for a large label set or continuous confidences) never sizes a matrix.
+    """
+
+    features: Callable[[NDArray[np.int64], Any], Any]  # -> scipy.sparse (u × f)
+    finish: Callable[[Array, Any], Array]
+
+    def __call__(self, counts: Array, cells: NDArray[np.int64], context: Any) -> Array:
+        matrix = self.features(cells, context).tocsr()
+        sums = np.asarray((matrix.T @ counts.T).T, dtype=np.float64)
+        return self.finish(sums, context)
 
 
 # --- bootstrap over examples (ratio, weighted sums, mean CI) --------------------------------
@@ -181,12 +211,16 @@ class BootstrapPlan:
         """Resampled deltas per metric (non-finite resamples dropped); empty when n < 2."""
         if not self.metrics or n < 2:
             return {name: np.empty(0) for name in self.metrics}
+        unit, units, blocked = resampling_units(n, groups, rng, BLOCKS)
+        if units < 2:  # one cluster: nothing to resample
+            return {name: np.empty(0) for name in self.metrics}
+        blocks = {key: unit_sums(x, unit, units) for key, x in self.blocks.items()}
         chunks: dict[tuple[str, ...], list[Array]] = {key: [] for key in self.blocks}
         out = {}
         # Overflow (finite values near float max) and 0/0 give non-finite resamples, dropped.
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            for w in weight_chunks(rng, n, resamples):
-                for key, x in self.blocks.items():
+            for w in weight_chunks(rng, units, resamples, poisson=blocked):
+                for key, x in blocks.items():
                     chunks[key].append(w @ x)
             sums = {key: np.concatenate(parts) for key, parts in chunks.items()}
             for name, (key, cols, to_delta) in self.metrics.items():
@@ -195,20 +229,59 @@ class BootstrapPlan:
         return out
 
 
+def resampling_units(
+    n: int, groups: NDArray[np.int64] | None, rng: np.random.Generator, blocks: int
+) -> tuple[NDArray[np.intp] | None, int, bool]:
+    """Which resampling unit each example's weight comes from (None: its own), how many units
+    there are, and whether they are blocks.
+
+    The units are the examples, or the clusters of `groups` (ids need not be contiguous). With
+    more than `BLOCK_MIN_UNITS` of them, the units are dealt at random into `blocks` blocks of
+    near-equal size (a permutation drawn from `rng`, before any weight), and the blocks are
+    resampled instead (see the module docstring). Without groups and at most `BLOCK_MIN_UNITS`
+    examples, nothing is drawn and every example is its own unit, as it always was.
+    """
+    unit: NDArray[np.intp] | None = None
+    units = n
+    if groups is not None:
+        _, inverse = np.unique(np.asarray(groups).reshape(-1), return_inverse=True)
+        unit = inverse.reshape(-1).astype(np.intp)
+        units = int(unit.max(initial=-1)) + 1
+    if units <= max(BLOCK_MIN_UNITS, blocks):
+        return unit, units, False
+    block_of = np.empty(units, dtype=np.intp)
+    block_of[rng.permutation(units)] = np.arange(units) % blocks
+    return (block_of if unit is None else block_of[unit]), blocks, True
+
+
+def unit_sums(x: Array, unit: NDArray[np.intp] | None, units: int) -> Array:
+    """Column sums of `x` (examples × k) per resampling unit -> units × k (`x` itself when every
+    example is its own unit)."""
+    if unit is None:
+        return x
+    out = np.empty((units, x.shape[1]))
+    for j in range(x.shape[1]):
+        out[:, j] = np.bincount(unit, weights=x[:, j], minlength=units)
+    return out
+
+
 def _mean_delta(sums: Array) -> Array:
     """A mean metric's resampled delta from its sums [Σw·diff, Σw]."""
     delta: Array = sums[:, 0] / sums[:, 1]
     return delta
 
 
-def weight_chunks(rng: np.random.Generator, n: int, resamples: int) -> Iterator[Array]:
-    """Bootstrap weight matrices (rows: resamples, columns: examples), memory-bounded chunks.
+def weight_chunks(
+    rng: np.random.Generator, n: int, resamples: int, *, poisson: bool = False
+) -> Iterator[Array]:
+    """Bootstrap weight matrices (rows: resamples, columns: examples), memory-bounded chunks;
+    Poisson weights above `MULTINOMIAL_MAX_N` columns, or always with `poisson` (blocks).
 
     The Poisson chunks reuse one buffer: a fresh 64 MB array per chunk costs more in page
     faults than the draws themselves.
     """
     rows = max(1, CHUNK_WEIGHTS // n)
-    buffer = np.empty((min(rows, resamples), n)) if n > MULTINOMIAL_MAX_N else None
+    buffer = np.empty((min(rows, resamples), n)) if poisson or n > MULTINOMIAL_MAX_N else None
     for start in range(0, resamples, rows):
         m = min(rows, resamples - start)
         if buffer is None:
@@ -232,10 +305,14 @@ def poisson_weights(rng: np.random.Generator, n: int, rows: int, out: Array | No
 
 @cache
 def _poisson_table() -> Array:
-    # Quantiles at the 65,536 mid-points: P(w = k) is matched to within 2^-16.
-    from scipy import stats as sps  # only for large n; the task registry imports this module
-
-    return np.asarray(sps.poisson.ppf((np.arange(1 << 16) + 0.5) / (1 << 16), 1.0), np.float64)
+    # Quantiles at the 65,536 mid-points: P(w = k) is matched to within 2^-16. The quantile of
+    # q is the smallest k with CDF(k) ≥ q (scipy's `poisson.ppf(q, 1)`, to the bit: no mid-point
+    # lies within 6e-7 of a CDF value; the CDF is summed exactly, `ppf` costs 0.2 s).
+    cdf = [
+        math.exp(-1.0) * math.fsum(1 / math.factorial(j) for j in range(k + 1)) for k in range(30)
+    ]
+    mid = (np.arange(1 << 16) + 0.5) / (1 << 16)
+    return np.searchsorted(np.array(cdf), mid, side="left").astype(np.float64)
 
 
 def bootstrap_p(delta: Array) -> float:
@@ -297,16 +374,70 @@ def cell_deltas(metric: CellCounts, records: PairedRecords, resamples: int, seed
     Non-finite resamples (a statistic undefined on that resample) are dropped."""
     keys, context = metric.cells(records)
     cells, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
     rng = np.random.default_rng([seed, metric.stream])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        deltas: Array = np.concatenate(
-            [
-                metric.delta(c, cells, context)
-                for c in _cell_count_chunks(rng, counts, inverse, resamples)
-            ]
+    n = records.n
+    if records.groups is None and (n <= BLOCK_MIN_UNITS or cells.size <= MULTINOMIAL_MAX_CELLS):
+        parts: Iterator[Array] = (
+            metric.delta(c, cells, context)
+            for c in _cell_count_chunks(rng, counts, inverse, resamples)
         )
+    else:
+        parts = _unit_cell_deltas(metric, cells, inverse, context, records, resamples, rng)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        deltas: Array = np.concatenate([np.empty(0), *parts])
     finite: Array = deltas[np.isfinite(deltas)]
     return finite
+
+
+def _unit_cell_deltas(
+    metric: CellCounts,
+    cells: NDArray[np.int64],
+    inverse: NDArray[np.int64],
+    context: Any,
+    records: PairedRecords,
+    resamples: int,
+    rng: np.random.Generator,
+) -> Iterator[Array]:
+    """Cell counts resampled by unit (cluster or block): resampled counts are unit weights @
+    per-unit counts, or, for a `CellFeatures` delta, unit weights @ per-unit feature sums."""
+    from scipy import sparse  # only for clusters and large n; the task registry imports this
+
+    n, u = records.n, cells.size
+    delta = metric.delta
+    matrix = delta.features(cells, context).tocsr() if isinstance(delta, CellFeatures) else None
+    width = u if matrix is None else int(matrix.shape[1])
+    blocks = max(MIN_BLOCKS, min(BLOCKS, BLOCK_CELLS // max(width, 1)))
+    unit, units, blocked = resampling_units(n, records.groups, rng, blocks)
+    if units < 2:  # one cluster: nothing to resample
+        return
+    rows = np.arange(n) if unit is None else unit
+    per_unit = sparse.csr_matrix((np.ones(n), (rows, inverse)), shape=(units, u), dtype=np.float64)
+    if matrix is not None:
+        per_unit = (per_unit @ matrix).tocsr()
+    dense = per_unit.nnz > 0.02 * units * width  # BLAS beats a sparse product above ~2 %
+    x: Any = per_unit.toarray() if dense else per_unit.T.tocsr()
+    # Counts and weights are whole numbers: while every resampled sum stays below 2^24, float32
+    # holds each partial sum exactly, so the float32 GEMM (twice as fast) gives the same bits.
+    largest = float(np.asarray(per_unit.sum(axis=0)).max(initial=0.0))
+    single = dense and largest * float(_poisson_table().max()) < 2**24
+    if single:
+        x = x.astype(np.float32)
+    chunk = max(1, CHUNK_WEIGHTS // max(units, width))
+    for start in range(0, resamples, chunk):
+        m = min(chunk, resamples - start)
+        if blocked or units > MULTINOMIAL_MAX_N:
+            w = poisson_weights(rng, units, m)
+        else:
+            w = multinomial_weights(rng, units, m)
+        if single and blocked | (units > MULTINOMIAL_MAX_N):  # Poisson weights: ≤ table max
+            sums = (w.astype(np.float32) @ x).astype(np.float64)
+        else:
+            sums = w @ x.astype(np.float64, copy=False) if dense else np.asarray((x @ w.T).T)
+        if isinstance(delta, CellFeatures):
+            yield delta.finish(sums, context)
+        else:
+            yield delta(sums, cells, context)
 
 
 def _cell_count_chunks(
@@ -336,22 +467,46 @@ def index_deltas(metric: Metric, records: PairedRecords, resamples: int, seed: i
 
     Resample b draws n indices uniformly with replacement (one `integers` call per resample, in
     order, from `default_rng([seed, INDEX_STREAM, crc32(name)])`); both sides are indexed with
-    the same draw, so the pairing is kept. Non-finite resamples are dropped.
+    the same draw, so the pairing is kept. With `records.groups`, resample b draws as many
+    clusters as there are, with replacement, and takes all their examples. Non-finite resamples
+    are dropped.
     """
     n = records.n
     rng = np.random.default_rng([seed, INDEX_STREAM, zlib.crc32(metric.name.encode())])
+    draw = _cluster_draw(records.groups) if records.groups is not None else None
     sides: list[dict[str, NDArray[np.float64] | NDArray[np.int64]]] = [
         {c: side[c] for c in metric.columns} for side in (records.baseline, records.candidate)
     ]
     deltas = np.empty(resamples)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for b in range(resamples):
-            index = rng.integers(0, n, size=n)
+            index = rng.integers(0, n, size=n) if draw is None else draw(rng)
             base, cand = ({c: v[index] for c, v in side.items()} for side in sides)
             deltas[b] = metric.value(cand, records.num_classes) - metric.value(
                 base, records.num_classes
             )
     return deltas[np.isfinite(deltas)]
+
+
+def _cluster_draw(
+    groups: NDArray[np.int64],
+) -> Callable[[np.random.Generator], NDArray[np.intp]]:
+    """Example indices of one cluster bootstrap: clusters drawn with replacement, all of each."""
+    order = np.argsort(np.asarray(groups).reshape(-1), kind="stable")
+    sorted_groups = np.asarray(groups).reshape(-1)[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    sizes = np.diff(np.r_[starts, sorted_groups.size])
+
+    def draw(rng: np.random.Generator) -> NDArray[np.intp]:
+        chosen = rng.integers(0, starts.size, size=starts.size)
+        size = sizes[chosen]
+        ends = np.cumsum(size)
+        # position within the resample -> position in `order`: each chosen cluster's run
+        offsets = np.repeat(starts[chosen] - (ends - size), size)
+        picked: NDArray[np.intp] = order[offsets + np.arange(int(ends[-1]))]
+        return picked
+
+    return draw
 
 
 def group_sum(values: Array, group: NDArray[np.int64], k: int) -> Array:

@@ -29,7 +29,7 @@ from ..errors import DataError
 from ..metrics import Array, Metric, f64
 from ..records import Columns, PairedRecords
 from ..report import ClassRow, Flips
-from ..resampling import Block, CellCounts, WeightedSums, group_sum
+from ..resampling import Block, CellCounts, CellFeatures, WeightedSums
 from .base import (
     Analysis,
     BuiltinDataset,
@@ -120,15 +120,32 @@ def _f1_cells(records: PairedRecords) -> tuple[NDArray[np.int64], int]:
     return (label * k + pred_b) * k + pred_c, k
 
 
-def _f1_delta(counts: Array, cells: NDArray[np.int64], k: int) -> Array:
-    cell_label, cell_b, cell_c = cells // (k * k), (cells // k) % k, cells % k
+def _f1_features(cells: NDArray[np.int64], k: int) -> Any:
+    """Per cell (label, baseline prediction, candidate prediction), what one example adds to
+    the 4k features [true positives, support + predicted] × [baseline, candidate] per class."""
+    from scipy import sparse
 
-    def f1(cell_pred: NDArray[np.int64]) -> Array:
-        hit = cell_label == cell_pred
-        true_pos = group_sum(counts[:, hit], cell_label[hit], k)
-        return _f1_mean(true_pos, group_sum(counts, cell_label, k), group_sum(counts, cell_pred, k))
+    label, pred_b, pred_c = cells // (k * k), (cells // k) % k, cells % k
+    row = np.arange(cells.size)
+    rows, cols = [], []
+    for offset, pred in ((0, pred_b), (2 * k, pred_c)):
+        hit = label == pred
+        rows += [row[hit], row, row]
+        cols += [offset + label[hit], offset + k + label, offset + k + pred]
+    index = np.concatenate(rows)
+    return sparse.csr_matrix(
+        (np.ones(index.size), (index, np.concatenate(cols))), shape=(cells.size, 4 * k)
+    )
 
-    return f1(cell_c) - f1(cell_b)
+
+def _f1_finish(sums: Array, k: int) -> Array:
+    zero = np.zeros((sums.shape[0], k))
+    base = _f1_mean(sums[:, :k], sums[:, k : 2 * k], zero)
+    return _f1_mean(sums[:, 2 * k : 3 * k], sums[:, 3 * k :], zero) - base
+
+
+# Resampled counts of the cells -> per-class sums -> macro-F1 delta (see `CellFeatures`).
+_f1_delta = CellFeatures(_f1_features, _f1_finish)
 
 
 # --- confidence AUROC ------------------------------------------------------------------------
@@ -175,26 +192,87 @@ def confidence_auroc(correct: Array, confidence: Array) -> float:
     )
 
 
-def _auroc_cells(records: PairedRecords) -> tuple[NDArray[np.int64], int]:
+AUROC_BINS = 256  # confidence bins per side of the AUROC bootstrap above AUROC_BIN_MIN_N
+AUROC_BIN_MIN_N = 20_000  # examples (the bootstrap resamples blocks above this many, too)
+
+
+def _auroc_levels(confidence: Array, right: NDArray[np.bool_], n: int) -> tuple[Any, Array]:
+    """An example's level for the AUROC bootstrap, and each level's tie weight.
+
+    Up to `AUROC_BIN_MIN_N` examples (or `AUROC_BINS` distinct confidences) a level is a
+    distinct confidence and a right/wrong pair within it counts ½. Above, the levels are
+    `AUROC_BINS` quantile bins and a pair within a bin counts the bin's observed share of
+    right-above-wrong pairs (ties ½): the statistic is unchanged on the eval set itself, and
+    under resampling only the ordering within a bin (≤ 1/AUROC_BINS of the pairs) is frozen,
+    which moves the bootstrap variance by O(1/AUROC_BINS²).
+    """
+    level, levels = _confidence_levels(confidence)
+    if n <= AUROC_BIN_MIN_N or levels <= AUROC_BINS:
+        return level, np.full(levels, 0.5)
+    # Per distinct confidence: right and wrong counts; bins of about n / AUROC_BINS examples,
+    # each starting at a distinct confidence (equal confidences share a bin).
+    right_at = np.bincount(level[right], minlength=levels)
+    wrong_at = np.bincount(level[~right], minlength=levels)
+    total = np.cumsum(right_at + wrong_at)
+    targets = total[-1] * np.arange(1, AUROC_BINS) / AUROC_BINS
+    starts = np.unique(np.searchsorted(total, targets, side="right"))
+    starts = starts[(starts > 0) & (starts < levels)]
+    bin_of = np.searchsorted(starts, np.arange(levels), side="right")
+    bins = starts.size + 1
+    # A right example's wrong ones below it within its bin: the wrong ones below its level
+    # minus those below its bin, and half of those at its level.
+    wrong_below = np.cumsum(wrong_at) - wrong_at
+    bin_wrong = np.bincount(bin_of, weights=wrong_at, minlength=bins)
+    wrong_below_bin = np.cumsum(bin_wrong) - bin_wrong
+    within_at = right_at * (wrong_below - wrong_below_bin[bin_of] + 0.5 * wrong_at)
+    pairs = np.bincount(bin_of, weights=within_at, minlength=bins)
+    both = np.bincount(bin_of, weights=right_at, minlength=bins) * bin_wrong
+    ties = np.divide(pairs, both, out=np.full(bins, 0.5), where=both > 0)
+    return int64(bin_of[level]), ties
+
+
+def _auroc_cells(records: PairedRecords) -> tuple[NDArray[np.int64], Any]:
     # An example's cell: (baseline confidence level, baseline right, candidate level, right).
-    codes = []
+    codes, ties = [], []
     for side in (records.baseline, records.candidate):
-        group, _ = _confidence_levels(f64(side["confidence"]))
-        codes.append(group * 2 + (f64(side["correct"]) > 0.5))
-    width = int(codes[1].max(initial=0)) + 1
-    return codes[0] * width + codes[1], width
+        right = f64(side["correct"]) > 0.5
+        level, tie = _auroc_levels(f64(side["confidence"]), right, records.n)
+        codes.append(level * 2 + right)
+        ties.append(tie)
+    width = 2 * ties[1].size
+    return codes[0] * width + codes[1], (width, ties[0], ties[1])
 
 
-def _auroc_delta(counts: Array, cells: NDArray[np.int64], width: int) -> Array:
-    def auroc(code: NDArray[np.int64]) -> Array:
-        group, right = code // 2, code % 2 == 1
-        levels = int(group.max(initial=0)) + 1
-        return _auroc_sum(
-            group_sum(counts[:, right], group[right], levels),
-            group_sum(counts[:, ~right], group[~right], levels),
-        )
+def _auroc_features(cells: NDArray[np.int64], context: Any) -> Any:
+    """Per cell, one example adds 1 to its (level, right) count on each side: 2L_b + 2L_c
+    features, the baseline's first."""
+    from scipy import sparse
 
-    return auroc(cells % width) - auroc(cells // width)
+    width, ties_b, _ = context
+    row = np.arange(cells.size)
+    cols = np.concatenate([cells // width, 2 * ties_b.size + cells % width])
+    shape = (cells.size, 2 * ties_b.size + width)
+    return sparse.csr_matrix((np.ones(2 * cells.size), (np.r_[row, row], cols)), shape=shape)
+
+
+def _auroc_finish(sums: Array, context: Any) -> Array:
+    _, ties_b, ties_c = context
+
+    def auroc(counts: Array, ties: Array) -> Array:
+        # Σ_g right_g · (wrong below g + tie_g · wrong_g) / (Σ right · Σ wrong)
+        right, wrong = counts[:, 1::2], counts[:, 0::2]
+        below = np.cumsum(wrong, axis=-1) - wrong
+        pairs = (right * (below + ties * wrong)).sum(axis=-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value: Array = pairs / (right.sum(axis=-1) * wrong.sum(axis=-1))
+        return value
+
+    split = 2 * ties_b.size
+    return auroc(sums[:, split:], ties_c) - auroc(sums[:, :split], ties_b)
+
+
+# Resampled counts of the cells -> per-level right/wrong counts -> AUROC delta.
+_auroc_delta = CellFeatures(_auroc_features, _auroc_finish)
 
 
 def _auroc_value(columns: Columns, num_classes: int | None) -> float:
