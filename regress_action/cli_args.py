@@ -193,7 +193,12 @@ def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
         help="per-metric tolerance: absolute (loss=0.02) or relative to |baseline| "
         "(perplexity=5%%); repeatable",
     )
-    group.add_argument("--gate", type=_name_list, help="metrics that gate (default: all)")
+    group.add_argument(
+        "--gate",
+        type=_name_list,
+        help="metrics that can fail the job, or primary (the task's primary metric) or all "
+        "(default: primary with --significance gate/margin, all with report/off)",
+    )
     group.add_argument(
         "--metrics-module",
         metavar="MODULE",
@@ -202,12 +207,18 @@ def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--significance",
-        choices=["report", "gate", "off"],
-        default="report",
-        help="report: show p-values and CIs; gate: a change must also be significant; "
-        "off: no statistics (default report)",
+        choices=["gate", "margin", "report", "off"],
+        default="gate",
+        help="gate (default): a regression must be beyond the tolerance and significant; "
+        "margin: the whole CI beyond the tolerance; report: the tolerance alone, p-values and "
+        "CIs shown; off: the tolerance alone, no statistics",
     )
-    group.add_argument("--alpha", type=_probability, default=0.05, help="significance level")
+    group.add_argument(
+        "--alpha",
+        type=_probability,
+        default=0.05,
+        help="significance level, Bonferroni-adjusted across the gated metrics (default 0.05)",
+    )
     group.add_argument(
         "--resamples",
         type=_int_between(100, 100_000),

@@ -14,11 +14,13 @@ from .errors import ConfigError
 from .metrics import Metric
 from .records import PairedRecords
 from .report import DatasetInfo, Report, RunInfo, StatsInfo
-from .spec import Precision, TaskSpec, VerdictConfig
+from .spec import GATE_ALL, GATE_PRIMARY, Precision, TaskSpec, VerdictConfig
 from .stats import paired_statistics
 from .tasks import get_task, metrics_for, select_metrics, unknown_metric_message
 from .verdict import (
     apply_significance,
+    family,
+    family_alphas,
     judge,
     notes,
     overall_status,
@@ -48,7 +50,8 @@ def metric_specs(task: TaskSpec, verdict: VerdictConfig) -> dict[str, Metric]:
     unknown metric or gate names."""
     specs = select_metrics(task, verdict.metrics, verdict.metrics_module)
     every = metrics_for(task, verdict.metrics_module)
-    for name in [*(verdict.gate or ()), *verdict.tolerances]:
+    named_gate = () if verdict.gate_keyword() else (verdict.gate or ())
+    for name in [*named_gate, *verdict.tolerances]:
         if name not in every:
             raise ConfigError(unknown_metric_message(name, task.task, list(every)))
         if name not in specs:
@@ -59,23 +62,40 @@ def metric_specs(task: TaskSpec, verdict: VerdictConfig) -> dict[str, Metric]:
     return specs
 
 
+def resolve_gate(task: TaskSpec, verdict: VerdictConfig, specs: dict[str, Metric]) -> VerdictConfig:
+    """The verdict with `gate` as metric names: "all" → every reported metric; "primary" →
+    the task's primary metrics that are reported, or every reported metric when none is
+    (e.g. `--metrics ece,loss`, or bits per byte alone across tokenizers)."""
+    keyword = verdict.gate_keyword()
+    if keyword is None:
+        return verdict
+    names = tuple(specs)
+    if keyword == GATE_PRIMARY:
+        primary = tuple(name for name in get_task(task.task).primary if name in specs)
+        names = primary or names
+    assert keyword in (GATE_ALL, GATE_PRIMARY)
+    return verdict.model_copy(update={"gate": names})
+
+
 def build_report(records: PairedRecords, context: ReportContext, duration_s: float) -> Report:
-    verdict = context.verdict
-    specs = metric_specs(context.task, verdict)
+    specs = metric_specs(context.task, context.verdict)
+    verdict = resolve_gate(context.task, context.verdict, specs)
     num_classes = context.task.num_classes
     baseline = {name: m.value(records.baseline, num_classes) for name, m in specs.items()}
     candidate = {name: m.value(records.candidate, num_classes) for name, m in specs.items()}
     results = judge(baseline, candidate, verdict, specs, log_regressions=False)
+    hypotheses = {name: spec.hypothesis or name for name, spec in specs.items()}
+    members = family(results, specs, hypotheses)
     if verdict.significance != "off":
         stats = paired_statistics(
             records,
             specs,
-            confidence=verdict.confidence,
+            alpha=verdict.alpha,
+            alphas=family_alphas(members, specs, verdict.alpha),
             resamples=verdict.resamples,
             seed=verdict.seed,
         )
-        hypotheses = {name: spec.hypothesis or name for name, spec in specs.items()}
-        apply_significance(results, stats, verdict, hypotheses)
+        apply_significance(results, stats, verdict, members)
     warn_regressions(results.values())
     analysis = get_task(context.task.task).analyse(records, context.dataset.class_names)
     return Report(
@@ -92,9 +112,10 @@ def build_report(records: PairedRecords, context: ReportContext, duration_s: flo
         stats=StatsInfo(
             significance=verdict.significance,
             alpha=verdict.alpha,
-            confidence=verdict.confidence,
+            confidence=1 - verdict.alpha,
             resamples=verdict.resamples,
             seed=verdict.seed,
+            family_size=max(1, len(set(members.values()))),
         ),
         metrics=results,
         flips=analysis.flips,

@@ -8,8 +8,8 @@ statistical machinery that tests them lives in `stats` and `resampling`, which r
 A metric states, once:
 - `name`, `higher_is_better` (direction is never guessed from a name), a `description`;
 - `kind`, which decides its paired test:
-  `binary`  mean of a 0/1 column        → exact McNemar, Newcombe CI;
-  `mean`    mean of a per-example column → paired t / sign-flip permutation;
+  `binary`  mean of a 0/1 column        → exact McNemar and its dual exact CI;
+  `mean`    mean of a per-example column → paired t-test and t interval;
   `ratio`   transform(Σnum / Σden) over whole examples → paired bootstrap in log space;
   `corpus`  a whole-set statistic         → paired bootstrap through its `resampler`;
 - `columns`: the per-example record columns it is computed from (`ratio`: numerator, denominator);
@@ -18,7 +18,10 @@ A metric states, once:
   one, the generic `resampling.index_deltas` recomputes `whole_set` on every resample);
 - `default`: reported when no metric list is given (an opt-in metric is reported when named);
 - `hypothesis`: metrics naming the same hypothesis are one test for the multiple-testing
-  correction (an LM's loss, perplexity and bits per byte are monotone maps of ΣNLL / Σtokens).
+  correction (an LM's loss, perplexity and bits per byte are monotone maps of ΣNLL / Σtokens);
+- `tested`: False for a metric with no valid paired test (plug-in ECE, whose bias depends on
+  the confidence spread): reported with its delta but no p-value or CI, and never judged
+  significant.
 """
 
 from __future__ import annotations
@@ -36,13 +39,9 @@ from .records import Columns
 
 MetricKind = Literal["binary", "mean", "ratio", "corpus"]
 Transform = Literal["identity", "exp", "bits"]
-TestName = Literal[
-    "mcnemar_exact", "paired_t", "paired_permutation", "paired_bootstrap_log_ratio",
-    "paired_bootstrap",
-]  # fmt: skip
+TestName = Literal["mcnemar_exact", "paired_t", "paired_bootstrap_log_ratio", "paired_bootstrap"]
 Array = NDArray[np.float64]
 
-T_TEST_MIN_N = 1000  # mean metrics: paired t-test from here on, sign-flip permutation below
 METRIC_KINDS: tuple[MetricKind, ...] = ("binary", "mean", "ratio", "corpus")
 TRANSFORMS: tuple[Transform, ...] = ("identity", "exp", "bits")
 _COLUMNS_BY_KIND = {"binary": 1, "mean": 1, "ratio": 2}
@@ -71,6 +70,7 @@ class Metric:
     # corpus: a resampling.WeightedSums or resampling.CellCounts; None: the generic bootstrap
     resampler: Any = None
     default: bool = True  # reported when no metric list is given
+    tested: bool = True  # has a valid paired test (see the module docstring)
 
     def __post_init__(self) -> None:
         if isinstance(self.columns, list):  # a list reads as naturally; keep the tuple contract
@@ -95,7 +95,7 @@ class Metric:
         if self.kind == "binary":
             return "mcnemar_exact"
         if self.kind == "mean":
-            return "paired_t" if n >= T_TEST_MIN_N else "paired_permutation"
+            return "paired_t"
         return "paired_bootstrap_log_ratio" if self.kind == "ratio" else "paired_bootstrap"
 
 

@@ -190,6 +190,9 @@ class View:
     summary: str
     has_stats: bool
     ci_label: str
+    stats_note: str  # how the CI and p columns were computed and adjusted
+    rule: str  # what made a gated metric regress
+    underpowered: list[MetricResult]  # gated metrics whose test cannot see their tolerance
     tests: list[str]
     chart: Chart | None
     trend: Trend | None
@@ -207,6 +210,38 @@ def status_cell(metric: MetricResult) -> str:
     if not metric.gated and metric.status != "new":
         text += " (not gated)"
     return text
+
+
+RULES = {
+    "gate": "a gated metric regresses when its change is beyond its tolerance and significant",
+    "margin": "a gated metric regresses when its whole CI lies beyond its tolerance",
+    "report": "a gated metric regresses when its change is beyond its tolerance (p shown, "
+    "not required)",
+    "off": "a gated metric regresses when its change is beyond its tolerance",
+}
+
+
+def _percent(level: float) -> str:
+    return f"{level * 100:.4g}%"
+
+
+def _ci_label(report: Report) -> str:
+    return f"{_percent(report.stats.confidence)} CI"
+
+
+def _stats_note(report: Report) -> str:
+    """The footnote on the CI and p columns: levels, and the family correction."""
+    stats = report.stats
+    size = stats.family_size
+    if size <= 1:
+        family = "p of the gated metric unadjusted (one gated test)"
+    else:
+        level = _percent(1 - stats.alpha / size)
+        family = (
+            f"gated metrics: p Bonferroni-adjusted over {size} tests and {level} CI, so the "
+            "CI excludes 0 exactly when p < α; other rows unadjusted"
+        )
+    return f"{_ci_label(report)} of Δ; {family}; n.s. = not significant at α = {stats.alpha:g}"
 
 
 def _summary(metrics: list[MetricResult]) -> str:
@@ -302,7 +337,10 @@ def build_view(report: Report, detail: Detail = TRUNCATION_STEPS[0]) -> View:
         metrics=metrics,
         summary=_summary(metrics),
         has_stats=has_stats,
-        ci_label=f"{report.stats.confidence * 100:g}% CI",
+        ci_label=_ci_label(report) if report.stats.family_size <= 1 else "CI",
+        stats_note=_stats_note(report),
+        rule=RULES[report.stats.significance],
+        underpowered=[m for m in metrics if m.underpowered],
         tests=sorted({m.test for m in metrics if m.test}),
         chart=_chart(metrics, report.task.task) if detail.chart else None,
         trend=_trend(report) if detail.trend else None,

@@ -72,6 +72,15 @@ class MetricResult(_Model):
     n_fixed: int | None = None
     n_broken: int | None = None
     significant: bool | None = None
+    # The interval's confidence level: 1 - α/m for a metric of the gated family of m tests
+    # (Bonferroni), 1 - α otherwise, so the interval excludes 0 exactly when the shown p < α.
+    ci_level: Real | None = None
+    se: Real | None = None  # standard error of Δ
+    # Minimum detectable effect: the smallest true |Δ| the test finds with 80 % power at this
+    # n and level; `underpowered` when it exceeds the tolerance (a gated metric only).
+    mde: Real | None = None
+    underpowered: bool = False
+    clusters: int | None = None  # resampled clusters (e.g. documents), when examples share one
 
 
 class RunInfo(_Model):
@@ -101,9 +110,13 @@ class StatsInfo(_Model):
 
     significance: SignificanceMode = "report"
     alpha: Real = 0.05
-    confidence: Real = 0.95
+    confidence: Real = 0.95  # the level of an interval outside the gated family: 1 - α
     resamples: int = 2000
     seed: int = 0
+    # The gated family's correction: Bonferroni over `family_size` hypotheses (a metric in it
+    # is judged at α / family_size, its interval at 1 - α / family_size).
+    correction: Literal["bonferroni"] = "bonferroni"
+    family_size: int = 1
 
 
 class FlipExample(_Model):

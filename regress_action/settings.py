@@ -105,7 +105,7 @@ class ActionInputs(BaseSettings):
     gate: tuple[str, ...] | None = _input("gate", default=None)
     tolerances: dict[str, MetricTolerance] = _input("metric-tolerances", default_factory=dict)
     metrics_module: str | None = _input("metrics-module", default=None)
-    significance: SignificanceMode = _input("significance", default="report")
+    significance: SignificanceMode = _input("significance", default="gate")
     alpha: float = _input("alpha", default=0.05, gt=0, lt=1)
     db_url: str = _input("db-url", default=DEFAULT_DB_URL, min_length=1)
     github_token: SecretStr | None = _input("github-token", default=None)

@@ -29,7 +29,7 @@ from pydantic import (
 # ignores this index by default).
 IGNORE_INDEX = -100
 
-SignificanceMode = Literal["report", "gate", "off"]
+SignificanceMode = Literal["report", "gate", "margin", "off"]
 Status = Literal["improved", "neutral", "regressed", "new", "failed"]
 OverallStatus = Literal["improved", "neutral", "regressed"]
 # The dtype every model forward runs in: fp32 as the model is, or under torch.autocast with
@@ -203,25 +203,43 @@ class MetricTolerance(BaseModel):
     rel: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
     def resolve(self, baseline: float, default_abs: float) -> float:
+        """The tolerance at this baseline value. A relative-only tolerance on a baseline of 0
+        has no scale to be relative to: the threshold applies there instead of a tolerance of
+        0 (which would call any change a regression)."""
         if self.abs is None and self.rel is None:
+            return default_abs
+        if self.abs is None and baseline == 0:
             return default_abs
         absolute = 0.0 if self.abs is None else self.abs
         relative = 0.0 if self.rel is None else self.rel * abs(baseline)
         return max(absolute, relative)
 
 
+# `gate` keywords: the task's primary metric(s), or every reported metric.
+GATE_PRIMARY, GATE_ALL = "primary", "all"
+
+
 class VerdictConfig(BaseModel):
-    """How deltas become statuses: threshold, tolerances, gated metrics and significance."""
+    """How deltas become statuses: threshold, tolerances, gated metrics and significance.
+
+    The defaults are the plain threshold rule (`significance="report"`: statistics shown, every
+    reported metric gated on its tolerance alone). `significance="gate"` is the rule the Action
+    and the CLI default to: a gated metric regresses only when its change is beyond the
+    tolerance and significant, and `gate` then defaults to the task's primary metric (see
+    docs/statistics.md for why).
+
+    `gate`: metric names, or ("primary",) / ("all",); None: "primary" under `gate` and
+    `margin`, "all" otherwise.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     threshold: float = Field(default=0.01, ge=0)
     tolerances: dict[str, MetricTolerance] = Field(default_factory=dict)
     metrics: tuple[str, ...] | None = None  # None: every metric of the task
-    gate: tuple[str, ...] | None = None  # None: every reported metric is gated
+    gate: tuple[str, ...] | None = None  # metric names or a keyword; None: see above
     significance: SignificanceMode = "report"
     alpha: float = Field(default=0.05, gt=0, lt=1)
-    confidence: float = Field(default=0.95, gt=0, lt=1)
     resamples: int = Field(default=2000, ge=100, le=100_000)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     # A module importable from the working directory whose `metrics(task) -> list[Metric]` adds
@@ -240,7 +258,16 @@ class VerdictConfig(BaseModel):
         return spec.resolve(baseline, self.threshold)
 
     def is_gated(self, metric: str) -> bool:
-        return self.gate is None or metric in self.gate
+        """Whether `metric` gates, once `gate` names metrics (see `resolve_gate`)."""
+        return self.gate is None or self.gate == (GATE_ALL,) or metric in self.gate
+
+    def gate_keyword(self) -> str | None:
+        """ "primary" / "all" when `gate` is (or defaults to) a keyword, else None."""
+        if self.gate is None:
+            return GATE_PRIMARY if self.significance in ("gate", "margin") else GATE_ALL
+        if self.gate in ((GATE_PRIMARY,), (GATE_ALL,)):
+            return self.gate[0]
+        return None
 
 
 # A name in the checkpoint-format registry (`formats.REGISTRY`), checked by ModelSource.

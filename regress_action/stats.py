@@ -1,41 +1,44 @@
 """Paired significance tests and confidence intervals on metric deltas (DESIGN §4).
 
 Owns `paired_statistics`: for every metric, a two-sided p-value for "baseline and candidate do
-not differ" and a confidence interval on `delta = candidate - baseline` in the metric's units,
-computed from the paired per-example records. Holm adjustment and gating live in `verdict`.
-Imports numpy, scipy, the contract modules `records` and `metrics`, and `resampling` only
-(never torch, SQLAlchemy, PyGithub or jinja2).
+not differ", a confidence interval on `delta = candidate - baseline` in the metric's units that
+is the dual of that test (0 lies outside the 1 - α interval exactly when p < α), the standard
+error of the delta and the minimum detectable effect (the smallest true change the test finds
+with 80 % power at this n and level). The family correction and gating live in `verdict`, which
+asks for each metric's interval at its own (adjusted) level. Imports numpy, scipy, the contract
+modules `records` and `metrics`, and `resampling` only (never torch, SQLAlchemy, PyGithub or
+jinja2). docs/statistics.md explains the choices and their measured error rates.
 
 Methods by metric kind:
-- binary: exact McNemar, `binomtest(n_fixed, n_fixed + n_broken, 0.5)`; the CI is Newcombe's
-  unconditional hybrid score interval on the accuracy delta (`newcombe_ci`), so at the boundary
-  it may disagree with the conditional McNemar p on whether 0 is inside.
-- mean: paired t-test and t interval for n ≥ 1000 (the CLT makes them accurate there, they cost
-  O(n) and are dual to each other); below that, a sign-flip permutation test (exact enumeration
-  when 2^m ≤ resamples), which is exact under H0's exchangeability of the two sides, with a
-  percentile bootstrap CI of the mean difference. These two are different procedures, so near
-  the boundary a small-n mean metric's p and CI can disagree.
+- binary: exact McNemar, `binomtest(n_fixed, n_fixed + n_broken, 0.5)`; the interval is the
+  Clopper-Pearson interval of the fixed share of the discordant pairs, mapped to the accuracy
+  delta `(discordant / n) · (2π - 1)`: conditional on the discordant count, like the exact
+  test, and dual to it (both are the central exact binomial test).
+- mean: paired t-test and the t interval on the mean difference, at every n (dual, O(n), and
+  the interval covers at the nominal rate for skewed differences from n = 100 on, where a
+  percentile bootstrap under-covers).
 - ratio: paired bootstrap over whole examples, Σnum/Σden recomputed for both sides per resample;
   p from the bootstrap distribution of log(candidate / baseline), CI on the transformed delta.
 - corpus: paired bootstrap over examples through the metric's own resampler (`WeightedSums`:
   resampled weighted column sums, e.g. ECE's bins; `CellCounts`: multinomial cell counts, e.g.
   macro-F1 over (label, baseline prediction, candidate prediction) with the full label set), or,
   for a metric without one, the generic index bootstrap recomputing its `whole_set`.
-All CIs are percentile intervals: BCa needs an O(n²) jackknife at n = 100,000.
+Bootstrap p and percentile CI are dual by construction (`resampling.bootstrap_p`).
+
+Clusters: when the records carry `groups` (windows of one document), examples of a cluster are
+not independent. The bootstraps resample whole clusters (`resampling`), and binary and mean
+metrics get the cluster-robust paired t-test (cluster sums of the differences, G - 1 degrees
+of freedom) instead of McNemar / the plain t-test.
 
 Non-finite per-example values (NaN, ±inf, inf - inf) make that metric's statistics p = NaN and
-CI = (NaN, NaN), whatever its kind: the verdict fails the metric and keeps it out of Holm.
-
-The resampling itself (weights, chunked sums, percentile CI and its dual bootstrap p, cell
-counts) lives in `resampling`; no metric name appears here. A metric's p and CI do not depend
-on which other metrics are requested; each permutation test draws from a stream keyed by its
-metric's name. Deterministic given `seed`.
+CI = (NaN, NaN), whatever its kind: the verdict fails the metric and keeps it out of the family.
+A metric with `tested=False` gets no statistics. A metric's p and CI do not depend on which
+other metrics are requested. Deterministic given `seed`.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -44,7 +47,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats as sps
 
-from .metrics import T_TEST_MIN_N, Metric, TestName, all_finite, f64
+from .metrics import Metric, TestName, all_finite, f64
 from .records import PairedRecords
 from .resampling import (
     BootstrapPlan,
@@ -56,6 +59,8 @@ from .resampling import (
 )
 
 Array = NDArray[np.float64]
+
+POWER = 0.80  # the power at which the minimum detectable effect is quoted
 
 
 @dataclass(frozen=True)
@@ -69,77 +74,107 @@ class MetricStats:
     n: int
     n_fixed: int | None = None  # binary: baseline wrong and candidate right
     n_broken: int | None = None  # binary: baseline right and candidate wrong
+    se: float = math.nan  # standard error of the delta
+    mde: float = math.nan  # smallest |delta| found with 80 % power at this n and level
+    level: float = 0.95  # the interval's confidence level (1 - its α)
+    clusters: int | None = None  # resampled clusters, when the records carry groups
 
 
 def paired_statistics(
     records: PairedRecords,
     specs: Mapping[str, Metric],
     *,
-    confidence: float = 0.95,
+    alpha: float = 0.05,
+    alphas: Mapping[str, float] | None = None,
     resamples: int = 2000,
     seed: int = 0,
 ) -> dict[str, MetricStats]:
-    """Paired test and CI for every metric in `specs` whose columns are in `records`."""
-    alpha = round(1.0 - confidence, 12)  # 1 - 0.95 is 0.05000000000000004 in floats
+    """Paired test and CI for every tested metric in `specs` whose columns are in `records`.
+
+    Each metric's interval is at level 1 - alphas[name] (default 1 - alpha), the level its
+    p-value is judged at after the family correction, so interval and p agree about 0."""
     base, cand = records.baseline, records.candidate
+    groups = _cluster_index(records)
     plan = BootstrapPlan()
+    level_of = {name: (alphas or {}).get(name, alpha) for name in specs}
     out: dict[str, MetricStats] = {}
+    resampled: dict[str, tuple[TestName, Callable[[], Array]]] = {}
     for name, metric in specs.items():
-        if not all(c in base and c in cand for c in metric.columns):
+        if not metric.tested or not all(c in base and c in cand for c in metric.columns):
             continue
+        a = level_of[name]
         test = metric.test_name(records.n)
         if not all(all_finite(side[c]) for side in (base, cand) for c in metric.columns):
-            out[name] = MetricStats(test, *_NAN_STATS, records.n)
-        elif metric.kind == "binary":
+            out[name] = MetricStats(test, *_NAN_STATS, records.n, level=1 - a)
+        elif metric.kind == "binary" and groups is None:
             column = metric.columns[0]
-            out[name] = mcnemar(base[column], cand[column], confidence)
-        elif metric.kind == "mean":
+            out[name] = mcnemar(base[column], cand[column], 1 - a)
+        elif metric.kind in ("binary", "mean"):
             column = metric.columns[0]
             with np.errstate(over="ignore"):  # finite values whose difference overflows
                 diff = f64(cand[column]) - f64(base[column])
-            if not all_finite(diff):
-                out[name] = MetricStats(test, *_NAN_STATS, records.n)
-            elif diff.size >= T_TEST_MIN_N:
-                out[name] = _paired_t(diff, confidence)
-            else:
-                plan.add_mean(name, diff, test)
+            out[name] = paired_t(diff, 1 - a, groups)
+        elif records.n < 2:  # no resample to draw: no evidence either way
+            out[name] = MetricStats(test, 1.0, math.nan, math.nan, records.n, level=1 - a)
         elif metric.kind == "ratio":
             plan.add_ratio(name, metric, records)
         elif isinstance(metric.resampler, CellCounts):
-            resampled = partial(cell_deltas, metric.resampler, records, resamples, seed)
-            out[name] = _corpus_stats(records, alpha, resampled)
+            resampled[name] = (
+                "paired_bootstrap",
+                partial(cell_deltas, metric.resampler, records, resamples, seed),
+            )
         elif metric.resampler is None:  # the generic bootstrap: whole_set on every resample
-            resampled = partial(index_deltas, metric, records, resamples, seed)
-            out[name] = _corpus_stats(records, alpha, resampled)
+            resampled[name] = (
+                "paired_bootstrap",
+                partial(index_deltas, metric, records, resamples, seed),
+            )
         else:
             plan.add_block(name, metric.resampler.block(records), test)
     deltas = plan.run(records.n, resamples, np.random.default_rng(seed), records.groups)
     for name, delta_star in deltas.items():
-        rng_perm = np.random.default_rng([seed, 1, zlib.crc32(name.encode())])
-        if records.n < 2:
-            p_value = 1.0
-        elif name in plan.diffs:  # mean: the permutation test, not the bootstrap
-            p_value = mean_test_p(plan.diffs[name], resamples, rng_perm)[1]
-        else:
-            p_value = bootstrap_p(delta_star)
-        low, high = percentile_ci(delta_star, alpha)
-        out[name] = MetricStats(plan.tests[name], p_value, low, high, records.n)
+        out[name] = _bootstrap_stats(plan.tests[name], delta_star, records, level_of[name])
+    for name, (test, draw) in resampled.items():
+        out[name] = _bootstrap_stats(test, draw(), records, level_of[name])
     return {name: out[name] for name in specs if name in out}
 
 
 _NAN_STATS = (math.nan, math.nan, math.nan)  # p, ci_low, ci_high
 
 
-def _corpus_stats(
-    records: PairedRecords, alpha: float, resampled: Callable[[], Array]
+def minimum_detectable_effect(se: float, alpha: float, power: float = POWER) -> float:
+    """The smallest true |delta| a two-sided level-α test with standard error `se` detects with
+    probability `power` (normal approximation): (z_{1-α/2} + z_power) · se."""
+    if not math.isfinite(se):
+        return math.nan
+    return float((sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)) * se)
+
+
+def _cluster_index(records: PairedRecords) -> NDArray[np.int64] | None:
+    """0..G-1 cluster index per example, or None without groups (or one example per group)."""
+    if records.groups is None:
+        return None
+    _, index = np.unique(np.asarray(records.groups), return_inverse=True)
+    index = index.reshape(-1).astype(np.int64)
+    return None if index.size and int(index.max()) + 1 == index.size else index
+
+
+def _bootstrap_stats(
+    test: TestName, delta: Array, records: PairedRecords, alpha: float
 ) -> MetricStats:
-    """A corpus metric resampled on its own (cell counts or the generic bootstrap)."""
-    n = records.n
-    if n < 2:
-        return MetricStats("paired_bootstrap", 1.0, math.nan, math.nan, n)
-    delta = resampled()
     low, high = percentile_ci(delta, alpha)
-    return MetricStats("paired_bootstrap", bootstrap_p(delta), low, high, n)
+    se = float(np.std(delta, ddof=1)) if delta.size > 1 else math.nan
+    clusters = None if records.groups is None else int(np.unique(records.groups).size)
+    return MetricStats(
+        test,
+        bootstrap_p(delta),
+        low,
+        high,
+        records.n,
+        se=se,
+        mde=minimum_detectable_effect(se, alpha),
+        level=1 - alpha,
+        clusters=clusters,
+    )
 
 
 # --- binary: exact McNemar -------------------------------------------------------------------
@@ -150,126 +185,113 @@ def mcnemar(
     candidate_correct: NDArray[np.float64] | NDArray[np.int64],
     confidence: float = 0.95,
 ) -> MetricStats:
-    """Exact McNemar test on paired 0/1 outcomes, and Newcombe's CI on the accuracy delta."""
+    """Exact McNemar test on paired 0/1 outcomes, and the dual exact CI on the accuracy delta."""
     n = int(np.size(baseline_correct))
     if not (all_finite(baseline_correct) and all_finite(candidate_correct)):
-        return MetricStats("mcnemar_exact", *_NAN_STATS, n)
+        return MetricStats("mcnemar_exact", *_NAN_STATS, n, level=confidence)
     base = f64(baseline_correct) > 0.5
     cand = f64(candidate_correct) > 0.5
     n_fixed = int(np.count_nonzero(cand & ~base))
     n_broken = int(np.count_nonzero(base & ~cand))
-    both = int(np.count_nonzero(base & cand))
-    low, high = newcombe_ci(both, n_broken, n_fixed, n - both - n_broken - n_fixed, confidence)
+    low, high = mcnemar_ci(n_fixed, n_broken, n, confidence)
+    alpha = 1 - confidence
+    # Under H0 the accuracy delta's variance is discordant / n²; one discordant pair at least,
+    # so two models that agree everywhere do not claim to see every change.
+    se = math.sqrt(max(n_fixed + n_broken, 1)) / n if n else math.nan
     return MetricStats(
-        "mcnemar_exact", mcnemar_p(n_fixed, n_broken), low, high, n, n_fixed, n_broken
+        "mcnemar_exact",
+        mcnemar_p(n_fixed, n_broken),
+        low,
+        high,
+        n,
+        n_fixed,
+        n_broken,
+        se=se,
+        mde=minimum_detectable_effect(se, alpha),
+        level=confidence,
     )
 
 
 def mcnemar_p(n_fixed: int, n_broken: int) -> float:
-    """Two-sided exact McNemar p; 1 without discordant pairs (`binomtest(0, 0)` raises)."""
+    """Two-sided exact McNemar p; 1 without discordant pairs (`binomtest(0, 0)` raises).
+
+    Bin(d, ½) is symmetric, so scipy's two-sided p equals twice the smaller tail: the central
+    test that `mcnemar_ci` inverts."""
     discordant = n_fixed + n_broken
     if discordant == 0:
         return 1.0
     return float(sps.binomtest(n_fixed, discordant, 0.5).pvalue)
 
 
-def newcombe_ci(
-    both: int, broken: int, fixed: int, neither: int, confidence: float = 0.95
+def mcnemar_ci(
+    n_fixed: int, n_broken: int, n: int, confidence: float = 0.95
 ) -> tuple[float, float]:
-    """CI on delta = (fixed - broken) / n for paired 0/1 outcomes: Newcombe's hybrid score
-    interval (Stat. Med. 1998, method 10), from the Wilson intervals of both accuracies and
-    their correlation.
+    """CI on delta = (fixed - broken) / n, conditional on the d = fixed + broken discordant pairs.
 
-    Unconditional on the number of discordant pairs, unlike the Clopper-Pearson interval of
-    the McNemar proportion: with few or no discordant examples the delta is still uncertain
-    (two models agreeing on all of 100 examples may disagree on ~3 % of the population), so
-    the interval never collapses to [0, 0]. The McNemar p-value is the exact conditional test;
-    at the boundary the two may differ in whether 0 is inside.
-    """
-    n = both + broken + fixed + neither
+    The Clopper-Pearson interval [π_lo, π_hi] of π = P(fixed | discordant) inverts the central
+    exact binomial test, so ½ lies outside it exactly when the McNemar p < 1 - confidence;
+    delta = (d / n)(2π - 1) maps it to the accuracy scale. Without discordant pairs the two
+    models agree on every example and the interval is [0, 0] (p = 1)."""
+    discordant = n_fixed + n_broken
     if n == 0:
         return math.nan, math.nan
-    z = float(sps.norm.ppf(0.5 + confidence / 2))
-    p_cand, p_base = (both + fixed) / n, (both + broken) / n
-    l_cand, u_cand = _wilson(both + fixed, n, z)
-    l_base, u_base = _wilson(both + broken, n, z)
-    spread = (both + broken) * (fixed + neither) * (both + fixed) * (broken + neither)
-    # The correlation of the two accuracies, with Newcombe's continuity correction: without it,
-    # perfect agreement (phi = 1) would collapse the interval to a point again.
-    cross = both * neither - broken * fixed
-    corrected = max(cross - n / 2, 0.0) if cross > 0 else min(cross + n / 2, 0.0)
-    phi = 0.0 if spread == 0 else corrected / math.sqrt(spread)
-    lower = math.sqrt(max(
-        (p_cand - l_cand) ** 2 - 2 * phi * (p_cand - l_cand) * (u_base - p_base)
-        + (u_base - p_base) ** 2, 0.0,
-    ))  # fmt: skip
-    upper = math.sqrt(max(
-        (u_cand - p_cand) ** 2 - 2 * phi * (u_cand - p_cand) * (p_base - l_base)
-        + (p_base - l_base) ** 2, 0.0,
-    ))  # fmt: skip
-    delta = p_cand - p_base
-    return max(delta - lower, -1.0), min(delta + upper, 1.0)
+    if discordant == 0:
+        return 0.0, 0.0
+    ci = sps.binomtest(n_fixed, discordant, 0.5).proportion_ci(confidence, method="exact")
+    scale = discordant / n
+    return scale * (2 * ci.low - 1), scale * (2 * ci.high - 1)
 
 
-def _wilson(successes: int, n: int, z: float) -> tuple[float, float]:
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+# --- mean: paired t-test ---------------------------------------------------------------------
 
 
-# --- mean: paired t-test / sign-flip permutation ---------------------------------------------
+def paired_t(
+    diff: Array, confidence: float = 0.95, groups: NDArray[np.int64] | None = None
+) -> MetricStats:
+    """Paired t-test of mean(diff) = 0 and the dual t interval on the mean difference.
 
-
-def mean_test_p(diff: Array, resamples: int, rng: np.random.Generator) -> tuple[str, float]:
-    """Two-sided p for mean(diff) = 0: paired t for large n, sign-flip permutation below.
-
-    NaN when a difference is not finite (NaN, ±inf, inf - inf): there is no test to run."""
+    With `groups` (a 0..G-1 cluster index per example) the standard error is cluster-robust:
+    the mean is ΣD_g / n over cluster sums D_g, its variance G/(G-1) · Σ(D_g - mean·n_g)² / n²,
+    with G - 1 degrees of freedom. NaN when a difference is not finite."""
     n = diff.size
-    test = "paired_t" if n >= T_TEST_MIN_N else "paired_permutation"
+    alpha = 1 - confidence
+    clusters = None if groups is None else int(groups.max()) + 1 if groups.size else 0
+    nan = MetricStats("paired_t", *_NAN_STATS, n, level=confidence, clusters=clusters)
     if not all_finite(diff):
-        return test, math.nan
-    if n < 2 or not np.any(diff):
-        return test, 1.0
-    if n >= T_TEST_MIN_N:
-        if np.all(diff == diff[0]):  # zero variance: t is ±inf, the shift is certain
-            return test, 0.0
-        # ttest_rel(cand, base) is the one-sample t-test of the differences against 0.
-        with np.errstate(over="ignore", invalid="ignore"):  # |diff| near float max
-            p_value = float(sps.ttest_1samp(diff, 0.0).pvalue)
-    else:
-        with np.errstate(over="ignore", invalid="ignore"):
-            p_value = _sign_flip_p(diff[diff != 0], resamples, rng)
-    return test, p_value if math.isfinite(p_value) else math.nan
-
-
-def _paired_t(diff: Array, confidence: float) -> MetricStats:
-    """Paired t-test and the matching t interval on the mean difference: O(n), no resampling
-    (at n ≥ T_TEST_MIN_N the sampling distribution of the mean is close to normal)."""
-    n = diff.size
-    _, p_value = mean_test_p(diff, 0, np.random.default_rng(0))
-    if math.isnan(p_value):
-        return MetricStats("paired_t", *_NAN_STATS, n)
+        return nan
+    if n < 2:
+        return MetricStats("paired_t", 1.0, math.nan, math.nan, n, level=confidence)
     with np.errstate(over="ignore", invalid="ignore"):
-        mean = float(diff.mean())
-        sd = float(diff.std(ddof=1))
-    if not (math.isfinite(mean) and math.isfinite(sd)):  # finite values whose sum overflows
-        return MetricStats("paired_t", *_NAN_STATS, n)
-    if sd == 0.0:
-        return MetricStats("paired_t", p_value, mean, mean, n)
-    half = float(sps.t.ppf(0.5 + confidence / 2.0, n - 1)) * sd / math.sqrt(n)
-    return MetricStats("paired_t", p_value, mean - half, mean + half, n)
-
-
-def _sign_flip_p(diff: Array, resamples: int, rng: np.random.Generator) -> float:
-    # Under H0 the two sides are exchangeable within an example, so each difference's sign is
-    # a fair coin; zero differences do not move the sum and are dropped. `diff` is finite.
-    m = diff.size
-    observed = abs(float(diff.sum()))
-    tol = 1e-9 * float(np.abs(diff).sum())  # float ties must count as "as extreme"
-    if 2**m <= resamples:  # small m: enumerate every sign vector (exact p)
-        signs = ((np.arange(2**m)[:, None] >> np.arange(m)) & 1) * 2.0 - 1.0
-        return float(np.mean(np.abs(signs @ diff) >= observed - tol))
-    signs = rng.integers(0, 2, size=(resamples, m)) * 2.0 - 1.0
-    extreme = int(np.count_nonzero(np.abs(signs @ diff) >= observed - tol))
-    return (extreme + 1) / (resamples + 1)  # Phipson & Smyth: a Monte Carlo p is never 0
+        mean = float(diff.mean()) if n else math.nan
+        if groups is None:
+            units, dof = n, n - 1
+            se = float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+        else:
+            units = dof = int(clusters or 0)
+            dof -= 1
+            sums = np.bincount(groups, weights=diff, minlength=units)
+            sizes = np.bincount(groups, minlength=units)
+            resid = sums - mean * sizes
+            se = (
+                math.sqrt(units / (units - 1) * float(resid @ resid)) / n if units > 1 else math.nan
+            )
+    if not math.isfinite(mean):
+        return nan
+    if units < 2 or not np.any(diff):
+        return MetricStats(
+            "paired_t", 1.0, mean, mean, n, se=0.0, mde=0.0, level=confidence, clusters=clusters
+        )
+    if not math.isfinite(se):  # finite values whose squares overflow
+        return nan
+    if se == 0.0:  # zero variance: the shift is certain
+        return MetricStats(
+            "paired_t", 0.0, mean, mean, n, se=0.0, mde=0.0, level=confidence, clusters=clusters
+        )
+    t = mean / se
+    p_value = float(2 * sps.t.sf(abs(t), dof))
+    half = float(sps.t.ppf(1 - alpha / 2, dof)) * se
+    mde = float((sps.t.ppf(1 - alpha / 2, dof) + sps.t.ppf(POWER, dof)) * se)
+    return MetricStats(
+        "paired_t", p_value, mean - half, mean + half, n,
+        se=se, mde=mde, level=confidence, clusters=clusters,
+    )  # fmt: skip

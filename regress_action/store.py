@@ -92,6 +92,7 @@ def _encode_metric(metric: MetricResult, comparison_id: int, position: int) -> d
 
 def _decode_metric(row: RowMapping) -> MetricResult:
     values = {key: row[key] for key in MetricResult.model_fields}
+    values["underpowered"] = bool(values["underpowered"])  # NULL before schema version 3
     for column, value in json.loads(row["nonfinite"] or "{}").items():
         values[column] = float(value)  # float() reads "NaN", "Infinity", "-Infinity"
     return MetricResult.model_validate(values)

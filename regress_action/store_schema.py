@@ -16,6 +16,8 @@ Versions:
    `schema_version`.
 2. adds the paired-statistics columns of `comparison_metrics` (`ci_low` .. `significant`) and the
    index on `comparisons (report_name, dataset, id)` that the trend query walks.
+3. adds each metric's interval level, standard error, minimum detectable effect, `underpowered`
+   flag and cluster count (`ci_level` .. `clusters`).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from sqlalchemy import exc as sa_exc
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_URL = "sqlite:///regress.db"
 SQLITE_BUSY_TIMEOUT_S = 30
 PG_CONNECT_TIMEOUT_S = 5
@@ -220,6 +222,12 @@ comparison_metrics = Table(
     Column("n_fixed", Integer),
     Column("n_broken", Integer),
     Column("significant", Boolean),
+    # --- version 3 ---
+    Column("ci_level", Double),
+    Column("se", Double),
+    Column("mde", Double),
+    Column("underpowered", Boolean),  # NULL in rows written before version 3: False
+    Column("clusters", Integer),
 )
 
 schema_version = Table(
@@ -240,6 +248,8 @@ STATS_COLUMNS = (
     "significant",
 )
 
+POWER_COLUMNS = ("ci_level", "se", "mde", "underpowered", "clusters")
+
 FLOAT_METRIC_COLUMNS = (
     "baseline",
     "candidate",
@@ -250,19 +260,30 @@ FLOAT_METRIC_COLUMNS = (
     "ci_high",
     "p_value",
     "p_adjusted",
+    "ci_level",
+    "se",
+    "mde",
 )
 
 
-def _upgrade_to_2(conn: Connection) -> None:
-    for name in STATS_COLUMNS:
+def _add_metric_columns(conn: Connection, names: tuple[str, ...]) -> None:
+    for name in names:
         column_type = comparison_metrics.c[name].type.compile(dialect=conn.dialect)
         conn.exec_driver_sql(f"ALTER TABLE comparison_metrics ADD COLUMN {name} {column_type}")
+
+
+def _upgrade_to_2(conn: Connection) -> None:
+    _add_metric_columns(conn, STATS_COLUMNS)
     for index in comparisons.indexes:
         index.create(conn)
 
 
+def _upgrade_to_3(conn: Connection) -> None:
+    _add_metric_columns(conn, POWER_COLUMNS)
+
+
 # UPGRADES[v] takes a database at version v - 1 to version v.
-UPGRADES: dict[int, Callable[[Connection], None]] = {2: _upgrade_to_2}
+UPGRADES: dict[int, Callable[[Connection], None]] = {2: _upgrade_to_2, 3: _upgrade_to_3}
 
 
 def read_version(conn: Connection) -> int | None:

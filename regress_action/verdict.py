@@ -11,6 +11,11 @@ tolerance, else the threshold):
   on either side: `failed`, which gates like a regression;
 - overall: `regressed` if a gated metric regressed or failed, else `improved` if any metric
   improved, else `neutral`.
+
+Then the significance mode (`apply_significance`): the gated, tested metrics form one family,
+corrected by Bonferroni over its hypotheses; under `gate` a change beyond the tolerance must
+also be significant, under `margin` its whole interval must lie beyond the tolerance.
+docs/statistics.md says why and what error rates that gives.
 """
 
 from __future__ import annotations
@@ -56,6 +61,14 @@ class PairedStats(Protocol):
     def n_fixed(self) -> int | None: ...
     @property
     def n_broken(self) -> int | None: ...
+    @property
+    def se(self) -> float: ...
+    @property
+    def mde(self) -> float: ...
+    @property
+    def level(self) -> float: ...
+    @property
+    def clusters(self) -> int | None: ...
 
 
 def _beyond(improvement: float, tolerance: float) -> bool:
@@ -162,10 +175,13 @@ def warn_regressions(results: Iterable[MetricResult]) -> None:
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted = [0.0] * m
+    """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1).
+
+    A NaN p-value is no test: it stays NaN and does not count in the family size."""
+    finite = [i for i, p in enumerate(p_values) if not math.isnan(p)]
+    m = len(finite)
+    order = sorted(finite, key=lambda i: p_values[i])
+    adjusted = [math.nan] * len(p_values)
     running = 0.0
     for rank, index in enumerate(order):
         running = max(running, min(1.0, (m - rank) * p_values[index]))
@@ -173,22 +189,57 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
+def bonferroni(p_value: float, family_size: int) -> float:
+    """m · p, capped at 1 (NaN stays NaN)."""
+    return min(1.0, family_size * p_value) if not math.isnan(p_value) else math.nan
+
+
+def family(
+    results: Mapping[str, MetricResult],
+    specs: Mapping[str, Metric],
+    hypotheses: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The gated, tested metrics → their hypothesis: the family the correction runs over
+    (metrics sharing a hypothesis, e.g. an LM's loss and perplexity, are one test)."""
+    return {
+        name: (hypotheses or {}).get(name, name)
+        for name, result in results.items()
+        if result.gated and (spec := specs.get(name)) is not None and spec.tested
+    }
+
+
+def family_alphas(
+    members: Mapping[str, str], specs: Iterable[str], alpha: float
+) -> dict[str, float]:
+    """Each metric's level: α / m for the m hypotheses of the gated family (Bonferroni), α for
+    a metric outside it. Its interval is at 1 - that level, so interval and adjusted p agree."""
+    size = max(1, len(set(members.values())))
+    return {name: alpha / size if name in members else alpha for name in specs}
+
+
 def apply_significance(
     results: Mapping[str, MetricResult],
     stats: Mapping[str, PairedStats],
     config: VerdictConfig,
-    hypotheses: Mapping[str, str] | None = None,
+    members: Mapping[str, str] | None = None,
 ) -> None:
-    """Attach paired statistics, Holm-adjust across gated metrics, and apply the mode.
+    """Attach paired statistics, adjust across the gated family, and apply the mode.
 
-    `report`: statuses stay as the threshold rule says; a threshold change whose adjusted p is
-    not below alpha is marked not significant. `gate`: a non-neutral status also needs
-    p_adjusted < alpha, otherwise it becomes neutral.
+    `members` maps each metric of the gated family to its hypothesis (`family`); the family
+    size m is its number of hypotheses, a member's p_adjusted is Bonferroni's min(1, m·p) and
+    its interval (computed by `stats` at level 1 - α/m) excludes 0 exactly when p_adjusted < α.
+    A metric outside the family is judged on its own p at α.
 
-    The Holm family is the gated metrics with a finite p-value, one member per hypothesis
-    (`hypotheses` maps metric → hypothesis; metrics sharing one are a single test). A NaN
-    p-value (non-finite per-example values) stays out of the family and stays NaN.
+    - `report`: statuses stay as the threshold rule says; a change whose p is not below α is
+      marked not significant.
+    - `gate`: a change beyond the tolerance also needs p < α (adjusted), else it is neutral.
+    - `margin`: a change counts only when the whole interval lies beyond the tolerance (a test
+      of "the change is within the tolerance"), else it is neutral.
+    A metric without a valid test (`tested=False`) is neutral under `gate` and `margin`.
+    Each gated metric whose minimum detectable effect exceeds its tolerance is `underpowered`.
     """
+    members = members or {}
+    size = max(1, len(set(members.values())))
     for name, stat in stats.items():
         result = results.get(name)
         if result is None:
@@ -196,31 +247,59 @@ def apply_significance(
         result.test, result.p_value, result.n = stat.test, stat.p_value, stat.n
         result.ci_low, result.ci_high = stat.ci_low, stat.ci_high
         result.n_fixed, result.n_broken = stat.n_fixed, stat.n_broken
-    _holm_adjust(results, hypotheses or {})
+        result.se, result.mde, result.ci_level = _real(stat.se), _real(stat.mde), stat.level
+        result.clusters = stat.clusters
+        if name in members and math.isfinite(stat.p_value):
+            result.p_adjusted = bonferroni(stat.p_value, size)
+        if result.gated and result.mde is not None and result.mde > result.tolerance:
+            result.underpowered = True
     for result in results.values():
+        if result.status not in ("improved", "regressed"):
+            continue
+        if result.test is None:
+            if config.significance in ("gate", "margin"):
+                result.reason += "; no valid paired test for this metric, neutral"
+                result.status = "neutral"
+            continue
         p = result.p_adjusted if result.p_adjusted is not None else result.p_value
-        if p is None or not math.isfinite(p) or result.status not in ("improved", "regressed"):
+        if p is None or not math.isfinite(p):
             continue
         result.significant = p < config.alpha
-        if result.significant:
-            continue
-        if config.significance == "gate":
-            result.reason += f"; not significant (p_adj={p:.3g} ≥ α={config.alpha:g}), neutral"
-            result.status = "neutral"
-        else:
-            result.reason += f"; not significant (p_adj={p:.3g} ≥ α={config.alpha:g})"
+        shown = f"p_adj={p:.3g}" if result.p_adjusted is not None else f"p={p:.3g}"
+        if config.significance == "margin":
+            if not _interval_beyond(result):
+                result.reason += (
+                    f"; the {_level(result)} CI reaches inside the tolerance "
+                    f"{result.tolerance:.6g}, neutral"
+                )
+                result.status = "neutral"
+        elif not result.significant:
+            if config.significance == "gate":
+                result.reason += f"; not significant ({shown} ≥ α={config.alpha:g}), neutral"
+                result.status = "neutral"
+            else:
+                result.reason += f"; not significant ({shown} ≥ α={config.alpha:g})"
 
 
-def _holm_adjust(results: Mapping[str, MetricResult], hypotheses: Mapping[str, str]) -> None:
-    family: dict[str, list[MetricResult]] = {}
-    for result in results.values():
-        if result.gated and result.p_value is not None and math.isfinite(result.p_value):
-            family.setdefault(hypotheses.get(result.name, result.name), []).append(result)
-    groups = list(family.values())
-    p_values = [min(r.p_value or 0.0 for r in group) for group in groups]
-    for group, p_adj in zip(groups, holm(p_values), strict=True):
-        for result in group:
-            result.p_adjusted = p_adj
+def _interval_beyond(result: MetricResult) -> bool:
+    """Whether the whole CI of the improvement lies beyond the tolerance, on the side of the
+    status (`margin` mode)."""
+    low, high = result.ci_low, result.ci_high
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return False
+    if not result.higher_is_better:
+        low, high = -high, -low
+    if result.status == "improved":
+        return _beyond(low, result.tolerance)
+    return _beyond(-high, result.tolerance)
+
+
+def _level(result: MetricResult) -> str:
+    return f"{(result.ci_level or 0.95) * 100:.4g} %"
+
+
+def _real(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def overall_status(results: Iterable[MetricResult]) -> OverallStatus:

@@ -97,6 +97,9 @@ class Task:
     npz_keys: ClassVar[tuple[str, ...]] = ()  # the arrays an .npz of this task holds
     builtin: ClassVar[tuple[BuiltinDataset, ...]] = ()
     columns: ClassVar[tuple[str, ...]] = ()  # every record column its adapter can produce
+    # The metric(s) that gate by default under `significance: gate`: the one question a
+    # comparison answers first (gating more costs power, see docs/statistics.md).
+    primary: ClassVar[tuple[str, ...]] = ()
 
     def all_metrics(self) -> dict[str, Metric]:
         """Every metric the task can report, in report order."""

@@ -29,7 +29,7 @@ from ..errors import DataError
 from ..metrics import Array, Metric, f64
 from ..records import Columns, PairedRecords
 from ..report import ClassRow, Flips
-from ..resampling import Block, CellCounts, CellFeatures, WeightedSums
+from ..resampling import Block, CellCounts, CellFeatures
 from .base import (
     Analysis,
     BuiltinDataset,
@@ -40,6 +40,8 @@ from .base import (
     int64,
     logits_of,
 )
+from .calibration import CALIBRATION_BINS, calibration_bins
+from .calibration import METRIC as CALIBRATION_ERROR_SQ
 
 if TYPE_CHECKING:
     import torch
@@ -47,15 +49,13 @@ if TYPE_CHECKING:
 
     from ..spec import TaskSpec
 
-ECE_BINS = 15
+ECE_BINS = CALIBRATION_BINS  # ECE and the debiased calibration error bin alike
 TOP_K = 5
 
 # --- ECE -------------------------------------------------------------------------------------
 
 
-def ece_bins(confidence: Array) -> NDArray[np.int64]:
-    """Equal-width confidence bins 0..ECE_BINS-1 (a confidence on a bin edge goes below it)."""
-    return np.clip(np.ceil(confidence * ECE_BINS).astype(np.int64) - 1, 0, ECE_BINS - 1)
+ece_bins = calibration_bins  # equal-width bins; a confidence on a bin edge goes below it
 
 
 def ece(correct: Array, confidence: Array) -> float:
@@ -316,8 +316,12 @@ METRICS: dict[str, Metric] = {
         ("correct", "confidence"),
         unit_interval=True,
         whole_set=_ece_value,
-        resampler=WeightedSums(_ece_block),
+        # Plug-in ECE is biased upwards by an amount that depends on the confidence spread,
+        # so a paired test of its delta measures the bias, not calibration:
+        # `calibration_error_sq` is the tested calibration metric.
+        tested=False,
     ),
+    "calibration_error_sq": CALIBRATION_ERROR_SQ,
     # Opt-in (default=False): reported when named in --metrics / metrics.
     "confidence_auroc": Metric(
         "confidence_auroc",
@@ -546,6 +550,7 @@ def _vision_tiny(split: str, n: int | None) -> Dataset[Any]:
 
 class ClassificationTask(Task):
     name = "classification"
+    primary = ("accuracy",)
     description = "classification: logits (batch, num_classes), integer labels"
     modalities = ("vision", "text")
     sizes = (SizeField("num_classes", "num-classes"),)

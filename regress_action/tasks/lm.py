@@ -141,6 +141,7 @@ def _lm_tiny(split: str, n: int | None) -> Dataset[Any]:
 
 class LMTask(Task):
     name = "lm"
+    primary = ("loss",)
     description = "causal language model: logits (batch, seq, vocab_size), next-token targets"
     modalities = ("text",)
     sizes = (SizeField("vocab_size", "vocab-size", default=BYTE_VOCAB),)

@@ -153,6 +153,7 @@ def regression_tiny(split: str, n: int | None = None) -> Dataset[Any]:
 
 class RegressionTask(Task):
     name = "regression"
+    primary = ("mse",)
     description = "regression: one scalar prediction per example, float targets"
     modalities = ("tabular", "vision", "text")
     report_fragments = ("flips.md.j2",)

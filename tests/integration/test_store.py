@@ -25,6 +25,7 @@ from regress_action.spec import ModelSource, RunCreate, TaskSpec
 from regress_action.store import ExperimentDB
 from regress_action.store_schema import (
     PG_UPGRADE_LOCK_KEY,
+    POWER_COLUMNS,
     SCHEMA_VERSION,
     STATS_COLUMNS,
     comparison_metrics,
@@ -339,9 +340,13 @@ def test_version_1_database_is_upgraded_in_place(db_url: str) -> None:
         assert old.metrics[0].candidate == 2.5
         assert old.metrics[0].higher_is_better is False
         assert old.metrics[0].p_value is None
+        assert old.metrics[0].mde is None and old.metrics[0].underpowered is False
         assert db.get_run(2).name == "old-b"
 
-        new_metric = make_metric("loss", 2.0, 1.5, ci_low=-0.6, ci_high=-0.4, significant=True)
+        new_metric = make_metric(
+            "loss", 2.0, 1.5, ci_low=-0.6, ci_high=-0.4, significant=True, ci_level=0.975,
+            se=0.05, mde=0.14, underpowered=True, clusters=12,
+        )  # fmt: skip
         new_id = db.create_comparison(report_of([new_metric], report_name="default"))
         assert db.get_comparison(new_id).metrics == [new_metric]
         assert [p.comparison_id for p in db.trend("default", "lm_tiny")] == [1, new_id]
@@ -355,7 +360,7 @@ def test_version_1_database_is_upgraded_in_place(db_url: str) -> None:
             indexes = {i["name"] for i in inspect(conn).get_indexes("comparisons")}
     finally:
         engine.dispose()
-    assert set(STATS_COLUMNS) <= columns
+    assert set(STATS_COLUMNS) | set(POWER_COLUMNS) <= columns
     assert "ix_comparisons_report_dataset_id" in indexes
 
 

@@ -158,14 +158,15 @@ def test_custom_metrics_are_reported_tested_and_recorded(ws: Workspace) -> None:
     report = json.loads(result.stdout)
     names = list(report["metrics"])
     # The task's default set, then the module's metrics in its order.
-    builtin = ["accuracy", "loss", "top5_accuracy", "macro_f1", "ece"]
+    builtin = ["accuracy", "loss", "top5_accuracy", "macro_f1", "ece", "calibration_error_sq"]
     assert names == [*builtin, "mean_confidence", "median_loss"]
     mean, median = report["metrics"]["mean_confidence"], report["metrics"]["median_loss"]
-    assert mean["kind"] == "mean" and mean["test"] == "paired_permutation"
+    assert mean["kind"] == "mean" and mean["test"] == "paired_t"
     assert median["kind"] == "corpus" and median["test"] == "paired_bootstrap"
     assert mean["higher_is_better"] is True and median["higher_is_better"] is False
-    for metric in (mean, median):
-        assert 0 < metric["p_value"] <= 1 and metric["p_adjusted"] >= metric["p_value"]
+    for metric in (mean, median):  # tested, and outside the gated family (accuracy alone)
+        assert 0 < metric["p_value"] <= 1 and metric["p_adjusted"] is None
+        assert metric["gated"] is False
         assert metric["ci_low"] <= metric["delta"] <= metric["ci_high"]
         assert metric["n"] == 160
     shown = ws.run("comparisons", "show", str(report["comparison_id"]), "--db", ws.db)
@@ -176,6 +177,7 @@ def test_custom_metrics_are_reported_tested_and_recorded(ws: Workspace) -> None:
 
 def test_custom_metrics_are_selected_gated_and_tolerated_by_name(ws: Workspace) -> None:
     args = ["--metrics-module", "ci_metrics", "--no-record", "--threshold", "0"]
+    args += ["--significance", "report"]  # the tolerance alone decides, at any n
     args += ["--metrics", "accuracy,median_loss", "--gate", "median_loss", "--fail-on-regression"]
     forward, backward = ws.compare(*args), ws.compare(*args, base=ws.cand, cand=ws.base)
     reports = [json.loads(r.stdout) for r in (forward, backward)]
@@ -199,7 +201,7 @@ def test_the_opt_in_builtins_are_reported_when_named(ws: Workspace) -> None:
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)["metrics"]
     assert list(metrics) == ["accuracy", "confidence_auroc", "brier"]  # report order
-    assert metrics["brier"]["test"] == "paired_permutation"
+    assert metrics["brier"]["test"] == "paired_t"
     assert metrics["confidence_auroc"]["test"] == "paired_bootstrap"
     assert all(0 < m["p_value"] <= 1 for m in metrics.values())
     assert 0 <= metrics["confidence_auroc"]["baseline"] <= 1

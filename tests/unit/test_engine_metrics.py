@@ -60,7 +60,7 @@ def _reference_classification(logits: torch.Tensor, labels: torch.Tensor) -> dic
         fp = sum(1 for p, y in zip(preds, ys, strict=True) if p == k and y != k)
         fn = sum(1 for p, y in zip(preds, ys, strict=True) if p != k and y == k)
         f1s.append(0.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
-    ece = 0.0
+    ece = ce_sq = 0.0
     for b in range(15):
         lo, hi = b / 15, (b + 1) / 15
         members = [i for i, c in enumerate(confs) if lo < c <= hi]
@@ -68,12 +68,18 @@ def _reference_classification(logits: torch.Tensor, labels: torch.Tensor) -> dic
             acc = sum(hits[i] for i in members) / len(members)
             conf = sum(confs[i] for i in members) / len(members)
             ece += len(members) / n * abs(acc - conf)
+        if len(members) >= 2:  # debiased: squared mean gap minus its variance estimate
+            gaps = [confs[i] - hits[i] for i in members]
+            mean = sum(gaps) / len(gaps)
+            var = sum((g - mean) ** 2 for g in gaps) / (len(gaps) - 1)
+            ce_sq += len(members) / n * (mean * mean - var / len(gaps))
     return {
         "accuracy": correct / n,
         "loss": losses / n,
         "top5_accuracy": top5 / n,
         "macro_f1": sum(f1s) / classes,
         "ece": ece,
+        "calibration_error_sq": ce_sq,
     }
 
 
@@ -96,7 +102,9 @@ def test_classification_metrics_match_a_reference() -> None:
         PassOptions(batch_size=32, device="cpu"),
     )
     specs = select_metrics(CLS, None)
-    assert list(specs) == ["accuracy", "loss", "top5_accuracy", "macro_f1", "ece"]
+    assert list(specs) == [
+        "accuracy", "loss", "top5_accuracy", "macro_f1", "ece", "calibration_error_sq",
+    ]  # fmt: skip
     for side, logits in (("baseline", base_logits), ("candidate", cand_logits)):
         expected = _reference_classification(logits, labels)
         cols = result.records.side(side)

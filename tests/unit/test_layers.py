@@ -36,6 +36,8 @@ LAZY_TORCH |= {"vocab"}
 LAZY_TORCH |= {"hf"}
 # Imports the user's metrics module (which may import torch itself), never torch directly.
 TORCH_FREE |= {"tasks.custom"}
+# The debiased calibration error: numpy only.
+TORCH_FREE |= {"tasks.calibration"}
 ONLY_IN = {"github": {"github"}, "sqlalchemy": {"store", "store_schema"}, "jinja2": {"render"}}
 ENGINE_MUST_NOT = {
     ".store", ".store_schema", ".render", ".github", ".gha", ".settings", ".action", ".app",

@@ -50,7 +50,7 @@ from tests.report_factory import (
 GOLDEN = Path(__file__).parent / "golden"
 HOSTILE = "<img src=x onerror=alert(1)>|**bold**"
 TABLE_HEADER = ["Metric", "", "Baseline", "Candidate", "Δ", "Δ %", "Status"]
-STATS_HEADER = [*TABLE_HEADER[:6], "95% CI", "p (adj.)", "Status"]
+STATS_HEADER = [*TABLE_HEADER[:6], "CI", "p (adj.)", "Status"]  # levels in the footnote
 
 
 def _regressed_with_failed_and_new() -> Report:
@@ -199,15 +199,28 @@ def test_failed_metric_is_named_in_the_summary() -> None:
 def test_statistics_columns_and_not_significant_mark() -> None:
     table = _tables(render_markdown(make_report(stats=True)))[0]
     rows = {_cell_text(row[0]): [_cell_text(c) for c in row] for row in table[1:]}
-    assert rows["accuracy"][6:] == ["[−0.106, −0.0541]", "<0.0001", "🔴 regressed"]
+    assert rows["accuracy"][6:] == ["[−0.112, −0.0479]", "<0.0001", "🔴 regressed"]
     assert rows["macro_f1"][8] == "🔴 regressed (n.s.)"
-    assert rows["ece"][7:] == ["0.97 (raw)", "⚪ neutral (not gated)"]
+    assert rows["ece"][6:] == ["—", "—", "⚪ neutral (not gated)"]  # no valid test
 
 
 def test_confidence_level_labels_the_ci_column() -> None:
     report = make_report(stats=True)
-    report.stats.confidence = 0.9
-    assert "| 90% CI |" in render_markdown(report)
+    report.stats.confidence, report.stats.alpha = 0.9, 0.1
+    text = render_markdown(report)  # four gated tests: their level is in the footnote
+    assert "| CI |" in text and "p Bonferroni-adjusted over 4 tests and 97.5% CI" in text
+    report.stats.family_size = 1
+    text = render_markdown(report)
+    assert "| 90% CI |" in text and "p of the gated metric unadjusted (one gated test)" in text
+
+
+def test_underpowered_gated_metrics_get_one_warning() -> None:
+    text = render_markdown(make_report(stats=True))
+    assert text.count("> [!WARNING]") == 1
+    assert "too small to see a change of the tolerance in loss, top5\\_accuracy" in text
+    line = "> - loss: tolerance 0.01, smallest change found with 80 % power at n = 500: 0.0436"
+    assert line in text
+    assert "[!WARNING]" not in render_markdown(make_report(stats=False))
 
 
 def test_detail_sections_absent_without_data() -> None:

@@ -49,7 +49,8 @@ def bad(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> str:
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     got = inputs(monkeypatch)
     assert (got.baseline_run_id, got.candidate_run_id, got.dataset) == (1, 2, "lm_tiny")
-    assert got.threshold == 0.01 and got.alpha == 0.05 and got.significance == "report"
+    assert got.threshold == 0.01 and got.alpha == 0.05
+    assert got.significance == "gate" and got.gate is None
     assert got.comment == "update" and got.report_name == "default" and got.fail_on_regression
     assert got.db_url == DEFAULT_DB_URL and got.github_token is None
     assert got.json_path == Path("regress-action/default.json")

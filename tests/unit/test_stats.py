@@ -13,7 +13,7 @@ from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 
 from regress_action import resampling, stats
-from regress_action.metrics import T_TEST_MIN_N, Metric
+from regress_action.metrics import Metric
 from regress_action.records import PairedRecords
 from regress_action.resampling import (
     bootstrap_p,
@@ -23,11 +23,14 @@ from regress_action.resampling import (
     weight_chunks,
 )
 from regress_action.spec import VerdictConfig
-from regress_action.stats import MetricStats, mcnemar, mcnemar_p, newcombe_ci, paired_statistics
-from regress_action.tasks.classification import METRICS as CLASSIFICATION_METRICS
+from regress_action.stats import MetricStats, mcnemar, mcnemar_p, paired_statistics
+from regress_action.tasks.classification import METRICS as ALL_CLASSIFICATION_METRICS
 from regress_action.tasks.classification import macro_f1
 from regress_action.tasks.lm import METRICS as LM_METRICS
-from regress_action.verdict import apply_significance, holm, judge
+from regress_action.verdict import apply_significance, family, family_alphas, holm, judge
+
+# Plug-in ECE has no valid paired test (`tested=False`): every other metric is tested.
+CLASSIFICATION_METRICS = {k: v for k, v in ALL_CLASSIFICATION_METRICS.items() if v.tested}
 
 K = 10
 
@@ -113,31 +116,46 @@ def test_mcnemar_p_equals_statsmodels_exact(table):
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_binary_ci_contains_the_delta_and_never_collapses(table):
+def test_binary_ci_contains_the_delta_and_agrees_with_the_exact_test(table):
     base, cand = outcomes(table)
-    result = mcnemar(base, cand, confidence=0.95)
     fixed, broken, n = table[2], table[1], sum(table)
-    assert result.ci_low <= (fixed - broken) / n <= result.ci_high
-    assert result.ci_low < result.ci_high
-    assert result.ci_low >= -1.0 and result.ci_high <= 1.0
+    for confidence in (0.9, 0.95, 0.99):
+        result = mcnemar(base, cand, confidence=confidence)
+        assert result.ci_low <= (fixed - broken) / n <= result.ci_high
+        assert result.ci_low >= -1.0 and result.ci_high <= 1.0
+        outside = result.ci_low > 0 or result.ci_high < 0
+        assert outside == (result.p_value < 1 - confidence), (table, confidence)
 
 
-def test_binary_ci_matches_the_wald_interval_at_large_n():
-    # both, broken, fixed, neither: Var(delta) = (b + c)/n^2 - (c - b)^2/n^3.
-    low, high = newcombe_ci(6000, 500, 1000, 2500)
-    n, b, c = 10_000, 500, 1000
-    se = np.sqrt((b + c) / n**2 - (c - b) ** 2 / n**3)
-    assert low == pytest.approx(0.05 - 1.959964 * se, abs=2e-4)
-    assert high == pytest.approx(0.05 + 1.959964 * se, abs=2e-4)
+def test_binary_ci_is_clopper_pearson_on_the_discordant_pairs():
+    # 1000 fixed, 500 broken of 10,000: π = P(fixed | discordant), delta = 0.15 · (2π - 1).
+    low, high = stats.mcnemar_ci(1000, 500, 10_000, 0.95)
+    ci = sps.binomtest(1000, 1500, 0.5).proportion_ci(0.95, method="exact")
+    assert (low, high) == (
+        pytest.approx(0.15 * (2 * ci.low - 1)),
+        pytest.approx(0.15 * (2 * ci.high - 1)),
+    )
+    assert low < 0.05 < high
 
 
-def test_binary_ci_covers_the_true_delta_with_few_discordant_pairs():
-    # Models that rarely disagree (the case where a conditional interval is overconfident):
-    # true accuracy delta 0.01 from discordance rates 0.02 (fixed) and 0.01 (broken), n = 200.
+def test_binary_ci_and_exact_p_never_disagree_about_zero():
+    rng = np.random.default_rng(8)
+    for n in (30, 100, 1000):
+        for fixed, broken in rng.multinomial(n, [0.1, 0.1, 0.8], size=400)[:, :2]:
+            for alpha in (0.05, 0.05 / 3):
+                low, high = stats.mcnemar_ci(int(fixed), int(broken), n, 1 - alpha)
+                significant = mcnemar_p(int(fixed), int(broken)) < alpha
+                assert significant == (low > 0 or high < 0), (n, fixed, broken, alpha)
+
+
+def test_binary_ci_covers_the_true_delta():
+    # True accuracy delta 0.01 from discordance rates 0.06 (fixed) and 0.05 (broken), n = 500.
     rng = np.random.default_rng(7)
-    cells = rng.multinomial(200, [0.77, 0.01, 0.02, 0.20], size=2000)
-    covered = [lo <= 0.01 <= hi for lo, hi in (newcombe_ci(*map(int, row)) for row in cells)]
-    assert np.mean(covered) >= 0.93
+    cells = rng.multinomial(500, [0.05, 0.06, 0.89], size=2000)
+    covered = [
+        lo <= 0.01 <= hi for lo, hi in (stats.mcnemar_ci(int(f), int(b), 500) for b, f, _ in cells)
+    ]
+    assert np.mean(covered) >= 0.94
 
 
 def test_mcnemar_p_without_discordant_pairs_is_one():
@@ -159,48 +177,56 @@ def test_holm_equals_statsmodels(m, monkeypatch):
         np.testing.assert_allclose(holm(list(p)), expected, rtol=0, atol=1e-12)
 
 
-# --- mean metrics: t-test and permutation test ------------------------------------------------
+def test_holm_leaves_a_nan_out_of_the_family():
+    adjusted = holm([0.01, math.nan, 0.04])
+    assert math.isnan(adjusted[1])
+    assert adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.04)
 
 
-def test_large_n_mean_uses_paired_t_equal_to_scipy():
+# --- mean metrics: the paired t-test and its interval -------------------------------------------
+
+
+@pytest.mark.parametrize("n", [12, 300, 3000])
+def test_mean_metric_uses_paired_t_equal_to_scipy(n):
     rng = np.random.default_rng(3)
-    records = classification_records(rng, 3000)
+    records = classification_records(rng, n)
     result = paired_statistics(records, {"loss": CLASSIFICATION_METRICS["loss"]})["loss"]
-    expected = sps.ttest_rel(records.candidate["loss"], records.baseline["loss"]).pvalue
+    expected = sps.ttest_rel(records.candidate["loss"], records.baseline["loss"])
+    interval = expected.confidence_interval(0.95)
     assert result.test == "paired_t"
-    assert result.p_value == pytest.approx(expected, rel=1e-9)
-    delta = records.candidate["loss"].mean() - records.baseline["loss"].mean()
-    assert result.ci_low <= delta <= result.ci_high
+    assert result.p_value == pytest.approx(expected.pvalue, rel=1e-9)
+    assert (result.ci_low, result.ci_high) == (
+        pytest.approx(interval.low, rel=1e-9),
+        pytest.approx(interval.high, rel=1e-9),
+    )
 
 
-@pytest.mark.parametrize("n", [6, 9])
-def test_small_n_permutation_is_exact_and_equals_scipy(n):
-    rng = np.random.default_rng(n)
-    base, cand = rng.exponential(1.0, n), rng.exponential(1.3, n)
-    p = stats.mean_test_p(cand - base, 2000, rng)
-    expected = sps.permutation_test(
-        (cand, base),
-        lambda x, y: np.mean(x - y),
-        permutation_type="samples",
-        n_resamples=np.inf,
-    ).pvalue
-    assert p == ("paired_permutation", pytest.approx(expected, abs=1e-12))
-
-
-def test_monte_carlo_permutation_is_close_to_scipy():
-    rng = np.random.default_rng(5)
-    diff = rng.normal(0.15, 1.0, 200)
-    name, p = stats.mean_test_p(diff, 20000, np.random.default_rng(0))
-    expected = sps.permutation_test(
-        (diff,), np.mean, permutation_type="samples", n_resamples=20000, random_state=1
-    ).pvalue
-    assert name == "paired_permutation"
-    assert p == pytest.approx(expected, abs=0.01)
+def test_cluster_robust_t_uses_cluster_sums():
+    # 40 clusters of 5: the test is the one-sample t-test of the cluster means when clusters
+    # are equal-sized (G/(G-1)·Σ(D_g - mean·m)²/n² = s²_means / G).
+    rng = np.random.default_rng(4)
+    groups = np.repeat(np.arange(40), 5)
+    diff = rng.normal(0.0, 1.0, 40)[groups] + rng.normal(0.1, 0.5, 200)
+    result = stats.paired_t(diff, 0.95, groups)
+    expected = sps.ttest_1samp(diff.reshape(40, 5).mean(axis=1), 0.0)
+    assert result.p_value == pytest.approx(expected.pvalue, rel=1e-9)
+    assert result.clusters == 40
+    plain = stats.paired_t(diff, 0.95)
+    assert plain.ci_high - plain.ci_low < result.ci_high - result.ci_low
 
 
 def test_constant_shift_is_certain_and_zero_shift_is_not():
-    assert stats.mean_test_p(np.full(2000, 0.1), 100, np.random.default_rng(0)) == ("paired_t", 0)
-    assert stats.mean_test_p(np.zeros(2000), 100, np.random.default_rng(0))[1] == 1.0
+    assert stats.paired_t(np.full(2000, 0.1)).p_value == 0.0
+    assert stats.paired_t(np.zeros(2000)).p_value == 1.0
+
+
+def test_minimum_detectable_effect_is_the_80_percent_power_shift():
+    # For a z-test: (1.959964 + 0.841621) · se.
+    assert stats.minimum_detectable_effect(0.01, 0.05) == pytest.approx(0.0280158, rel=1e-5)
+    rng = np.random.default_rng(5)
+    diff = rng.normal(0.0, 1.0, 400)
+    result = stats.paired_t(diff)
+    assert result.mde == pytest.approx(2.8 * diff.std(ddof=1) / 20, rel=0.01)
 
 
 # --- bootstrap: identical sides, real differences, determinism, slow-loop reference ------------
@@ -217,10 +243,7 @@ def test_identical_models_give_p_one_and_a_zero_ci(n):
         assert set(result) == set(specs)
         for name, stat in result.items():
             assert (stat.p_value, stat.n) == (1.0, n)
-            if specs[name].kind == "binary":  # agreement on n examples still leaves some doubt
-                assert stat.ci_low == pytest.approx(-stat.ci_high) and 0 < stat.ci_high < 0.05
-            else:
-                assert (stat.ci_low, stat.ci_high) == (0.0, 0.0)
+            assert (stat.ci_low, stat.ci_high) == (0.0, 0.0), name
 
 
 def test_large_lm_difference_is_significant_and_ci_holds_the_delta():
@@ -238,7 +261,7 @@ def test_large_corpus_difference_is_significant():
     rng = np.random.default_rng(4)
     records = classification_records(rng, 3000, drop=0.1, confidence_shift=0.1)
     result = paired_statistics(records, CLASSIFICATION_METRICS, resamples=500)
-    for name, sign in [("macro_f1", -1), ("ece", 1), ("accuracy", -1)]:
+    for name, sign in [("macro_f1", -1), ("calibration_error_sq", 1), ("accuracy", -1)]:
         stat = result[name]
         assert stat.p_value < 0.01
         assert (stat.ci_high < 0) if sign < 0 else (stat.ci_low > 0)
@@ -249,7 +272,7 @@ def test_deterministic_given_seed():
     first = paired_statistics(records, CLASSIFICATION_METRICS, resamples=300, seed=7)
     assert paired_statistics(records, CLASSIFICATION_METRICS, resamples=300, seed=7) == first
     other = paired_statistics(records, CLASSIFICATION_METRICS, resamples=300, seed=8)
-    assert other["ece"] != first["ece"]
+    assert other["macro_f1"] != first["macro_f1"]
 
 
 def reference_weights(records, resamples, seed):
@@ -281,10 +304,9 @@ def test_vectorised_bootstrap_equals_a_slow_loop(monkeypatch, poisson):
     rng = np.random.default_rng(9)
     resamples, seed, alpha = 150, 3, 0.1
     for records, specs in [
-        (classification_records(rng, 80, drop=0.05), {"ece": CLASSIFICATION_METRICS["ece"]}),
         (lm_records(rng, 60, scale=1.02), LM_METRICS),
     ]:
-        result = paired_statistics(records, specs, confidence=0.9, resamples=resamples, seed=seed)
+        result = paired_statistics(records, specs, alpha=0.1, resamples=resamples, seed=seed)
         weights = reference_weights(records, resamples, seed)
         for name, spec in specs.items():
             delta = np.array([slow_delta(spec, name, records, w) for w in weights])
@@ -361,7 +383,10 @@ def gate_regressed(records, specs, resamples=200, seed=0):
         for side, cols in (("baseline", records.baseline), ("candidate", records.candidate))
     }
     results = judge(values["baseline"], values["candidate"], GATE, specs)
-    apply_significance(results, paired_statistics(records, specs, resamples=resamples), GATE)
+    members = family(results, specs)
+    alphas = family_alphas(members, specs, GATE.alpha)
+    stats_ = paired_statistics(records, specs, alphas=alphas, resamples=resamples, seed=seed)
+    apply_significance(results, stats_, GATE, members)
     return {name for name, r in results.items() if r.status == "regressed"}
 
 
@@ -399,8 +424,8 @@ def test_gate_detects_a_two_point_accuracy_drop_at_n_5000():
 
 
 def test_aa_gate_false_regressions_at_most_alpha_full_path():
-    # Every classification metric, gated and Holm-adjusted, through paired_statistics. 3 of
-    # these 100 A/A comparisons flag a regression; without the Holm adjustment 6 would.
+    # Every classification metric, gated and Bonferroni-adjusted, through paired_statistics;
+    # without the adjustment 9 of these 100 A/A comparisons would flag a regression.
     rng = np.random.default_rng(13)
     flagged = [
         bool(gate_regressed(classification_records(rng, 400), CLASSIFICATION_METRICS, seed=i))
@@ -422,14 +447,14 @@ def test_gate_power_full_path():
 # --- non-finite per-example values: NaN statistics, no warnings ----------------------------------
 
 
-@pytest.mark.parametrize("n", [8, 300, 3000])  # exact sign-flip, Monte Carlo sign-flip, t-test
+@pytest.mark.parametrize("n", [8, 300, 3000])
 @pytest.mark.parametrize("bad", ["nan", "inf", "inf-inf"])
-def test_mean_test_p_is_nan_for_non_finite_differences(n, bad):
+def test_paired_t_is_nan_for_non_finite_differences(n, bad):
     diff = np.random.default_rng(n).normal(0.3, 1.0, n)
     diff[n // 2] = {"nan": math.nan, "inf": math.inf, "inf-inf": math.inf - math.inf}[bad]
-    name, p = stats.mean_test_p(diff, 2000, np.random.default_rng(0))
-    assert name == ("paired_t" if n >= T_TEST_MIN_N else "paired_permutation")
-    assert math.isnan(p)
+    result = stats.paired_t(diff)
+    assert result.test == "paired_t"
+    assert math.isnan(result.p_value) and math.isnan(result.ci_low)
 
 
 def poison(records, side, column, value, index=3):
@@ -448,7 +473,10 @@ def poison(records, side, column, value, index=3):
     )
 
 
-CONFIDENCE_METRICS = {"ece", "confidence_auroc"}  # the metrics reading `confidence`
+CONFIDENCE_METRICS = {
+    "calibration_error_sq",
+    "confidence_auroc",
+}  # the metrics reading `confidence`
 NON_FINITE_CASES = [
     # (task, n, side, column, value, metrics that must become NaN)
     ("classification", 300, "both", "loss", math.inf, {"loss"}),  # inf - inf, sign-flip
@@ -540,10 +568,9 @@ def test_paired_statistics_p_below_alpha_iff_zero_outside_the_ci(seed):
             (classification_records(rng, 200, drop=0.04), CLASSIFICATION_METRICS),
             (lm_records(rng, 150, scale=1.01), LM_METRICS),
         ]:
-            result = paired_statistics(records, specs, confidence=confidence, resamples=400)
-            for stat in result.values():
-                if stat.test.startswith("paired_bootstrap"):
-                    assert (stat.p_value < alpha) == excludes_zero(stat.ci_low, stat.ci_high)
+            result = paired_statistics(records, specs, alpha=alpha, resamples=400)
+            for stat in result.values():  # every test: bootstrap, McNemar, t
+                assert (stat.p_value < alpha) == excludes_zero(stat.ci_low, stat.ci_high)
 
 
 # --- determinism across metric sets -------------------------------------------------------------

@@ -9,9 +9,12 @@ import pytest
 
 from regress_action.errors import ConfigError
 from regress_action.spec import MetricTolerance, VerdictConfig, parse_tolerances
+from regress_action.tasks.classification import METRICS as CLASSIFICATION
 from regress_action.verdict import (
     apply_significance,
     classify,
+    family,
+    family_alphas,
     holm,
     judge,
     judge_metric,
@@ -158,9 +161,13 @@ def test_a_non_finite_value_without_baseline_fails_rather_than_being_new() -> No
 
 
 class _Stat:
-    def __init__(self, p: float) -> None:
-        self.test, self.p_value, self.ci_low, self.ci_high, self.n = "t", p, -1.0, 1.0, 100
+    def __init__(
+        self, p: float, ci: tuple[float, float] = (-1.0, 1.0), mde: float = math.nan
+    ) -> None:
+        self.test, self.p_value, self.n = "t", p, 100
+        self.ci_low, self.ci_high = ci
         self.n_fixed = self.n_broken = None
+        self.se, self.mde, self.level, self.clusters = math.nan, mde, 0.95, None
 
 
 def test_holm_family_counts_one_hypothesis_once_and_skips_nan() -> None:
@@ -186,6 +193,62 @@ def test_holm_family_counts_one_hypothesis_once_and_skips_nan() -> None:
     assert token.p_adjusted is None and token.status == "regressed" and token.significant is None
 
 
+def test_bonferroni_over_the_gated_hypotheses_only() -> None:
+    config = VerdictConfig(significance="gate", gate=("accuracy", "loss"))
+    specs = {name: CLASSIFICATION[name] for name in ("accuracy", "loss", "macro_f1")}
+    results = judge(
+        {"accuracy": 0.8, "loss": 0.5, "macro_f1": 0.8},
+        {"accuracy": 0.7, "loss": 0.6, "macro_f1": 0.7},
+        config,
+        specs,
+        log_regressions=False,
+    )
+    members = family(results, specs)
+    assert members == {"accuracy": "accuracy", "loss": "loss"}
+    assert family_alphas(members, specs, 0.05) == {
+        "accuracy": 0.025, "loss": 0.025, "macro_f1": 0.05,
+    }  # fmt: skip
+    stats = {name: _Stat(0.03) for name in specs}
+    apply_significance(results, stats, config, members)
+    # 2 · 0.03 ≥ 0.05: the gated pair is not significant; macro-F1 (not gated) is, at 0.03.
+    assert results["accuracy"].p_adjusted == pytest.approx(0.06)
+    assert results["accuracy"].status == results["loss"].status == "neutral"
+    assert results["macro_f1"].p_adjusted is None and results["macro_f1"].status == "regressed"
+
+
+def test_margin_mode_needs_the_whole_interval_beyond_the_tolerance() -> None:
+    config = VerdictConfig(significance="margin", threshold=0.01)
+    for ci, expected in [((-0.05, -0.011), "regressed"), ((-0.05, -0.005), "neutral")]:
+        results = judge({"accuracy": 0.8}, {"accuracy": 0.77}, config, log_regressions=False)
+        apply_significance(results, {"accuracy": _Stat(0.001, ci)}, config)
+        assert results["accuracy"].status == expected, ci
+    # Lower is better: an interval of Δloss entirely above the tolerance is a regression.
+    results = judge({"loss": 0.5}, {"loss": 0.55}, config, log_regressions=False)
+    apply_significance(results, {"loss": _Stat(0.001, (0.02, 0.08))}, config)
+    assert results["loss"].status == "regressed"
+
+
+def test_a_metric_without_a_valid_test_cannot_gate_under_significance() -> None:
+    config = VerdictConfig(significance="gate")
+    results = judge({"ece": 0.02}, {"ece": 0.09}, config, log_regressions=False)
+    apply_significance(results, {}, config)
+    assert results["ece"].status == "neutral" and "no valid paired test" in results["ece"].reason
+    report_mode = VerdictConfig(significance="report")
+    results = judge({"ece": 0.02}, {"ece": 0.09}, report_mode, log_regressions=False)
+    apply_significance(results, {}, report_mode)
+    assert results["ece"].status == "regressed"
+
+
+def test_an_underpowered_gated_metric_is_flagged() -> None:
+    config = VerdictConfig(significance="gate", threshold=0.01)
+    results = judge({"accuracy": 0.8}, {"accuracy": 0.8}, config, log_regressions=False)
+    apply_significance(results, {"accuracy": _Stat(1.0, mde=0.04)}, config)
+    assert results["accuracy"].underpowered and results["accuracy"].mde == 0.04
+    results = judge({"accuracy": 0.8}, {"accuracy": 0.8}, config, log_regressions=False)
+    apply_significance(results, {"accuracy": _Stat(1.0, mde=0.004)}, config)
+    assert not results["accuracy"].underpowered
+
+
 def test_gate_mode_neutralises_a_non_significant_change() -> None:
     config = VerdictConfig(significance="gate")
     results = judge({"accuracy": 0.8}, {"accuracy": 0.7}, config, log_regressions=False)
@@ -205,6 +268,12 @@ def test_a_relative_tolerance_alone_does_not_fall_back_to_the_threshold() -> Non
     assert config.tolerance_for("loss", 2.0) == pytest.approx(0.002)
     assert judge_metric("loss", 2.0, 2.01, config).status == "regressed"
     assert config.tolerance_for("accuracy", 0.5) == 0.05
+
+
+def test_a_relative_tolerance_on_a_zero_baseline_uses_the_threshold() -> None:
+    config = VerdictConfig(threshold=0.05, tolerances={"mae": MetricTolerance(rel=0.1)})
+    assert config.tolerance_for("mae", 0.0) == 0.05
+    assert judge_metric("mae", 0.0, 0.01, config).status == "neutral"
 
 
 def test_json_tolerances_fail_in_one_line() -> None:
