@@ -307,7 +307,9 @@ def _lm_verdict(eval_set: EvalSet, task: TaskSpec, verdict: VerdictConfig) -> Ve
 
 def join_data_columns(records: PairedRecords, eval_set: EvalSet) -> None:
     """Add the eval set's per-example data columns (e.g. `bytes`) to both sides' records, by
-    example id; a source with data columns replaces what an adapter assumed (bytes = tokens)."""
+    example id; a source with data columns replaces what an adapter assumed (bytes = tokens).
+    The `doc` column (the document a text window came from) becomes the records' clusters:
+    windows of one document are not independent, so the statistics resample documents."""
     if eval_set.columns is None:
         return
     for side in (records.baseline, records.candidate):
@@ -315,6 +317,8 @@ def join_data_columns(records: PairedRecords, eval_set: EvalSet) -> None:
         for name, values in eval_set.columns.items():
             if name != "doc":
                 side[name] = values[records.example_ids]
+    if "doc" in eval_set.columns:
+        records.groups = eval_set.columns["doc"][records.example_ids]
 
 
 def _evaluate_across_tokenizers(

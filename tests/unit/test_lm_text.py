@@ -189,6 +189,26 @@ def test_tiny_gpt2_matches_the_reference_loop_at_any_batch_size(tmp_path: Path) 
     assert results[0]["dataset"]["tokenizer"] == str(tok_path)
 
 
+def test_the_statistics_resample_documents_not_windows(tmp_path: Path) -> None:
+    tok_path = _tokenizer_json(tmp_path / "tokenizer.json")
+    vocab = tokenizers.Tokenizer.from_file(str(tok_path)).get_vocab_size()
+    texts = [" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(4)]  # several windows each
+    data = _jsonl(tmp_path / "eval.jsonl", texts)
+    report = _compare(
+        _gpt2(vocab, 0),
+        _gpt2(vocab, 1),
+        vocab,
+        data,
+        tokenizer=str(tok_path),
+        context_length=32,
+        stride=16,
+        verdict=VerdictConfig(significance="report", resamples=200),
+    )
+    for name in ("loss", "token_accuracy", "bits_per_byte"):
+        metric = report["metrics"][name]
+        assert metric["clusters"] == 4 and metric["n"] > 4, name
+
+
 def test_window_bytes_sum_to_the_text_after_its_first_token(tmp_path: Path) -> None:
     tok_path = _tokenizer_json(tmp_path / "tokenizer.json")
     text = CORPUS[2] * 4
