@@ -47,7 +47,11 @@ def compare_models(
     status, higher_is_better, ...}`, `dataset` (name, fingerprint, n) and, when `db` is given,
     `comparison_id`. Run ids come from the arguments or a `run_id` attribute on each model.
     `threshold` is the absolute tolerance of every metric (None: 0.01); `verdict` sets it with
-    everything else (tolerances, metrics, significance), so passing both is a ConfigError.
+    everything else (tolerances, metrics, significance), so passing both is a ConfigError. The
+    default verdict is the plain tolerance rule on every metric (`VerdictConfig()`);
+    `VerdictConfig(significance="gate")` is the Action's and the CLI's default rule: a gated
+    metric (by default the task's primary one) regresses only when its change is beyond the
+    tolerance and significant.
     `adapter` may be None: the task's own adapter is used.
 
     An LM eval set's `tokenizer="model"` is the tokenizer in the folder a Hugging Face baseline
