@@ -175,7 +175,12 @@ def test_runs_are_numbered_from_one_and_listed(ws: Workspace) -> None:
     ("dataset", "base", "cand", "metrics"),
     [
         ("lm_tiny", "lm_a", "lm_b", ["loss", "perplexity", "token_accuracy", "bits_per_byte"]),
-        ("vision_tiny", "cnn_a", "cnn_b", ["accuracy", "loss", "top5_accuracy", "macro_f1", "ece"]),
+        (
+            "vision_tiny",
+            "cnn_a",
+            "cnn_b",
+            ["accuracy", "loss", "top5_accuracy", "macro_f1", "ece", "calibration_error_sq"],
+        ),
     ],
 )
 def test_compare_prints_the_json_report_and_records_it(
