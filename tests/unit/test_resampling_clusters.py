@@ -326,3 +326,21 @@ def test_large_n_is_deterministic_and_blocked():
     cls = classification_records(np.random.default_rng(14), 30_000, 200)
     one = cell_deltas(MACRO_F1.resampler, cls, 300, 4)
     np.testing.assert_array_equal(one, cell_deltas(MACRO_F1.resampler, cls, 300, 4))
+
+
+@pytest.mark.parametrize(("groups", "blocks"), [(False, False), (False, True), (True, True)])
+def test_a_sparse_block_gives_the_dense_blocks_deltas(small_blocks, groups, blocks):
+    from scipy import sparse
+
+    small_blocks(blocks)
+    records = regression_records(np.random.default_rng(15), 5_000)
+    if groups:
+        records = replace(records, groups=np.arange(records.n) // 2)
+    metric = REGRESSION_METRICS["r2"]
+    out = []
+    for convert in (np.asarray, sparse.csr_matrix):
+        columns, delta = metric.resampler.block(records)
+        plan = BootstrapPlan()
+        plan.add_block("r2", (convert(columns), delta), "paired_bootstrap")
+        out.append(plan.run(records.n, 300, np.random.default_rng(3), records.groups)["r2"])
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-9, atol=1e-12)
