@@ -50,8 +50,8 @@ def test_a_huge_drop_is_detected_and_the_aa_rate_is_a_rate(sim: ModuleType) -> N
     assert null.se is not None and math.isclose(
         null.se, math.sqrt(null.rate * (1 - null.rate) / 20)
     )
-    again = sim.run([sim.check_case(case) for case in cases], processes=1, base_seed=0)
-    assert [row.rate for row in again] == [row.rate for row in rows]  # deterministic
+    again = sim.run([sim.check_case(cases[1])], processes=1, base_seed=0)
+    assert again[0].rate == null.rate  # deterministic given the seed
 
 
 def test_coverage_reads_the_truth_and_a_missing_option_is_skipped_with_a_note(
