@@ -95,6 +95,7 @@ def paired_statistics(
     p-value is judged at after the family correction, so interval and p agree about 0."""
     base, cand = records.baseline, records.candidate
     groups = _cluster_index(records)
+    units = records.n if records.groups is None else int(np.unique(records.groups).size)
     plan = BootstrapPlan()
     level_of = {name: (alphas or {}).get(name, alpha) for name in specs}
     out: dict[str, MetricStats] = {}
@@ -114,7 +115,7 @@ def paired_statistics(
             with np.errstate(over="ignore"):  # finite values whose difference overflows
                 diff = f64(cand[column]) - f64(base[column])
             out[name] = paired_t(diff, 1 - a, groups)
-        elif records.n < 2:  # no resample to draw: no evidence either way
+        elif units < 2:  # no resample to draw (one example or one cluster): no evidence
             out[name] = MetricStats(test, 1.0, math.nan, math.nan, records.n, level=1 - a)
         elif metric.kind == "ratio":
             plan.add_ratio(name, metric, records)

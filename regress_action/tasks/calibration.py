@@ -115,18 +115,19 @@ def _value(columns: Columns, num_classes: int | None) -> float:
 def _block(records: PairedRecords) -> Block:
     """Columns [1, then per side and occupied bin: 1_bin, g·1_bin, g²·1_bin] and the map from
     their resampled sums to the centred resampled deltas δ* + (δ̂ − δ̂_plugin)."""
-    columns = [np.ones(records.n)]
-    bins_per_side = []
+    n = records.n
+    index = np.arange(n)
+    rows, cols, vals = [index], [np.zeros(n, dtype=np.int64)], [np.ones(n)]
+    bins_per_side: list[int] = []
     for side in (records.baseline, records.candidate):
         confidence, correct = f64(side["confidence"]), f64(side["correct"])
-        bins = calibration_bins(confidence)
         gap = confidence - correct
-        occupied = np.unique(bins)
-        for b in occupied:
-            inside = bins == b
-            columns.extend(
-                (f64(inside), np.where(inside, gap, 0.0), np.where(inside, gap * gap, 0.0))
-            )
+        occupied, slot = np.unique(calibration_bins(confidence), return_inverse=True)
+        first = 1 + 3 * sum(bins_per_side) + 3 * slot.reshape(-1)
+        for j, value in enumerate((np.ones(n), gap, gap * gap)):
+            rows.append(index)
+            cols.append(first + j)
+            vals.append(value)
         bins_per_side.append(int(occupied.size))
     base_bins, cand_bins = bins_per_side
     split = 1 + 3 * base_bins
@@ -143,8 +144,12 @@ def _block(records: PairedRecords) -> Block:
         total = sums[:, 0]
         return _debiased(nc, gc, qc, total) - _debiased(nb, gb, qb, total)
 
-    block = np.column_stack(columns)
-    full = block.sum(axis=0, keepdims=True)  # the sample's own sums (every weight 1)
+    from scipy import sparse
+
+    block = sparse.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, end)
+    )
+    full = np.asarray(block.sum(axis=0))  # the sample's own sums (every weight 1)
     nb, gb, _, nc, gc, _ = per_side(full)
     plugin_delta = _plugin(nc, gc, full[:, 0]) - _plugin(nb, gb, full[:, 0])
     shift = float(debiased_delta(full)[0] - plugin_delta[0])

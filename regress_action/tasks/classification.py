@@ -29,7 +29,7 @@ from ..errors import DataError
 from ..metrics import Array, Metric, f64
 from ..records import Columns, PairedRecords
 from ..report import ClassRow, Flips
-from ..resampling import Block, CellCounts, CellFeatures
+from ..resampling import CellCounts, CellFeatures
 from .base import (
     Analysis,
     BuiltinDataset,
@@ -68,30 +68,6 @@ def ece(correct: Array, confidence: Array) -> float:
     acc_sum = np.bincount(index, weights=correct, minlength=ECE_BINS)
     conf_sum = np.bincount(index, weights=confidence, minlength=ECE_BINS)
     return float(np.abs(conf_sum - acc_sum).sum() / n)
-
-
-def _ece_block(records: PairedRecords) -> Block:
-    # ECE = Σ_bins |Σ_{i in bin} (confidence_i - correct_i)| / n; an example's bin is fixed,
-    # only its weight is resampled. Block: [1, one column per occupied baseline bin, one per
-    # occupied candidate bin], a bin's column holding (confidence - correct) for its examples.
-    columns = [np.ones(records.n)]
-    base_bins = 0
-    for side in (records.baseline, records.candidate):
-        confidence, correct = f64(side["confidence"]), f64(side["correct"])
-        bins = ece_bins(confidence)
-        gap = confidence - correct
-        occupied = np.unique(bins)
-        columns.extend(np.where(bins == b, gap, 0.0) for b in occupied)
-        if side is records.baseline:
-            base_bins = occupied.size
-    split = 1 + base_bins
-
-    def delta(sums: Array) -> Array:
-        base, cand = np.abs(sums[:, 1:split]).sum(axis=1), np.abs(sums[:, split:]).sum(axis=1)
-        ece_delta: Array = (cand - base) / sums[:, 0]
-        return ece_delta
-
-    return np.column_stack(columns), delta
 
 
 # --- macro-F1 --------------------------------------------------------------------------------

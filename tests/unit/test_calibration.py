@@ -116,7 +116,8 @@ def test_a_calibrated_models_value_averages_zero_where_the_plugin_is_clearly_pos
 @pytest.mark.parametrize("poisson", [False, True])
 def test_a_resampled_delta_is_the_resamples_value_delta_plus_the_centring(poisson: bool) -> None:
     records = simulate(400, 7, overconfident=True)
-    columns, delta = _block(records)
+    block, delta = _block(records)
+    columns = block.toarray()  # the block is sparse
     (correct_b, conf_b), (correct_c, conf_c) = (
         (f64(side["correct"]), f64(side["confidence"]))
         for side in (records.baseline, records.candidate)

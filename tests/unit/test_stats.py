@@ -595,3 +595,10 @@ def test_each_metric_is_the_same_whatever_else_is_requested(monkeypatch, poisson
         for name, spec in specs.items():
             alone = paired_statistics(records, {name: spec}, resamples=300, seed=5)
             assert alone[name] == together[name], name
+
+
+def test_one_cluster_gives_no_evidence():
+    records = lm_records(np.random.default_rng(3), 40, scale=1.2)
+    records.groups = np.zeros(40, dtype=np.int64)
+    result = paired_statistics(records, LM_METRICS, resamples=200)
+    assert all(stat.p_value == 1.0 for stat in result.values())
