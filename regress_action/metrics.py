@@ -9,7 +9,7 @@ A metric states, once:
 - `name`, `higher_is_better` (direction is never guessed from a name), a `description`;
 - `kind`, which decides its paired test:
   `binary`  mean of a 0/1 column        → exact McNemar and its dual exact CI;
-  `mean`    mean of a per-example column → paired t-test and t interval;
+  `mean`    mean of a per-example column → studentised bootstrap (n < 1000) / paired t-test;
   `ratio`   transform(Σnum / Σden) over whole examples → paired bootstrap in log space;
   `corpus`  a whole-set statistic         → paired bootstrap through its `resampler`;
 - `columns`: the per-example record columns it is computed from (`ratio`: numerator, denominator);
@@ -39,7 +39,11 @@ from .records import Columns
 
 MetricKind = Literal["binary", "mean", "ratio", "corpus"]
 Transform = Literal["identity", "exp", "bits"]
-TestName = Literal["mcnemar_exact", "paired_t", "paired_bootstrap_log_ratio", "paired_bootstrap"]
+TestName = Literal[
+    "mcnemar_exact", "paired_t", "paired_bootstrap_t", "paired_bootstrap_log_ratio",
+    "paired_bootstrap",
+]  # fmt: skip
+STUDENTIZED_MAX_N = 1000  # mean metrics: the studentised bootstrap below, the t-test from here
 Array = NDArray[np.float64]
 
 METRIC_KINDS: tuple[MetricKind, ...] = ("binary", "mean", "ratio", "corpus")
@@ -95,7 +99,7 @@ class Metric:
         if self.kind == "binary":
             return "mcnemar_exact"
         if self.kind == "mean":
-            return "paired_t"
+            return "paired_bootstrap_t" if n < STUDENTIZED_MAX_N else "paired_t"
         return "paired_bootstrap_log_ratio" if self.kind == "ratio" else "paired_bootstrap"
 
 

@@ -63,7 +63,8 @@ class MetricResult(_Model):
     # The paired test that produced the p-value (stats / metrics.TestName).
     test: (
         Literal[
-            "mcnemar_exact", "paired_t", "paired_permutation", "paired_bootstrap_log_ratio",
+            "mcnemar_exact", "paired_t", "paired_bootstrap_t", "paired_permutation",
+            "paired_bootstrap_log_ratio",
             "paired_bootstrap",
         ]
         | None

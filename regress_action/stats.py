@@ -14,9 +14,10 @@ Methods by metric kind:
   Clopper-Pearson interval of the fixed share of the discordant pairs, mapped to the accuracy
   delta `(discordant / n) · (2π - 1)`: conditional on the discordant count, like the exact
   test, and dual to it (both are the central exact binomial test).
-- mean: paired t-test and the t interval on the mean difference, at every n (dual, O(n), and
-  the interval covers at the nominal rate for skewed differences from n = 100 on, where a
-  percentile bootstrap under-covers).
+- mean: below STUDENTIZED_MAX_UNITS units, the studentised bootstrap (bootstrap-t): p and
+  interval from the resampled t statistics, dual to each other, and covering skewed
+  differences at n = 100 where the t interval and the percentile bootstrap under-cover; from
+  there on the paired t-test and t interval (O(n), the CLT makes them accurate).
 - ratio: paired bootstrap over whole examples, Σnum/Σden recomputed for both sides per resample;
   p from the bootstrap distribution of log(candidate / baseline), CI on the transformed delta.
 - corpus: paired bootstrap over examples through the metric's own resampler (`WeightedSums`:
@@ -39,6 +40,7 @@ other metrics are requested. Deterministic given `seed`.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -47,7 +49,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats as sps
 
-from .metrics import Metric, TestName, all_finite, f64
+from .metrics import STUDENTIZED_MAX_N, Metric, TestName, all_finite, f64
 from .records import PairedRecords
 from .resampling import (
     BootstrapPlan,
@@ -55,12 +57,17 @@ from .resampling import (
     bootstrap_p,
     cell_deltas,
     index_deltas,
+    multinomial_weights,
     percentile_ci,
 )
 
 Array = NDArray[np.float64]
 
 POWER = 0.80  # the power at which the minimum detectable effect is quoted
+# Mean metrics: the studentised bootstrap below this many units (examples or clusters), where a
+# skewed difference makes the t interval under-cover; the t-test from here on.
+STUDENTIZED_MAX_UNITS = STUDENTIZED_MAX_N
+STUDENTIZED_STREAM = 5  # its streams: [seed, STUDENTIZED_STREAM, crc32(metric name)]
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,8 @@ def paired_statistics(
             column = metric.columns[0]
             with np.errstate(over="ignore"):  # finite values whose difference overflows
                 diff = f64(cand[column]) - f64(base[column])
-            out[name] = paired_t(diff, 1 - a, groups)
+            stream = np.random.default_rng([seed, STUDENTIZED_STREAM, zlib.crc32(name.encode())])
+            out[name] = paired_t(diff, 1 - a, groups, resamples=resamples, rng=stream)
         elif units < 2:  # no resample to draw (one example or one cluster): no evidence
             out[name] = MetricStats(test, 1.0, math.nan, math.nan, records.n, level=1 - a)
         elif metric.kind == "ratio":
@@ -195,7 +203,7 @@ def mcnemar(
     n_fixed = int(np.count_nonzero(cand & ~base))
     n_broken = int(np.count_nonzero(base & ~cand))
     low, high = mcnemar_ci(n_fixed, n_broken, n, confidence)
-    alpha = 1 - confidence
+    alpha = round(1 - confidence, 12)
     # Under H0 the accuracy delta's variance is discordant / n²; one discordant pair at least,
     # so two models that agree everywhere do not claim to see every change.
     se = math.sqrt(max(n_fixed + n_broken, 1)) / n if n else math.nan
@@ -247,15 +255,24 @@ def mcnemar_ci(
 
 
 def paired_t(
-    diff: Array, confidence: float = 0.95, groups: NDArray[np.int64] | None = None
+    diff: Array,
+    confidence: float = 0.95,
+    groups: NDArray[np.int64] | None = None,
+    *,
+    resamples: int = 0,
+    rng: np.random.Generator | None = None,
 ) -> MetricStats:
-    """Paired t-test of mean(diff) = 0 and the dual t interval on the mean difference.
+    """Paired test of mean(diff) = 0 and its dual interval on the mean difference.
 
-    With `groups` (a 0..G-1 cluster index per example) the standard error is cluster-robust:
-    the mean is ΣD_g / n over cluster sums D_g, its variance G/(G-1) · Σ(D_g - mean·n_g)² / n²,
-    with G - 1 degrees of freedom. NaN when a difference is not finite."""
+    With fewer than STUDENTIZED_MAX_UNITS units and `resamples` given: the studentised
+    (bootstrap-t) test, whose interval covers skewed differences at the nominal rate where the
+    t interval does not (Hall 1988; Efron & Tibshirani 1993, ch. 12); from there on, or without
+    resamples, the t-test and t interval (`paired_t` names both). With `groups` (a 0..G-1 cluster
+    index per example) the standard error is cluster-robust: the mean is ΣD_g / n over cluster
+    sums D_g, its variance G/(G-1) · Σ(D_g - mean·n_g)² / n², with G - 1 degrees of freedom,
+    and the bootstrap resamples clusters. NaN when a difference is not finite."""
     n = diff.size
-    alpha = 1 - confidence
+    alpha = round(1 - confidence, 12)  # 1 - 0.95 is 0.05000000000000004 in floats
     clusters = None if groups is None else int(groups.max()) + 1 if groups.size else 0
     nan = MetricStats("paired_t", *_NAN_STATS, n, level=confidence, clusters=clusters)
     if not all_finite(diff):
@@ -263,19 +280,14 @@ def paired_t(
     if n < 2:
         return MetricStats("paired_t", 1.0, math.nan, math.nan, n, level=confidence)
     with np.errstate(over="ignore", invalid="ignore"):
-        mean = float(diff.mean()) if n else math.nan
         if groups is None:
-            units, dof = n, n - 1
-            se = float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+            sums, sizes = diff, np.ones(n)
         else:
-            units = dof = int(clusters or 0)
-            dof -= 1
-            sums = np.bincount(groups, weights=diff, minlength=units)
-            sizes = np.bincount(groups, minlength=units)
-            resid = sums - mean * sizes
-            se = (
-                math.sqrt(units / (units - 1) * float(resid @ resid)) / n if units > 1 else math.nan
-            )
+            sums = f64(np.bincount(groups, weights=diff, minlength=clusters or 0))
+            sizes = np.bincount(groups, minlength=clusters or 0).astype(np.float64)
+        units = sums.size
+        mean = float(diff.mean())
+        se = _robust_se(sums, sizes, mean)
     if not math.isfinite(mean):
         return nan
     if units < 2 or not np.any(diff):
@@ -288,11 +300,47 @@ def paired_t(
         return MetricStats(
             "paired_t", 0.0, mean, mean, n, se=0.0, mde=0.0, level=confidence, clusters=clusters
         )
+    dof = units - 1
+    mde = float((sps.t.ppf(1 - alpha / 2, dof) + sps.t.ppf(POWER, dof)) * se)
+    if units < STUDENTIZED_MAX_UNITS and resamples > 0 and rng is not None:
+        u = _studentised(sums, sizes, mean, se, resamples, rng)
+        low, high = percentile_ci(u, alpha)
+        return MetricStats(
+            "paired_bootstrap_t", bootstrap_p(u), se * low, se * high, n,
+            se=se, mde=mde, level=confidence, clusters=clusters,
+        )  # fmt: skip
     t = mean / se
     p_value = float(2 * sps.t.sf(abs(t), dof))
     half = float(sps.t.ppf(1 - alpha / 2, dof)) * se
-    mde = float((sps.t.ppf(1 - alpha / 2, dof) + sps.t.ppf(POWER, dof)) * se)
     return MetricStats(
         "paired_t", p_value, mean - half, mean + half, n,
         se=se, mde=mde, level=confidence, clusters=clusters,
     )  # fmt: skip
+
+
+def _robust_se(sums: Array, sizes: Array, mean: float) -> float:
+    """SE of ΣD/Σn over i.i.d. units (clusters, or single examples: then s/√n)."""
+    units = sums.size
+    if units < 2:
+        return math.nan
+    resid = sums - mean * sizes
+    return math.sqrt(units / (units - 1) * float(resid @ resid)) / float(sizes.sum())
+
+
+def _studentised(
+    sums: Array, sizes: Array, mean: float, se: float, resamples: int, rng: np.random.Generator
+) -> Array:
+    """u* = t_obs - t*, t* = (mean* - mean) / se* over bootstrap resamples of the units: the
+    interval is se · [k-th smallest u*, k-th largest u*] and p = bootstrap_p(u*), dual to it."""
+    units = sums.size
+    w = multinomial_weights(rng, units, resamples)
+    x = np.column_stack([sizes, sums, sums * sums, sums * sizes, sizes * sizes])
+    total, s_d, s_dd, s_dn, s_nn = (w @ x).T
+    drawn = w.sum(axis=1)  # = units for multinomial weights
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_star = s_d / total
+        resid_sq = s_dd - 2 * mean_star * s_dn + mean_star * mean_star * s_nn
+        se_star = np.sqrt(np.maximum(drawn / (drawn - 1) * resid_sq, 0.0)) / total
+        u = mean / se - (mean_star - mean) / se_star
+    finite: Array = u[np.isfinite(u)]
+    return finite

@@ -161,7 +161,7 @@ def test_custom_metrics_are_reported_tested_and_recorded(ws: Workspace) -> None:
     builtin = ["accuracy", "loss", "top5_accuracy", "macro_f1", "ece", "calibration_error_sq"]
     assert names == [*builtin, "mean_confidence", "median_loss"]
     mean, median = report["metrics"]["mean_confidence"], report["metrics"]["median_loss"]
-    assert mean["kind"] == "mean" and mean["test"] == "paired_t"
+    assert mean["kind"] == "mean" and mean["test"] == "paired_bootstrap_t"
     assert median["kind"] == "corpus" and median["test"] == "paired_bootstrap"
     assert mean["higher_is_better"] is True and median["higher_is_better"] is False
     for metric in (mean, median):  # tested, and outside the gated family (accuracy alone)
@@ -201,7 +201,7 @@ def test_the_opt_in_builtins_are_reported_when_named(ws: Workspace) -> None:
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)["metrics"]
     assert list(metrics) == ["accuracy", "confidence_auroc", "brier"]  # report order
-    assert metrics["brier"]["test"] == "paired_t"
+    assert metrics["brier"]["test"] == "paired_bootstrap_t"
     assert metrics["confidence_auroc"]["test"] == "paired_bootstrap"
     assert all(0 < m["p_value"] <= 1 for m in metrics.values())
     assert 0 <= metrics["confidence_auroc"]["baseline"] <= 1

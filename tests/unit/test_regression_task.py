@@ -80,7 +80,7 @@ def test_mse_and_mae_are_paired_tests_on_the_per_example_errors() -> None:
         assert result[name].test == "paired_t"
         assert result[name].p_value == pytest.approx(reference.pvalue, rel=1e-9)
     small = paired_statistics(_records(np.random.default_rng(1), 60, 1.0), METRICS)
-    assert small["mse"].test == small["mae"].test == "paired_t"
+    assert small["mse"].test == small["mae"].test == "paired_bootstrap_t"
 
 
 def test_r2_bootstrap_equals_a_slow_loop() -> None:
@@ -171,5 +171,5 @@ def test_the_cli_registers_and_compares_regression_models(
     report = json.loads(json_out.read_text())
     assert report["task"]["task"] == "regression"
     assert list(report["metrics"]) == ["mse", "mae", "r2"]
-    assert report["metrics"]["mse"]["test"] == "paired_t"
+    assert report["metrics"]["mse"]["test"] == "paired_bootstrap_t"
     assert report["flips"]["loss_increases"], "the largest squared-error increases are listed"

@@ -186,7 +186,7 @@ def test_holm_leaves_a_nan_out_of_the_family():
 # --- mean metrics: the paired t-test and its interval -------------------------------------------
 
 
-@pytest.mark.parametrize("n", [12, 300, 3000])
+@pytest.mark.parametrize("n", [1000, 3000])
 def test_mean_metric_uses_paired_t_equal_to_scipy(n):
     rng = np.random.default_rng(3)
     records = classification_records(rng, n)
@@ -199,6 +199,32 @@ def test_mean_metric_uses_paired_t_equal_to_scipy(n):
         pytest.approx(interval.low, rel=1e-9),
         pytest.approx(interval.high, rel=1e-9),
     )
+
+
+def test_small_n_mean_metric_uses_the_studentised_bootstrap():
+    rng = np.random.default_rng(3)
+    records = classification_records(rng, 300)
+    result = paired_statistics(records, {"loss": CLASSIFICATION_METRICS["loss"]})["loss"]
+    t_test = sps.ttest_rel(records.candidate["loss"], records.baseline["loss"])
+    assert result.test == "paired_bootstrap_t"
+    # Close to the t-test on near-normal differences; the interval holds the mean delta.
+    assert result.p_value == pytest.approx(t_test.pvalue, abs=0.03)
+    delta = float(np.mean(records.candidate["loss"] - records.baseline["loss"]))
+    assert result.ci_low < delta < result.ci_high
+
+
+def test_studentised_interval_covers_skewed_differences_at_n_100():
+    # Exponential differences (skewness 2): the t interval covers 93.6 % here (1,500 runs), the
+    # studentised bootstrap 95 %; 300 runs keep this test fast.
+    rng = np.random.default_rng(12)
+    covered = 0
+    for i in range(300):
+        diff = rng.exponential(1.0, 100) - 1.0
+        stat = stats.paired_t(diff, 0.95, resamples=1000, rng=np.random.default_rng(i))
+        assert stat.test == "paired_bootstrap_t"
+        assert (stat.p_value < 0.05) == (stat.ci_low > 0 or stat.ci_high < 0)
+        covered += stat.ci_low <= 0 <= stat.ci_high
+    assert covered / 300 >= 0.93
 
 
 def test_cluster_robust_t_uses_cluster_sums():
