@@ -135,12 +135,15 @@ def gen_classification(
 
 
 def _noise(rng: np.random.Generator, dist: str, n: int) -> Array:
-    """Mean-zero noise: `normal` (sd 1), `lognormal` (lognormal(0, 1) minus its mean, sd 2.16,
-    skewness 6.2) or `t3` (Student t with 3 df, sd 1.73, infinite kurtosis)."""
+    """Mean-zero noise: `normal` (sd 1), `exponential` (sd 1, skewness 2), `lognormal`
+    (lognormal(0, 1) minus its mean, sd 2.16, skewness 6.2) or `t3` (Student t with 3 df,
+    sd 1.73, infinite kurtosis)."""
     if dist == "normal":
         return rng.standard_normal(n)
     if dist == "lognormal":
         return rng.lognormal(0.0, 1.0, n) - math.exp(0.5)
+    if dist == "exponential":
+        return rng.exponential(1.0, n) - 1.0
     if dist == "t3":
         return rng.standard_t(3, n)
     raise ValueError(f"unknown noise {dist!r}")
@@ -391,7 +394,7 @@ def scenario_power(
     count: Counts,
     verdicts: Verdicts = (
         ("Action defaults", ACTION, (">=", 0.80)),
-        ("5 metrics gated (Holm over 5)", ALL_GATED, None),
+        ("5 metrics gated (Bonferroni over 5)", ALL_GATED, None),
     ),
     n: int = 5000,
 ) -> list[Case]:
@@ -491,7 +494,7 @@ def scenario_coverage(
 ) -> list[Case]:
     """6. CI coverage of a mean metric (loss) with skewed / heavy-tailed differences."""
     cases = []
-    for dist in ("lognormal", "t3"):
+    for dist in ("exponential", "lognormal", "t3"):
         for n in (100, 300, 1000):
             label = f"loss CI coverage, {dist} per-example differences (sd ≈ 1)"
             readouts = (Readout(label, "covers", "loss", (">=", 0.94), truth_key="shift"),)
