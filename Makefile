@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 TORCH_REQUIREMENT := requirements-torch.txt
 TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(TORCH_REQUIREMENT))
 
-.PHONY: install demo test test-fast coverage lint bench schema clean
+.PHONY: install demo test test-fast coverage lint bench simulate schema clean
 
 $(STAMP): pyproject.toml $(TORCH_REQUIREMENT)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench: install
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_stats.py
 	$(PY) benchmarks/bench_pipeline.py
+
+# The statistics' error rates (A/A false alarms, power, coverage): docs/statistics.md.
+simulate: install
+	$(PY) benchmarks/sim_stats.py
 
 schema: install
 	$(PY) -m regress_action.schema
