@@ -162,3 +162,27 @@ def test_verdict_config_reaches_every_task() -> None:
         .all_metrics()["r2"]
         .value({"target": np.ones(3), "sq_error": np.zeros(3)})
     )
+
+
+@pytest.mark.parametrize("dataset_name", sorted(builtin_datasets()))
+def test_gate_defaults_to_the_primary_metric_under_significance_gate(dataset_name: str) -> None:
+    spec, records = _paired(dataset_name)
+    primary = list(get_task(spec.task).primary)
+
+    def gated(**verdict: object) -> tuple[list[str], int]:
+        context = ReportContext(
+            task=spec,
+            dataset=DatasetInfo(name=dataset_name, fingerprint="f", n=120),
+            verdict=VerdictConfig(resamples=200, **verdict),  # type: ignore[arg-type]
+        )
+        report = build_report(records, context, 0.0)  # type: ignore[arg-type]
+        return [name for name, m in report.metrics.items() if m.gated], report.stats.family_size
+
+    every = list(select_metrics(spec, None))
+    assert gated(significance="gate") == (primary, 1)
+    assert gated(significance="margin", gate=("primary",)) == (primary, 1)
+    assert gated(significance="report")[0] == every  # the plain tolerance rule gates all
+    assert gated(significance="gate", gate=("all",))[0] == every
+    # No primary metric among the reported ones: every reported metric gates.
+    others = tuple(name for name in every if name not in primary)[:2]
+    assert gated(significance="gate", metrics=others)[0] == list(others)
