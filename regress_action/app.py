@@ -305,20 +305,26 @@ def _lm_verdict(eval_set: EvalSet, task: TaskSpec, verdict: VerdictConfig) -> Ve
     )
 
 
+CLUSTER_COLUMNS = ("group", "doc")  # data columns naming an example's cluster, first wins
+
+
 def join_data_columns(records: PairedRecords, eval_set: EvalSet) -> None:
     """Add the eval set's per-example data columns (e.g. `bytes`) to both sides' records, by
     example id; a source with data columns replaces what an adapter assumed (bytes = tokens).
-    The `doc` column (the document a text window came from) becomes the records' clusters:
-    windows of one document are not independent, so the statistics resample documents."""
+    A `group` column (the user's: a text-classification line's "group") or else a `doc` column
+    (the document a text window came from) becomes the records' clusters: examples of one are
+    not independent, so the statistics resample whole clusters."""
     if eval_set.columns is None:
         return
     for side in (records.baseline, records.candidate):
         side.pop("bytes", None)
         for name, values in eval_set.columns.items():
-            if name != "doc":
+            if name not in CLUSTER_COLUMNS:
                 side[name] = values[records.example_ids]
-    if "doc" in eval_set.columns:
-        records.groups = eval_set.columns["doc"][records.example_ids]
+    for name in CLUSTER_COLUMNS:
+        if name in eval_set.columns:
+            records.groups = eval_set.columns[name][records.example_ids]
+            break
 
 
 def _evaluate_across_tokenizers(

@@ -46,7 +46,9 @@ DEFAULT_CONTEXT = 512
 def load_jsonl(path: Path, max_examples: int | None, options: DataOptions) -> Loaded:
     """A `.jsonl` of `{"text": ..., "label": ...}` lines as a text classification set.
 
-    Blank lines are skipped; the first `max_examples` lines are used, but every line is
+    An optional `"group"` (a string or an int: the conversation, document or user an example
+    came from) makes examples of one group one cluster for the statistics, which then resample
+    groups. Blank lines are skipped; the first `max_examples` lines are used, but every line is
     parsed, so the label ids and class count are the same whatever the cut. A line without
     a string `text` or without a `label`, or a label that is neither an int nor a string, is a
     DataError naming `file:line`."""
@@ -54,6 +56,7 @@ def load_jsonl(path: Path, max_examples: int | None, options: DataOptions) -> Lo
     texts: list[str] = []
     labels: list[Any] = []
     lines: list[int] = []
+    groups: list[Any] = []
     try:
         with path.open("rb") as handle:
             for lineno, raw in enumerate(handle, start=1):
@@ -64,6 +67,7 @@ def load_jsonl(path: Path, max_examples: int | None, options: DataOptions) -> Lo
                 if max_examples is None or len(texts) < max_examples:
                     texts.append(row[0])
                     lines.append(lineno)
+                    groups.append(row[2])
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not texts:
@@ -72,10 +76,20 @@ def load_jsonl(path: Path, max_examples: int | None, options: DataOptions) -> Lo
         )
     ids, names = class_ids(labels, str(path))
     keys = [f"line {lineno}" for lineno in lines]
-    return text_classification(texts, ids, names, keys, options, str(path))
+    loaded = text_classification(texts, ids, names, keys, options, str(path))
+    if any(group is not None for group in groups):
+        if any(group is None for group in groups):
+            missing = lines[groups.index(None)]
+            raise DataError(
+                f'{path}:{missing}: no "group", but other lines have one; give every line a '
+                "group or none"
+            )
+        _, cluster = np.unique(np.array([str(group) for group in groups]), return_inverse=True)
+        loaded.columns = {"group": cluster.reshape(-1).astype(np.int64)}
+    return loaded
 
 
-def _row(path: Path, lineno: int, raw: bytes) -> tuple[str, Any] | None:
+def _row(path: Path, lineno: int, raw: bytes) -> tuple[str, Any, Any] | None:
     if not raw.strip():
         return None
     where = f"{path}:{lineno}"
@@ -94,7 +108,10 @@ def _row(path: Path, lineno: int, raw: bytes) -> tuple[str, Any] | None:
         raise DataError(f'{where}: expected an object with a string "text" field')
     if "label" not in record:
         raise DataError(f'{where}: no "label"; every line of a classification set needs one')
-    return record["text"], record["label"]
+    group = record.get("group")
+    if group is not None and (isinstance(group, bool) or not isinstance(group, str | int)):
+        raise DataError(f'{where}: "group" is {group!r}; use a string or an integer id')
+    return record["text"], record["label"], group
 
 
 def class_ids(

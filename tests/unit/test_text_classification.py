@@ -14,7 +14,7 @@ from torch import nn
 from regress_action import compare_models
 from regress_action.errors import DataError
 from regress_action.sources import TEXT_SHOWN
-from regress_action.spec import DataOptions, EvalConfig, TaskSpec
+from regress_action.spec import DataOptions, EvalConfig, TaskSpec, VerdictConfig
 from regress_action.tasks import adapter_for
 from regress_action.textcls import class_ids, load_jsonl
 
@@ -109,6 +109,8 @@ def test_tokenizer_json_adds_its_special_tokens_and_keeps_them_when_truncating(
         ([{"text": "a b", "label": 0}, {"text": "c d", "label": 0}], "only one class"),
         ([{"text": "", "label": 0}, {"text": "cd", "label": 1}], "line 1 has no tokens"),
         ([{"label": 0}], 'a string "text" field'),
+        ([{"text": "a", "label": 0, "group": 1.5}, {"text": "b", "label": 1}], '"group" is 1.5'),
+        ([{"text": "a", "label": 0, "group": "u1"}, {"text": "b", "label": 1}], ':2: no "group"'),
     ],
 )
 def test_bad_lines_are_one_line_data_errors(
@@ -215,3 +217,34 @@ def test_classifiers_whose_folders_hold_different_tokenizers_are_refused(tmp_pat
     result = compare_models(baseline, candidate, None, task, eval_cfg)
     assert result["dataset"]["n"] == len(rows)
     assert result["dataset"]["tokenizer"] == str(tmp_path / "base")
+
+
+def test_a_group_field_makes_clusters_the_statistics_resample(tmp_path: Path) -> None:
+    texts = [f"{word} {i % 7}" for i, word in enumerate(["good", "bad", "fine", "poor"] * 10)]
+    rows = [{"text": t, "label": i % 2, "group": f"user{i // 5}"} for i, t in enumerate(texts)]
+    data = _jsonl(tmp_path / "a.jsonl", rows)
+    loaded = load_jsonl(data, None, DataOptions())
+    assert loaded.columns is not None and loaded.columns["group"].tolist()[:6] == [0] * 5 + [1]
+    spec = TaskSpec(modality="text", task="classification", num_classes=2)
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(Bag())
+    report = compare_models(
+        models[0], models[1], None, spec, EvalConfig(dataset=str(data), device="cpu"),
+        verdict=VerdictConfig(significance="report", resamples=200),
+    )  # fmt: skip
+    for name in ("accuracy", "loss"):
+        assert report["metrics"][name]["clusters"] == 8, name
+        assert report["metrics"][name]["n"] == 40
+
+
+class Bag(nn.Module):
+    """A bag of byte embeddings, called as model(input_ids, attention_mask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(256, 2)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.bag(ids)
