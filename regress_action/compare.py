@@ -14,13 +14,14 @@ from .errors import ConfigError
 from .metrics import Metric
 from .records import PairedRecords
 from .report import DatasetInfo, Report, RunInfo, StatsInfo
-from .spec import GATE_ALL, GATE_PRIMARY, Precision, TaskSpec, VerdictConfig
+from .spec import GATE_PRIMARY, Precision, TaskSpec, VerdictConfig
 from .stats import paired_statistics
 from .tasks import get_task, metrics_for, select_metrics, unknown_metric_message
 from .verdict import (
     apply_significance,
     family,
     family_alphas,
+    family_size,
     judge,
     notes,
     overall_status,
@@ -73,7 +74,6 @@ def resolve_gate(task: TaskSpec, verdict: VerdictConfig, specs: dict[str, Metric
     if keyword == GATE_PRIMARY:
         primary = tuple(name for name in get_task(task.task).primary if name in specs)
         names = primary or names
-    assert keyword in (GATE_ALL, GATE_PRIMARY)
     return verdict.model_copy(update={"gate": names})
 
 
@@ -115,7 +115,7 @@ def build_report(records: PairedRecords, context: ReportContext, duration_s: flo
             confidence=1 - verdict.alpha,
             resamples=verdict.resamples,
             seed=verdict.seed,
-            family_size=max(1, len(set(members.values()))),
+            family_size=family_size(members),
         ),
         metrics=results,
         flips=analysis.flips,

@@ -176,12 +176,10 @@ class BootstrapPlan:
     """Per metric: the column block to resample and how its resampled sums become a delta.
 
     No block depends on which other metrics are requested, so neither do a metric's resampled
-    sums (a GEMM's bits can depend on the matrix's other columns). A mean metric has its own
-    block [diff, 1] (the ones give the resample's total weight); every ratio metric reads the
+    sums (a GEMM's bits can depend on the matrix's other columns). Every ratio metric reads the
     shared block of all distinct finite columns of the records (one pass over W for all of
     them; the total weight cancels in Σnum/Σden); a `WeightedSums` metric has its own. `tests`
-    names each metric's test; `diffs` keeps a mean metric's differences, whose p comes from
-    `stats.mean_test_p` (a permutation test), not from the bootstrap.
+    names each metric's test. (Mean metrics are tested in `stats`: bootstrap-t or t-test.)
     """
 
     blocks: dict[tuple[str, ...], Any] = field(default_factory=dict)  # dense or sparse
@@ -190,14 +188,7 @@ class BootstrapPlan:
         default_factory=dict
     )
     tests: dict[str, TestName] = field(default_factory=dict)
-    diffs: dict[str, Array] = field(default_factory=dict)
     record_columns: dict[tuple[str, str], int] = field(default_factory=dict)
-
-    def add_mean(self, name: str, diff: Array, test: TestName) -> None:
-        self.blocks[("mean", name)] = np.column_stack([diff, np.ones(diff.size)])
-        self.metrics[name] = (("mean", name), [0, 1], _mean_delta)
-        self.diffs[name] = diff
-        self.tests[name] = test
 
     def add_ratio(self, name: str, metric: Metric, records: PairedRecords) -> None:
         num, den = metric.columns
@@ -299,12 +290,6 @@ def unit_sums(x: Any, unit: NDArray[np.intp] | None, units: int) -> Array:
     # One pass over the rows of x, each added to its unit's row (a cache-friendly CSR product).
     membership = sparse.csr_matrix((np.ones(n), (unit, np.arange(n))), shape=(units, n))
     return np.asarray((membership @ x).toarray() if sparse.issparse(x) else membership @ x)
-
-
-def _mean_delta(sums: Array) -> Array:
-    """A mean metric's resampled delta from its sums [Σw·diff, Σw]."""
-    delta: Array = sums[:, 0] / sums[:, 1]
-    return delta
 
 
 def weight_chunks(
@@ -460,13 +445,11 @@ def _unit_cell_deltas(
     if single:
         x = x.astype(np.float32)
     chunk = max(1, CHUNK_WEIGHTS // max(units, width))
+    poisson = blocked or units > MULTINOMIAL_MAX_N
     for start in range(0, resamples, chunk):
         m = min(chunk, resamples - start)
-        if blocked or units > MULTINOMIAL_MAX_N:
-            w = poisson_weights(rng, units, m)
-        else:
-            w = multinomial_weights(rng, units, m)
-        if single and blocked | (units > MULTINOMIAL_MAX_N):  # Poisson weights: ≤ table max
+        w = poisson_weights(rng, units, m) if poisson else multinomial_weights(rng, units, m)
+        if single and poisson:  # Poisson weights: ≤ table max
             sums = (w.astype(np.float32) @ x).astype(np.float64)
         else:
             sums = w @ x.astype(np.float64, copy=False) if dense else np.asarray((x @ w.T).T)

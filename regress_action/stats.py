@@ -102,7 +102,8 @@ def paired_statistics(
     p-value is judged at after the family correction, so interval and p agree about 0."""
     base, cand = records.baseline, records.candidate
     groups = _cluster_index(records)
-    units = records.n if records.groups is None else int(np.unique(records.groups).size)
+    clusters = None if groups is None else int(groups.max()) + 1
+    units = records.n if clusters is None else clusters
     plan = BootstrapPlan()
     level_of = {name: (alphas or {}).get(name, alpha) for name in specs}
     out: dict[str, MetricStats] = {}
@@ -141,9 +142,11 @@ def paired_statistics(
             plan.add_block(name, metric.resampler.block(records), test)
     deltas = plan.run(records.n, resamples, np.random.default_rng(seed), records.groups)
     for name, delta_star in deltas.items():
-        out[name] = _bootstrap_stats(plan.tests[name], delta_star, records, level_of[name])
+        out[name] = _bootstrap_stats(
+            plan.tests[name], delta_star, records.n, level_of[name], clusters
+        )
     for name, (test, draw) in resampled.items():
-        out[name] = _bootstrap_stats(test, draw(), records, level_of[name])
+        out[name] = _bootstrap_stats(test, draw(), records.n, level_of[name], clusters)
     return {name: out[name] for name in specs if name in out}
 
 
@@ -159,7 +162,8 @@ def minimum_detectable_effect(se: float, alpha: float, power: float = POWER) -> 
 
 
 def _cluster_index(records: PairedRecords) -> NDArray[np.int64] | None:
-    """0..G-1 cluster index per example, or None without groups (or one example per group)."""
+    """0..G-1 cluster index per example, or None without groups (or one example per group: then
+    the examples are the units, as without groups)."""
     if records.groups is None:
         return None
     _, index = np.unique(np.asarray(records.groups), return_inverse=True)
@@ -168,17 +172,16 @@ def _cluster_index(records: PairedRecords) -> NDArray[np.int64] | None:
 
 
 def _bootstrap_stats(
-    test: TestName, delta: Array, records: PairedRecords, alpha: float
+    test: TestName, delta: Array, n: int, alpha: float, clusters: int | None
 ) -> MetricStats:
     low, high = percentile_ci(delta, alpha)
     se = float(np.std(delta, ddof=1)) if delta.size > 1 else math.nan
-    clusters = None if records.groups is None else int(np.unique(records.groups).size)
     return MetricStats(
         test,
         bootstrap_p(delta),
         low,
         high,
-        records.n,
+        n,
         se=se,
         mde=minimum_detectable_effect(se, alpha),
         level=1 - alpha,
@@ -246,9 +249,11 @@ def mcnemar_ci(
         return math.nan, math.nan
     if discordant == 0:
         return 0.0, 0.0
-    ci = sps.binomtest(n_fixed, discordant, 0.5).proportion_ci(confidence, method="exact")
+    tail = (1 - confidence) / 2  # Clopper-Pearson: the beta quantiles of the exact test
+    low = float(sps.beta.ppf(tail, n_fixed, n_broken + 1)) if n_fixed else 0.0
+    high = float(sps.beta.ppf(1 - tail, n_fixed + 1, n_broken)) if n_broken else 1.0
     scale = discordant / n
-    return scale * (2 * ci.low - 1), scale * (2 * ci.high - 1)
+    return scale * (2 * low - 1), scale * (2 * high - 1)
 
 
 # --- mean: paired t-test ---------------------------------------------------------------------

@@ -208,12 +208,17 @@ def family(
     }
 
 
+def family_size(members: Mapping[str, str]) -> int:
+    """m, the number of hypotheses of the gated family (at least 1)."""
+    return max(1, len(set(members.values())))
+
+
 def family_alphas(
     members: Mapping[str, str], specs: Iterable[str], alpha: float
 ) -> dict[str, float]:
     """Each metric's level: α / m for the m hypotheses of the gated family (Bonferroni), α for
     a metric outside it. Its interval is at 1 - that level, so interval and adjusted p agree."""
-    size = max(1, len(set(members.values())))
+    size = family_size(members)
     return {name: alpha / size if name in members else alpha for name in specs}
 
 
@@ -239,7 +244,7 @@ def apply_significance(
     Each gated metric whose minimum detectable effect exceeds its tolerance is `underpowered`.
     """
     members = members or {}
-    size = max(1, len(set(members.values())))
+    size = family_size(members)
     for name, stat in stats.items():
         result = results.get(name)
         if result is None:

@@ -41,8 +41,7 @@ bootstrap then overstates its spread, so the test is conservative for calibrated
 than anti-conservative. `benchmarks/sim_calibration.py` measures false-alarm rates and CI
 coverage.
 
-The binning is the classification task's (`classification.ece_bins`), repeated here so that
-classification can import this module; the two must stay identical (a unit test checks it).
+Plug-in ECE (`classification.ece`) uses the same bins, `calibration_bins`.
 """
 
 from __future__ import annotations
@@ -58,12 +57,12 @@ from ..resampling import Block, WeightedSums
 
 __all__ = ["CALIBRATION_BINS", "METRIC", "calibration_bins", "calibration_error_sq"]
 
-CALIBRATION_BINS = 15  # = classification.ECE_BINS
+CALIBRATION_BINS = 15
 
 
 def calibration_bins(confidence: Array) -> NDArray[np.int64]:
     """Equal-width confidence bins 0..CALIBRATION_BINS-1 (a confidence on a bin edge goes below
-    it): `classification.ece_bins`, the same formula."""
+    it), shared with plug-in ECE."""
     return np.clip(
         np.ceil(confidence * CALIBRATION_BINS).astype(np.int64) - 1, 0, CALIBRATION_BINS - 1
     )

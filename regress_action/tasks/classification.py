@@ -49,13 +49,9 @@ if TYPE_CHECKING:
 
     from ..spec import TaskSpec
 
-ECE_BINS = CALIBRATION_BINS  # ECE and the debiased calibration error bin alike
 TOP_K = 5
 
 # --- ECE -------------------------------------------------------------------------------------
-
-
-ece_bins = calibration_bins  # equal-width bins; a confidence on a bin edge goes below it
 
 
 def ece(correct: Array, confidence: Array) -> float:
@@ -64,9 +60,9 @@ def ece(correct: Array, confidence: Array) -> float:
     n = confidence.size
     if n == 0 or not np.isfinite(confidence).all():
         return math.nan
-    index = ece_bins(confidence)
-    acc_sum = np.bincount(index, weights=correct, minlength=ECE_BINS)
-    conf_sum = np.bincount(index, weights=confidence, minlength=ECE_BINS)
+    index = calibration_bins(confidence)  # the calibration error's bins
+    acc_sum = np.bincount(index, weights=correct, minlength=CALIBRATION_BINS)
+    conf_sum = np.bincount(index, weights=confidence, minlength=CALIBRATION_BINS)
     return float(np.abs(conf_sum - acc_sum).sum() / n)
 
 
@@ -288,7 +284,7 @@ METRICS: dict[str, Metric] = {
         "ece",
         False,
         "corpus",
-        f"expected calibration error ({ECE_BINS} bins)",
+        f"expected calibration error ({CALIBRATION_BINS} bins)",
         ("correct", "confidence"),
         unit_interval=True,
         whole_set=_ece_value,

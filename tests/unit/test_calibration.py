@@ -22,7 +22,6 @@ from regress_action.tasks.calibration import (
     calibration_bins,
     calibration_error_sq,
 )
-from regress_action.tasks.classification import ECE_BINS, ece_bins
 
 SPECS = {"calibration_error_sq": METRIC}
 BASE, CAND = (20.0, 1.5), (5.0, 2.0)  # two confidence spreads
@@ -65,10 +64,10 @@ def simulate(n: int, seed: int, overconfident: bool = False) -> PairedRecords:
     return PairedRecords("classification", np.arange(n), base, cand, 10)
 
 
-def test_the_bins_are_the_classification_tasks_ece_bins() -> None:
-    confidence = np.r_[np.random.default_rng(0).random(1000), np.arange(16) / 15, 0.0, 1.0]
-    assert CALIBRATION_BINS == ECE_BINS
-    np.testing.assert_array_equal(calibration_bins(confidence), ece_bins(confidence))
+def test_bins_are_equal_width_and_an_edge_goes_below() -> None:
+    edges = np.arange(CALIBRATION_BINS + 1) / CALIBRATION_BINS
+    assert calibration_bins(edges).tolist() == [0, *range(CALIBRATION_BINS)]
+    assert calibration_bins(np.array([0.5 / 15, 14.5 / 15])).tolist() == [0, 14]
 
 
 def test_the_metric_is_a_lower_is_better_corpus_metric_that_can_be_negative() -> None:
