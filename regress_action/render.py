@@ -205,7 +205,7 @@ class View:
 
 def status_cell(metric: MetricResult) -> str:
     text = f"{STATUS_MARKS.get(metric.status, '')} {metric.status}"
-    if metric.significant is False and metric.status in ("improved", "regressed"):
+    if metric.significant is False:  # beyond the tolerance, not significantly (gate: neutral)
         text += " (n.s.)"
     if not metric.gated and metric.status != "new":
         text += " (not gated)"
@@ -260,6 +260,12 @@ def _summary(metrics: list[MetricResult]) -> str:
     if improved:
         count = f"{len(improved)} of {len(metrics)}"
         return f"{count} metrics improved: {names(improved)}; none regressed."
+    noise = [m for m in gated if m.significant is False and m.status == "neutral"]
+    if noise:
+        return (
+            f"No gated metric changed credibly ({len(gated)} gated): {names(noise)} moved beyond "
+            "the tolerance, but not significantly."
+        )
     return f"No gated metric changed beyond its tolerance ({len(gated)} gated)."
 
 

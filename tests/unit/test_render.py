@@ -36,6 +36,7 @@ from regress_action.report import (
     Flips,
     Report,
     RunInfo,
+    StatsInfo,
     TrendPoint,
 )
 from regress_action.spec import TaskSpec
@@ -189,6 +190,26 @@ def test_heading_and_summary_for_each_overall_status() -> None:
     neutral = render_markdown(make_report(metrics=neutral_metrics, status="neutral"))
     assert neutral.startswith("### ➖ regress-action · `default` — neutral\n")
     assert "No gated metric changed beyond its tolerance (1 gated)." in neutral
+
+
+def test_a_change_gate_mode_found_not_significant_is_named_not_hidden() -> None:
+    accuracy = metric(
+        "accuracy", 0.82, 0.803, "neutral", significant=False, p_value=0.43, p_adjusted=0.43,
+        ci_low=-0.054, ci_high=0.022, test="mcnemar_exact", n=600,
+    )  # fmt: skip
+    report = make_report(
+        status="neutral",
+        regressed_metrics=[],
+        metrics={"accuracy": accuracy},
+        stats=StatsInfo(significance="gate"),
+    )
+    text = render_markdown(report)
+    assert (
+        "No gated metric changed credibly (1 gated): accuracy moved beyond the tolerance, but "
+        "not significantly." in text
+    )
+    row = _tables(text)[0][1]
+    assert _cell_text(row[-1]) == "⚪ neutral (n.s.)"
 
 
 def test_failed_metric_is_named_in_the_summary() -> None:
