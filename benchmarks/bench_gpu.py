@@ -409,6 +409,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--nproc", type=int, default=1, help="processes of the torchrun figure")
     parser.add_argument("--no-torchrun", action="store_true", help="skip the torchrun figure")
+    parser.add_argument("--no-engine", action="store_true", help="the torchrun figure alone")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -429,7 +430,7 @@ def main() -> int:
         cudnn_tf32=torch.backends.cudnn.allow_tf32,
         threads=torch.get_num_threads(),
     )
-    for workload in workloads(args.tiny, args.examples):
+    for workload in [] if args.no_engine else workloads(args.tiny, args.examples):
         best = overhead(workload, device, args.repeats)
         emit(
             "bf16_speedup",

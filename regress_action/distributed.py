@@ -17,12 +17,14 @@ waits for a collective another rank will never reach:
 A rank that dies outright makes the others' collectives time out (`REGRESS_ACTION_DIST_TIMEOUT`
 seconds, default 1800) instead of hanging.
 
-Backend: `nccl` when CUDA is available, else `gloo`. The Python API uses a process group the
+Backend: `gloo` on CPU; with CUDA, `cpu:gloo,cuda:nccl` (the records travel as host objects over
+gloo; nccl serves CUDA tensors), each rank on its own GPU. The Python API uses a process group the
 caller initialised. Torch layer: imports torch; never SQL, GitHub or templates.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -39,6 +41,7 @@ from .errors import EXIT_INTERNAL, ConfigError, FollowerDone, RegressActionError
 from .records import PairedRecords, Records, pair
 
 DEFAULT_TIMEOUT_S = 1800
+log = logging.getLogger("regress_action")
 T = TypeVar("T")
 
 
@@ -77,7 +80,7 @@ class Session:
     def device(self, requested: str) -> str:
         """`auto` is this rank's own GPU (`cuda:LOCAL_RANK`) when there is CUDA."""
         if requested == "auto" and torch.cuda.is_available():
-            return f"cuda:{self.local_rank}"
+            return f"cuda:{self.local_rank % torch.cuda.device_count()}"  # ranks may share GPUs
         return requested
 
     def exchange(self, payload: Any) -> list[Any] | None:
@@ -158,8 +161,12 @@ def session() -> Iterator[Session | None]:
         return
     owned = not dist.is_initialized()
     if owned:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = _backend()
         dist.init_process_group(backend, timeout=timedelta(seconds=_timeout_s()))
+        log.info(
+            "rank %d of %d joined the process group (backend %s)",
+            dist.get_rank(), dist.get_world_size(), backend,
+        )  # fmt: skip
     _SESSION = Session(dist.get_rank(), dist.get_world_size(), _local_rank())
     try:
         yield _SESSION
@@ -169,6 +176,17 @@ def session() -> Iterator[Session | None]:
         _SESSION = None
         if owned:
             dist.destroy_process_group()
+
+
+def _backend() -> str:
+    """gloo on CPU; with CUDA, gloo for CPU tensors and nccl for CUDA ones. The exchanges are
+    Python objects (records held in host memory): over gloo they travel as they are, where an
+    nccl-only group would copy them onto this rank's GPU and back. Each rank's current device is
+    its own GPU (`cuda:LOCAL_RANK`), as nccl needs one device per rank."""
+    if not torch.cuda.is_available():
+        return "gloo"
+    torch.cuda.set_device(_local_rank() % torch.cuda.device_count())
+    return "cpu:gloo,cuda:nccl"
 
 
 def _leave_together() -> None:

@@ -68,9 +68,11 @@ class EngineResult:
 
 
 def resolve_device(device: str) -> torch.device:
-    """`auto` picks CUDA when available; an unavailable CUDA request is a clear error."""
+    """`auto` picks CUDA when available; an unavailable CUDA request is a clear error. A CUDA
+    device always has its index (`cuda` is the current one, `cuda:0` unless set), so the report
+    names the GPU that ran the models."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available; use cpu or auto")
@@ -78,6 +80,8 @@ def resolve_device(device: str) -> torch.device:
         raise ConfigError(
             f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)"
         )
+    if resolved.type == "cuda" and resolved.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
     return resolved
 
 
