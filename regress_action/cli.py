@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from .cli_args import build_parser, flag_name
-from .config import checkpoint_request, compare_request, task_from
+from .config import checkpoint_request, compare_request, evaluate_request, task_from
 from .errors import (
     EXIT_INTERNAL,
     EXIT_OK,
@@ -69,6 +69,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _emit(outcome.report.to_json())
     regressed = outcome.report.status == "regressed"
     return EXIT_REGRESSION if regressed and args.fail_on_regression else EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import run_evaluate
+    from .store import open_db
+    from .tasks import MetricsModuleError
+
+    request = evaluate_request(args, flag_name, run_id=args.run_id, commit=args.commit)
+    with open_db(args.db, create=False) as db:
+        try:
+            outcome = run_evaluate(request, db)
+        except MetricsModuleError as exc:
+            raise exc.named(flag_name) from None
+    _emit(outcome.report.to_json())
+    return EXIT_OK
 
 
 def cmd_runs_add(args: argparse.Namespace) -> int:
@@ -189,6 +204,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 HANDLERS: dict[str, Handler] = {
     "compare": cmd_compare,
+    "evaluate": cmd_evaluate,
     "runs_add": cmd_runs_add,
     "runs_list": cmd_runs_list,
     "comparisons_list": cmd_comparisons_list,
@@ -197,6 +213,7 @@ HANDLERS: dict[str, Handler] = {
     "action": cmd_action,
     "publish": cmd_publish,
 }
+SHARDED = {"compare", "evaluate"}  # under torchrun, every rank evaluates a shard
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -217,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = HANDLERS[args.handler]
     if not _under_torchrun():
         return _run(handler, args, None)
-    if args.handler != "compare":  # nothing to shard: rank 0 does it once
+    if args.handler not in SHARDED:  # nothing to shard: rank 0 does it once
         return _run(handler, args, None) if os.environ.get("RANK") == "0" else EXIT_OK
     from .distributed import DistributedError, session
 

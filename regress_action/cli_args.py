@@ -287,19 +287,42 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     """The `compare` flags (shared with scripts/run_regression_test.py)."""
     parser.add_argument("--baseline-run-id", type=_positive_int, required=True)
     parser.add_argument("--candidate-run-id", type=_positive_int, required=True)
+    _add_pass_arguments(parser, "report")
+    _add_verdict_options(parser)
+    parser.add_argument(
+        "--report-name",
+        type=_report_name,
+        default="default",
+        help="names the comparison series (and its sticky PR comment)",
+    )
+    parser.add_argument(
+        "--fail-on-regression",
+        action="store_true",
+        help="exit 1 when a gated metric regressed",
+    )
+    parser.add_argument(
+        "--no-record",
+        dest="record",
+        action="store_false",
+        help="do not record the comparison in the DB",
+    )
+
+
+def _add_pass_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """The flags of a pass over an eval set (`compare` and `evaluate`): the eval set and how it
+    is read, the device and precision, the database and the output files."""
     parser.add_argument(
         "--dataset",
         help="built-in name (lm_tiny, vision_tiny, ...) or a path (.jsonl, .npz, .npy/.bin "
         "tokens, .parquet/.arrow, a datasets folder, an image folder); or --dataset-factory",
     )
     _add_data_options(parser)
-    _add_verdict_options(parser)
     _add_db(parser)
     parser.add_argument(
-        "--json-out", dest="json_path", type=Path, help="write the JSON report here"
+        "--json-out", dest="json_path", type=Path, help=f"write the JSON {what} here"
     )
     parser.add_argument(
-        "--markdown-out", dest="markdown_path", type=Path, help="write the Markdown report here"
+        "--markdown-out", dest="markdown_path", type=Path, help=f"write the Markdown {what} here"
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument(
@@ -318,18 +341,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         help="DataLoader worker processes decoding an image folder or reading a Dataset "
         "(default: min(4, CPUs - 1); 0 reads in the main process)",
     )
-    parser.add_argument(
-        "--report-name",
-        type=_report_name,
-        default="default",
-        help="names the comparison series (and its sticky PR comment)",
-    )
-    parser.add_argument("--commit", help="commit sha recorded with the comparison")
-    parser.add_argument(
-        "--fail-on-regression",
-        action="store_true",
-        help="exit 1 when a gated metric regressed",
-    )
+    parser.add_argument("--commit", help="commit sha recorded with the result")
     parser.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -340,12 +352,36 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="hf folders: run the model code the folders ship (trusted folders only)",
     )
+
+
+def _add_evaluate(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "evaluate",
+        help="evaluate one registered run on an eval set (no comparison)",
+        description="Evaluate one registered run on an eval set, record its metrics and "
+        "per-example records in the ExperimentDB (e.g. on the default branch, for later "
+        "comparisons) and print the JSON evaluation on stdout. Runs under torchrun like compare.",
+    )
+    parser.add_argument("--run-id", type=_positive_int, required=True)
+    _add_pass_arguments(parser, "evaluation")
+    parser.add_argument(
+        "--metrics",
+        type=_name_list,
+        help="comma-separated metrics (default: the task's default set and the custom ones)",
+    )
+    parser.add_argument(
+        "--metrics-module",
+        metavar="MODULE",
+        help="module importable from the working directory defining `metrics(task) -> "
+        "list[Metric]`: custom metrics",
+    )
     parser.add_argument(
         "--no-record",
         dest="record",
         action="store_false",
-        help="do not record the comparison in the DB",
+        help="do not record the evaluation in the DB",
     )
+    parser.set_defaults(handler="evaluate")
 
 
 def _add_runs(sub: Subparsers) -> None:
@@ -457,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_compare(sub)
+    _add_evaluate(sub)
     _add_runs(sub)
     _add_comparisons(sub)
     _add_demo(sub)

@@ -23,6 +23,7 @@ from .spec import CheckpointFormat, DataOptions, Precision, TaskSpec, VerdictCon
 
 if TYPE_CHECKING:
     from .app import CheckpointRequest, CompareRequest
+    from .evaluation import EvaluateRequest
 
 # An attribute name -> how the user spells it ("--tolerance", "input metric-tolerances").
 Names = Callable[[str], str]
@@ -222,6 +223,38 @@ def compare_request(
         allow_pickle=options.allow_pickle,
         trust_remote_code=options.trust_remote_code,
         record=record,
+    )
+
+
+def evaluate_request(
+    options: CompareOptions, names: Names, *, run_id: int, commit: str | None
+) -> EvaluateRequest:
+    """One evaluation of a registered run, as the options ask for it (`metrics`,
+    `metrics_module` and `record` are read when the options have them)."""
+    from .evaluation import EvaluateRequest
+
+    check_precision(options, names)
+    data = data_options(options, names)
+    if not options.dataset and data.dataset_factory is None:
+        raise OptionError("{dataset}: give an eval set, or {dataset_factory}").named(names)
+    verdict = verdict_config(options, names)  # checks the metrics module
+    return EvaluateRequest(
+        run_id=run_id,
+        dataset=options.dataset or "",
+        metrics=verdict.metrics,
+        metrics_module=verdict.metrics_module,
+        batch_size=options.batch_size,
+        max_examples=options.max_examples,
+        device=options.device,
+        precision=options.precision,
+        workers=options.workers,
+        data=data,
+        json_path=options.json_path,
+        markdown_path=options.markdown_path,
+        commit=commit,
+        allow_pickle=options.allow_pickle,
+        trust_remote_code=options.trust_remote_code,
+        record=bool(getattr(options, "record", True)),
     )
 
 

@@ -1,11 +1,11 @@
 """Data-parallel evaluation under `torchrun` (`torch.distributed`): shard, evaluate, gather.
 
-`torchrun --nproc-per-node N -m regress_action compare ...` starts N processes with the usual
-`RANK` / `WORLD_SIZE` / `LOCAL_RANK` / `MASTER_ADDR` variables (multi-node: torchrun's own
-rendezvous flags). Each rank evaluates a contiguous, disjoint shard of the eval set (every
-example exactly once: no padding, unlike `DistributedSampler`), the records travel to rank 0,
-which joins them on example id and alone computes the statistics, writes the database, the
-reports and the comment. Every rank then exits with rank 0's code.
+`torchrun --nproc-per-node N -m regress_action compare ...` (or `evaluate`) starts N processes
+with the usual `RANK` / `WORLD_SIZE` / `LOCAL_RANK` / `MASTER_ADDR` variables (multi-node:
+torchrun's own rendezvous flags). Each rank evaluates a contiguous, disjoint shard of the eval
+set (every example exactly once: no padding, unlike `DistributedSampler`), the records travel to
+rank 0, which joins them on example id and alone computes the statistics, writes the database,
+the reports and the comment. Every rank then exits with rank 0's code.
 
 The collectives are always the same two, in the same order, whatever fails where, so no rank
 waits for a collective another rank will never reach:
@@ -223,6 +223,25 @@ def evaluate_sharded(
     gather every shard on rank 0 and join them (`shared`: the adapter's target columns). Rank 0
     gets the records of the whole eval set and its own result; the other ranks raise
     FollowerDone once their records (or the error that stopped them) are sent."""
+    gathered, local = _gather(session, n, evaluate)
+    return join(gathered, shared), local
+
+
+def evaluate_sharded_one(
+    session: Session, n: int, evaluate: Callable[[int, int], Any]
+) -> tuple[Records, Any]:
+    """`evaluate_sharded` for one model: `evaluate(start, stop)` returns an
+    `engine.EvalResult`; rank 0 gets the model's records over the whole eval set."""
+    shards, local = _gather(session, n, evaluate)
+    ids = np.concatenate([shard.example_ids for shard in shards])
+    names = [name for name in shards[0].columns if all(name in s.columns for s in shards)]
+    columns = {name: np.concatenate([s.columns[name] for s in shards]) for name in names}
+    return Records(ids, columns), local
+
+
+def _gather(session: Session, n: int, evaluate: Callable[[int, int], Any]) -> tuple[list[Any], Any]:
+    """Every rank's records of its shard, in rank order, on rank 0 (with rank 0's own result);
+    a rank's error fails the run there, naming the rank; the other ranks raise FollowerDone."""
     start, stop = session.shard(n)
     payload: Any
     try:
@@ -237,7 +256,7 @@ def evaluate_sharded(
     for item in gathered:
         if isinstance(item, _Failure):
             raise DistributedError(f"rank {item.rank}: {item.message}", item.exit_code)
-    return join(gathered, shared), local
+    return gathered, local
 
 
 def shard_of(dataset: Dataset[Any], start: int, stop: int) -> Dataset[Any]:

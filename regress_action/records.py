@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -103,3 +104,32 @@ def _by_id(
     if bool(np.any(ids[1:] == ids[:-1])):
         raise DataError("example ids must be unique; each example is evaluated once")
     return ids, {name: values[order] for name, values in records.columns.items()}
+
+
+_IDS = "example_ids"
+_COLUMN = "column:"
+
+
+def records_to_npz(records: Records) -> bytes:
+    """The records as the bytes of a compressed `.npz` (each column in its own dtype), as the
+    ExperimentDB stores an evaluation's records."""
+    import io
+
+    buffer = io.BytesIO()
+    arrays: dict[str, NDArray[Any]] = {_IDS: records.example_ids}
+    arrays.update({_COLUMN + name: column for name, column in records.columns.items()})
+    np.savez_compressed(buffer, allow_pickle=False, **arrays)
+    return buffer.getvalue()
+
+
+def records_from_npz(data: bytes) -> Records:
+    """The records stored by `records_to_npz` (no pickled objects are read)."""
+    import io
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        columns = {
+            name[len(_COLUMN) :]: archive[name]
+            for name in archive.files
+            if name.startswith(_COLUMN)
+        }
+        return Records(archive[_IDS], columns)

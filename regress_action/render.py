@@ -25,7 +25,7 @@ from importlib.resources import files
 
 import jinja2
 
-from .report import FlipExample, MetricResult, Report, TrendPoint
+from .report import EvaluationReport, FlipExample, MetricResult, Report, TrendPoint
 from .tasks import TASKS
 
 MAX_COMMENT_CHARS = 65_536
@@ -401,6 +401,13 @@ def environment() -> jinja2.Environment:
 
 def _render(view: View) -> str:
     text = environment().get_template("report.md.j2").render(view=view)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def render_evaluation(report: EvaluationReport) -> str:
+    """One model's evaluation (`regress-action evaluate`) as Markdown: its metric values, the
+    model, the eval set and where it ran."""
+    text = environment().get_template("evaluation.md.j2").render(view=report)
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 

@@ -223,6 +223,47 @@ class Report(_Model):
             ) from None
 
 
+class MetricValue(_Model):
+    """One metric of one model (an evaluation): its value over the eval set and its direction."""
+
+    name: str
+    value: Real
+    higher_is_better: bool
+    kind: str
+    description: str = ""
+
+
+class EvaluationReport(_Model):
+    """One model evaluated on one eval set, without a comparison (`regress-action evaluate`):
+    its metric values, how and where they were computed, and the key its per-example records
+    are stored under in the ExperimentDB (`cache_key`: everything that can change them)."""
+
+    schema_version: int = REPORT_SCHEMA_VERSION
+    kind: Literal["evaluation"] = "evaluation"
+    evaluation_id: int | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    task: TaskSpec
+    dataset: DatasetInfo
+    run: RunInfo
+    metrics: dict[str, MetricValue]
+    cache_key: str = ""
+    engine_version: str = ""
+    records_stored: bool = False  # the per-example records are in the ExperimentDB
+    commit: str | None = None
+    device: str | None = None
+    world_size: int = 1
+    precision: Precision = "fp32"
+    duration_s: Real | None = None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As `Report.to_dict`: plain values, ISO times, non-finite values as floats."""
+        result: dict[str, Any] = _plain(self.model_dump(mode="python"))
+        return result
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items()}

@@ -1,4 +1,5 @@
-"""The ExperimentDB: registered runs and recorded comparisons, on SQLAlchemy Core (no ORM).
+"""The ExperimentDB: registered runs, recorded comparisons and evaluations, on SQLAlchemy Core
+(no ORM).
 
 Owns the database URL rules, the connection set-up per backend and every read and write of
 runs, comparisons and their per-metric rows. The tables and upgrades live in `store_schema`.
@@ -30,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection, RowMapping, make_url, select
 
 from .errors import StoreError
-from .report import MetricResult, Report, TrendPoint
+from .report import EvaluationReport, MetricResult, Report, TrendPoint
 from .spec import ModelSource, RunCreate, RunRecord, TaskSpec
 from .store_schema import (
     FLOAT_METRIC_COLUMNS,
@@ -38,6 +39,7 @@ from .store_schema import (
     comparison_metrics,
     comparisons,
     ensure_schema,
+    evaluations,
     first_line,
     make_engine,
     mask_password,
@@ -377,6 +379,79 @@ class ExperimentDB:
             for record in self._comparison_records(query)
         ]
         return points[::-1]
+
+    # --- evaluations -----------------------------------------------------------------------
+
+    def create_evaluation(self, report: EvaluationReport, records: bytes | None) -> int:
+        """Record one model's evaluation (its report and, when given, its per-example records as
+        the bytes of a compressed `.npz`) in one transaction; returns the evaluation's id."""
+        run_id = report.run.run_id
+        if run_id is None:
+            raise StoreError(
+                "an evaluation is recorded for a registered run; this report has no run id "
+                "(register the checkpoint with `regress-action runs add`)"
+            )
+        values: dict[str, Any] = {
+            "created_at": report.created_at,
+            "run_id": run_id,
+            "dataset": report.dataset.name,
+            "fingerprint": report.dataset.fingerprint,
+            "n_examples": report.dataset.n,
+            "cache_key": report.cache_key,
+            "engine_version": report.engine_version,
+            "device": report.device,
+            "precision": report.precision,
+            "commit": report.commit,
+            "report_json": "",
+            "records": records,
+        }
+        with self._write() as conn:
+            self._check_runs_exist(conn, (run_id,))
+            evaluation_id: int = conn.execute(
+                evaluations.insert().values(values).returning(evaluations.c.id)
+            ).scalar_one()
+            stored = report.model_copy(
+                update={"evaluation_id": evaluation_id, "records_stored": records is not None}
+            )
+            conn.execute(
+                evaluations.update()
+                .where(evaluations.c.id == evaluation_id)
+                .values(report_json=stored.model_dump_json())
+            )
+        return evaluation_id
+
+    def get_evaluation(self, evaluation_id: int) -> EvaluationReport:
+        query = select(evaluations.c.report_json).where(evaluations.c.id == evaluation_id)
+        with self._read() as conn:
+            text = conn.execute(query).scalar_one_or_none()
+        if text is None:
+            raise StoreError(
+                f"unknown evaluation id {evaluation_id} in {self._display}; "
+                "`regress-action evaluations list` shows the recorded evaluations"
+            )
+        return EvaluationReport.model_validate_json(text)
+
+    def list_evaluations(
+        self, *, limit: int = 50, run_id: int | None = None, cache_key: str | None = None
+    ) -> list[EvaluationReport]:
+        """The most recent evaluations, newest first, optionally of one run or cache key."""
+        query = select(evaluations.c.report_json).order_by(evaluations.c.id.desc()).limit(limit)
+        if run_id is not None:
+            query = query.where(evaluations.c.run_id == run_id)
+        if cache_key is not None:
+            query = query.where(evaluations.c.cache_key == cache_key)
+        with self._read() as conn:
+            texts = conn.execute(query).scalars().all()
+        return [EvaluationReport.model_validate_json(text) for text in texts]
+
+    def evaluation_records(self, evaluation_id: int) -> bytes | None:
+        """The stored per-example records of an evaluation (`.npz` bytes), or None."""
+        query = select(evaluations.c.records).where(evaluations.c.id == evaluation_id)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise StoreError(f"unknown evaluation id {evaluation_id} in {self._display}")
+        return None if row[0] is None else bytes(row[0])
 
 
 def _comparison_record(row: RowMapping, metrics: list[MetricResult]) -> ComparisonRecord:

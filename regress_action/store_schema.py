@@ -18,6 +18,9 @@ Versions:
    index on `comparisons (report_name, dataset, id)` that the trend query walks.
 3. adds each metric's interval level, standard error, minimum detectable effect, `underpowered`
    flag and cluster count (`ci_level` .. `clusters`).
+4. adds `evaluations`: one model on one eval set (`regress-action evaluate`), its report as JSON
+   and its per-example records (a compressed `.npz`), under the key of everything that can
+   change them (`cache_key`, indexed).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -55,7 +59,7 @@ from sqlalchemy import exc as sa_exc
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_URL = "sqlite:///regress.db"
 SQLITE_BUSY_TIMEOUT_S = 30
 PG_CONNECT_TIMEOUT_S = 5
@@ -230,6 +234,26 @@ comparison_metrics = Table(
     Column("clusters", Integer),
 )
 
+evaluations = Table(
+    "evaluations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("dataset", Text, nullable=False),
+    Column("fingerprint", Text, nullable=False),
+    Column("n_examples", Integer, nullable=False),
+    Column("cache_key", String(64), nullable=False),
+    Column("engine_version", String(32), nullable=False),
+    Column("device", String(32)),
+    Column("precision", String(8), nullable=False),
+    Column("commit", String(64)),
+    Column("report_json", Text, nullable=False),
+    Column("records", LargeBinary),  # numpy .npz (compressed); NULL: not stored
+    Index("ix_evaluations_cache_key", "cache_key", "id"),
+    sqlite_autoincrement=True,
+)
+
 schema_version = Table(
     "schema_version",
     metadata,
@@ -282,8 +306,16 @@ def _upgrade_to_3(conn: Connection) -> None:
     _add_metric_columns(conn, POWER_COLUMNS)
 
 
+def _upgrade_to_4(conn: Connection) -> None:
+    evaluations.create(conn)
+
+
 # UPGRADES[v] takes a database at version v - 1 to version v.
-UPGRADES: dict[int, Callable[[Connection], None]] = {2: _upgrade_to_2, 3: _upgrade_to_3}
+UPGRADES: dict[int, Callable[[Connection], None]] = {
+    2: _upgrade_to_2,
+    3: _upgrade_to_3,
+    4: _upgrade_to_4,
+}
 
 
 def read_version(conn: Connection) -> int | None:

@@ -14,13 +14,22 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy import func, inspect, select
 
 from regress_action.errors import StoreError
-from regress_action.report import DatasetInfo, MetricResult, Report, RunInfo
+from regress_action.records import Records, records_from_npz, records_to_npz
+from regress_action.report import (
+    DatasetInfo,
+    EvaluationReport,
+    MetricResult,
+    MetricValue,
+    Report,
+    RunInfo,
+)
 from regress_action.spec import ModelSource, RunCreate, TaskSpec
 from regress_action.store import ExperimentDB
 from regress_action.store_schema import (
@@ -362,6 +371,53 @@ def test_version_1_database_is_upgraded_in_place(db_url: str) -> None:
         engine.dispose()
     assert set(STATS_COLUMNS) | set(POWER_COLUMNS) <= columns
     assert "ix_comparisons_report_dataset_id" in indexes
+    with ExperimentDB(db_url) as db:  # version 4: the evaluations table
+        evaluation_id = db.create_evaluation(evaluation_of(2), records_to_npz(_records()))
+        assert db.get_evaluation(evaluation_id).run.run_id == 2
+
+
+def evaluation_of(run_id: int, **fields: Any) -> EvaluationReport:
+    loss = MetricValue(name="loss", value=2.5, higher_is_better=False, kind="ratio")
+    values: dict[str, Any] = {
+        "task": LM_TASK,
+        "dataset": DatasetInfo(name="lm_tiny", fingerprint="fp", n=3),
+        "run": RunInfo(run_id=run_id, name="b"),
+        "metrics": {"loss": loss},
+        "cache_key": "k" * 64,
+        "device": "cpu",
+    }
+    return EvaluationReport(**(values | fields))
+
+
+def _records() -> Records:
+    columns = {"nll_sum": np.array([1.5, np.nan, 2.0], np.float32), "tokens": np.arange(3)}
+    return Records(np.array([0, 1, 2], np.int64), columns)  # type: ignore[dict-item]
+
+
+def test_an_evaluation_keeps_its_report_and_records(db_url: str) -> None:
+    with ExperimentDB(db_url) as db:
+        run = db.add_run(make_run("m"))
+        first = db.create_evaluation(evaluation_of(run.id), records_to_npz(_records()))
+        second = db.create_evaluation(evaluation_of(run.id, cache_key="j" * 64), None)
+        stored = db.get_evaluation(first)
+        assert stored.evaluation_id == first and stored.records_stored
+        assert stored.metrics["loss"].value == 2.5
+        records = db.evaluation_records(first)
+        assert records is not None
+        back = records_from_npz(records)
+        assert back.example_ids.tolist() == [0, 1, 2]
+        assert back.columns["nll_sum"].dtype == np.float32
+        assert back.columns["nll_sum"].tobytes() == _records().columns["nll_sum"].tobytes()
+        assert db.evaluation_records(second) is None
+        assert not db.get_evaluation(second).records_stored
+        assert [e.evaluation_id for e in db.list_evaluations()] == [second, first]
+        assert [e.evaluation_id for e in db.list_evaluations(cache_key="k" * 64)] == [first]
+        assert db.list_evaluations(run_id=run.id + 1) == []
+        with pytest.raises(StoreError, match="unknown evaluation id 99"):
+            db.get_evaluation(99)
+        with pytest.raises(StoreError, match="unknown run id"):
+            db.create_evaluation(evaluation_of(run.id + 5), None)
+        assert len(db.list_evaluations()) == 2  # nothing written by the refused one
 
 
 def test_newer_schema_is_refused(db_url: str) -> None:

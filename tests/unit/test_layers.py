@@ -26,6 +26,7 @@ TORCH_FREE = {
 }  # fmt: skip
 # Modules that may import torch only lazily, inside a function (CLI start-up speed).
 LAZY_TORCH = {"__init__", "cli", "cli_args", "app", "action", "api", "formats", "checkpoints"}
+LAZY_TORCH |= {"evaluation"}  # orchestrates one model's evaluation, like `app`
 # The task registry and the built-in generators: read by torch-free layers (metric names,
 # TaskSpec validation), so torch only inside the adapters and the dataset constructors.
 LAZY_TORCH |= {"builtin_data", "tasks", "tasks.base", "tasks.classification", "tasks.lm"}

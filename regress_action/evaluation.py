@@ -1,0 +1,250 @@
+"""One model on one eval set, without a comparison: `regress-action evaluate`.
+
+The one-model pass of the engine (sharded under torchrun, as a comparison is), each requested
+metric's value over the eval set, and one ExperimentDB row holding the report and the model's
+per-example records (a compressed `.npz`) under `cache_key`: the hash of everything that can
+change those records (the checkpoint's bytes and loader, the eval set's fingerprint, the task
+and the data options, the engine's version, the device type and the precision). A job on the
+default branch evaluates its model once; the stored records are what a later comparison needs
+of that side.
+
+Like `app`, receives the ExperimentDB as a parameter and imports the torch layer only inside
+its functions. Order: output paths checked → evaluation → one transaction → JSON → Markdown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .app import check_outputs, dataset_info, pass_options, run_info, text_options
+from .compare import metric_specs
+from .errors import ConfigError
+from .files import StagedFile
+from .render import render_evaluation
+from .report import EvaluationReport, MetricValue, RunInfo
+from .spec import DataOptions, EvalConfig, Precision, TaskSpec, VerdictConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from .data import EvalSet
+    from .records import Records
+    from .store import ExperimentDB
+    from .tasks import Adapter
+
+
+@dataclass(frozen=True)
+class EvaluateRequest:
+    """One evaluation of a registered run."""
+
+    run_id: int
+    dataset: str
+    metrics: tuple[str, ...] | None = None  # None: the task's default set
+    metrics_module: str | None = None
+    batch_size: int = 64
+    max_examples: int | None = None
+    device: str = "auto"
+    precision: Precision = "fp32"
+    workers: int | None = None
+    data: DataOptions = field(default_factory=DataOptions)
+    json_path: Path | None = None
+    markdown_path: Path | None = None
+    commit: str | None = None
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    record: bool = True  # record the evaluation (report and records) in the ExperimentDB
+
+
+@dataclass
+class EvaluateOutcome:
+    report: EvaluationReport
+    markdown: str
+
+
+def run_evaluate(request: EvaluateRequest, db: ExperimentDB) -> EvaluateOutcome:
+    """Evaluate a registered run on an eval set, record it and write the artifacts."""
+    from .app import _folder
+    from .models import load_model
+
+    paths = {"--json-out": request.json_path, "--markdown-out": request.markdown_path}
+    check_outputs(paths, db)
+    run = db.get_run(request.run_id)
+    model = load_model(
+        run.source,
+        allow_pickle=request.allow_pickle,
+        trust_remote_code=request.trust_remote_code,
+        task=run.task,
+    )
+    eval_cfg = EvalConfig(
+        dataset=request.dataset or None,  # None: built by the dataset factory
+        batch_size=request.batch_size,
+        max_examples=request.max_examples,
+        device=request.device,
+        precision=request.precision,
+        workers=request.workers,
+        **request.data.model_dump(),
+    )
+    verdict = VerdictConfig(metrics=request.metrics, metrics_module=request.metrics_module)
+    report, records = evaluate_model(
+        model, eval_cfg, run.task, verdict, run_info(run), model_dir=_folder(run)
+    )
+    report.commit = request.commit
+    report.cache_key = cache_key(run.source.model_dump(), report, request.data)
+    stored = db if request.record else None
+    return finish_evaluation(report, records, stored, request.json_path, request.markdown_path)
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    eval_cfg: EvalConfig,
+    task: TaskSpec,
+    verdict: VerdictConfig,
+    run: RunInfo,
+    *,
+    adapter: Adapter | None = None,
+    model_dir: Path | None = None,
+) -> tuple[EvaluationReport, Records]:
+    """Load the eval set, run the model over it (this rank's shard under torchrun; the other
+    ranks stop with FollowerDone once their records are sent) and compute each metric."""
+    from .app import _lm_verdict
+    from .data import load_eval_set
+    from .tasks import adapter_for
+
+    specs = metric_specs(task, verdict)  # unknown metric names fail before any work
+    options = eval_cfg.data_options()
+    if task.modality == "text":
+        options = text_options(options, (model, model), (model_dir, model_dir), task)
+    eval_set = load_eval_set(
+        eval_cfg.dataset,
+        task=task,
+        max_examples=eval_cfg.max_examples,
+        name=eval_cfg.dataset_name,
+        options=options,
+    )
+    if task.task == "lm":
+        specs = metric_specs(task, _lm_verdict(eval_set, task, verdict))
+    records, device, duration_s, world_size = _one_pass(
+        model, eval_set, adapter or adapter_for(task), pass_options(eval_cfg, eval_set.observe)
+    )
+    columns = _with_data_columns(records, eval_set)
+    missing = sorted({c for spec in specs.values() for c in spec.columns} - set(columns))
+    if missing:
+        raise ConfigError(
+            f"the records of this {task.task} eval set have no column(s) {', '.join(missing)}; "
+            "drop the metrics that need them from --metrics"
+        )
+    metrics = {
+        name: MetricValue(
+            name=name,
+            value=spec.value(columns, task.num_classes),
+            higher_is_better=spec.higher_is_better,
+            kind=spec.kind,
+            description=spec.description,
+        )
+        for name, spec in specs.items()
+    }
+    report = EvaluationReport(
+        task=task,
+        dataset=dataset_info(eval_set),
+        run=run,
+        metrics=metrics,
+        engine_version=__version__,
+        device=device,
+        world_size=world_size,
+        precision=eval_cfg.precision,
+        duration_s=duration_s,
+    )
+    return report, records
+
+
+def _one_pass(
+    model: torch.nn.Module, eval_set: EvalSet, adapter: Adapter, options: Any
+) -> tuple[Records, str, float, int]:
+    """The model's records over the whole eval set: in this process, or each torchrun rank
+    over its shard, joined on rank 0."""
+    from .distributed import current, evaluate_sharded_one, shard_of
+    from .engine import evaluate
+
+    session = current()
+    if session is None:
+        result = evaluate(model, eval_set.dataset, adapter, options)
+        return result.records, result.device, result.duration_s, 1
+    options = replace(options, device=session.device(options.device))
+
+    def shard(start: int, stop: int) -> Any:
+        return evaluate(
+            model, shard_of(eval_set.dataset, start, stop), adapter, options, first_id=start
+        )
+
+    records, local = evaluate_sharded_one(session, eval_set.n, shard)
+    return records, local.device, local.duration_s, session.world_size
+
+
+def _with_data_columns(records: Records, eval_set: EvalSet) -> dict[str, Any]:
+    """The model's columns with the eval set's per-example data columns (e.g. the `bytes` a text
+    window's tokens cover) joined by example id, as a comparison's records get them."""
+    from .app import CLUSTER_COLUMNS
+
+    columns = dict(records.columns)
+    if eval_set.columns is not None:
+        columns.pop("bytes", None)
+        for name, values in eval_set.columns.items():
+            if name not in CLUSTER_COLUMNS:
+                columns[name] = values[records.example_ids]
+    return columns
+
+
+def cache_key(source: dict[str, Any], report: EvaluationReport, data: DataOptions) -> str:
+    """sha256 of everything that can change a model's records on an eval set: the checkpoint
+    (bytes, format, loader), the eval set's fingerprint and size, the task, how examples become
+    inputs, the engine's version, the device type and the precision."""
+    device_type = (report.device or "cpu").split(":")[0]
+    key = {
+        "checkpoint": {k: source.get(k) for k in ("sha256", "format", "factory", "factory_kwargs")},
+        "dataset": {"fingerprint": report.dataset.fingerprint, "n": report.dataset.n},
+        "task": report.task.model_dump(mode="json"),
+        "data": data.model_dump(mode="json", exclude={"dataset_factory", "dataset_kwargs"})
+        | {"factory": data.dataset_factory, "factory_kwargs": data.dataset_kwargs},
+        "tokenizer": report.dataset.tokenizer,
+        "engine": report.engine_version,
+        "device": device_type,
+        "precision": report.precision,
+    }
+    text = json.dumps(key, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def finish_evaluation(
+    report: EvaluationReport,
+    records: Records,
+    db: ExperimentDB | None,
+    json_path: Path | None,
+    markdown_path: Path | None,
+) -> EvaluateOutcome:
+    """Record the evaluation (one transaction: its row with the records), then write JSON and
+    Markdown; both files are staged first, so a path that cannot be written records nothing."""
+    from .records import records_to_npz
+
+    staged: dict[str, StagedFile] = {}
+    try:
+        if json_path is not None:
+            staged["json"] = StagedFile(json_path, "JSON report")
+        if markdown_path is not None:
+            staged["markdown"] = StagedFile(markdown_path, "Markdown report")
+        if db is not None:
+            report.evaluation_id = db.create_evaluation(report, records_to_npz(records))
+            report.records_stored = True
+        markdown = render_evaluation(report)
+        if "json" in staged:
+            staged.pop("json").commit(report.to_json() + "\n")
+        if "markdown" in staged:
+            staged.pop("markdown").commit(markdown)
+    finally:
+        for leftover in staged.values():
+            leftover.discard()
+    return EvaluateOutcome(report=report, markdown=markdown)
