@@ -1,13 +1,18 @@
 """`torchrun --nproc-per-node 2 -m regress_action compare` (gloo, CPU) against one process:
-the same examples, the same metrics, statuses and p-values; a failing rank fails every rank."""
+the same examples, the same metrics, statuses and p-values; a failing rank fails every rank.
+The same on two "nodes" (two torchrun launchers on 127.0.0.1, as on two machines)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +77,37 @@ def _compare(root: Path, ranks: int, *args: str) -> tuple[subprocess.CompletedPr
     out = root / f"report-{ranks}-{abs(hash(args))}.json"
     command = [str(TORCHRUN), "--standalone", f"--nproc-per-node={ranks}"]
     command += ["-m", "regress_action", "compare", *args, "--json-out", str(out)]
+    result = subprocess.run(
+        command, cwd=root, env=_env(root), capture_output=True, text=True, timeout=300
+    )
+    report = json.loads(out.read_text()) if out.exists() else None
+    return result, report
+
+
+def _env(root: Path) -> dict[str, str]:
     env = {**os.environ, "REGRESS_DB": f"sqlite:///{root / 'regress.db'}"}
     env["REGRESS_ACTION_DIST_TIMEOUT"] = "60"
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
-    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    report = json.loads(out.read_text()) if out.exists() else None
-    return result, report
+    return env
+
+
+def _single(root: Path, *args: str) -> Any:
+    """The reference: the comparison in this process (world size 1)."""
+    reference = root / f"single-{abs(hash(args))}.json"
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        db = ["--db", f"sqlite:///{root / 'regress.db'}"]
+        assert main(["compare", *args, *db, "--json-out", str(reference)]) == 0
+    finally:
+        os.chdir(cwd)
+    return json.loads(reference.read_text())
+
+
+def _comparisons(root: Path) -> int:
+    with ExperimentDB(f"sqlite:///{root / 'regress.db'}") as db:
+        return len(db.list_comparisons(limit=1000))
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -97,35 +126,16 @@ def test_two_ranks_give_the_single_process_result(
 ) -> None:
     args = ("--baseline-run-id", runs[0], "--candidate-run-id", runs[1], "--dataset", dataset)
     args += ("--max-examples", "301") if dataset == "vision_tiny" else ()
-    reference = workspace / f"single-{dataset}.json"
-    cwd = Path.cwd()
-    os.chdir(workspace)  # the reference, in this process
-    try:
-        db = ["--db", f"sqlite:///{workspace / 'regress.db'}"]
-        assert main(["compare", *args, *db, "--json-out", str(reference)]) == 0
-    finally:
-        os.chdir(cwd)
-    one = json.loads(reference.read_text())
+    one = _single(workspace, *args)
     multi, two = _compare(workspace, 2, *args)
     assert multi.returncode == 0, multi.stderr
     assert (one["world_size"], two["world_size"]) == (1, 2)
-    assert two["dataset"] == one["dataset"]
-    assert two["status"] == one["status"]
-    for name, metric in one["metrics"].items():
-        for field in ("baseline", "candidate", "delta", "p_value", "p_adjusted", "ci_low"):
-            assert _same(two["metrics"][name][field], metric[field]), (name, field)
-        assert two["metrics"][name]["status"] == metric["status"]
-    flips = ("newly_wrong", "newly_right", "loss_increases")
-    assert all(
-        [e["example_id"] for e in two["flips"][k]] == [e["example_id"] for e in one["flips"][k]]
-        for k in flips
-    )
+    _assert_same_result(two, one)
     assert multi.stdout.count('"schema_version"') == 1  # rank 0 alone prints the report
 
 
 def test_a_failing_rank_fails_every_rank_with_one_message(workspace: Path) -> None:
-    with ExperimentDB(f"sqlite:///{workspace / 'regress.db'}") as db:
-        before = len(db.list_comparisons(limit=1000))
+    before = _comparisons(workspace)
     args = ("--baseline-run-id", "1", "--candidate-run-id", "5", "--dataset", "vision_tiny")
     result, report = _compare(workspace, 2, *args)
     assert result.returncode != 0 and report is None
@@ -133,8 +143,134 @@ def test_a_failing_rank_fails_every_rank_with_one_message(workspace: Path) -> No
     assert len(errors) == 1, result.stderr
     assert "rank 1:" in errors[0] and "no copy of the weights' code" in errors[0]
     assert "exitcode  : 2" in result.stderr  # torchrun's summary: every rank exited with 2
-    with ExperimentDB(f"sqlite:///{workspace / 'regress.db'}") as db:
-        assert len(db.list_comparisons(limit=1000)) == before
+    assert _comparisons(workspace) == before
+
+
+def _assert_same_result(two: Any, one: Any) -> None:
+    """`two` (several ranks) is `one` (one process): examples, metrics, statuses, p-values."""
+    assert two["dataset"] == one["dataset"]  # n, fingerprint of the examples, class names
+    assert two["status"] == one["status"]
+    for name, metric in one["metrics"].items():
+        for field in ("baseline", "candidate", "delta", "p_value", "p_adjusted", "ci_low"):
+            assert _same(two["metrics"][name][field], metric[field]), (name, field)
+        for field in ("status", "n", "n_fixed", "n_broken"):
+            assert two["metrics"][name].get(field) == metric.get(field), (name, field)
+    flips = ("newly_wrong", "newly_right", "loss_increases")
+    assert all(
+        [e["example_id"] for e in two["flips"][k]] == [e["example_id"] for e in one["flips"][k]]
+        for k in flips
+    )
+
+
+# Two nodes: two torchrun launchers, one worker each, as on two machines. "c10d" is the
+# multi-node form of torchrun's documentation (the launchers meet at an endpoint and the
+# rendezvous deals the ranks: `--node-rank` means nothing to it); "static" is the README's form
+# (`--node-rank N --rdzv-endpoint HOST:PORT`: node 0 hosts the store and holds rank 0).
+RENDEZVOUS = ["c10d", "static"]
+CLASSIFICATION = ("--baseline-run-id", "1", "--candidate-run-id", "2", "--dataset", "vision_tiny")
+
+
+@dataclass
+class _Node:
+    returncode: int
+    stdout: str
+    stderr: str
+    report: Any  # its --json-out, None when it wrote none
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _compare_on_two_nodes(root: Path, rendezvous: str, *args: str) -> tuple[list[_Node], float]:
+    """Both nodes' outcomes (each with its own --json-out path, as on separate disks) and the
+    seconds until both launchers exited. Everything listens on 127.0.0.1 only."""
+    tag = f"{rendezvous}-{abs(hash(args))}"
+    endpoint = f"127.0.0.1:{_free_port()}"
+    launch = [str(TORCHRUN), "--nnodes=2", "--nproc-per-node=1", "--local-addr=127.0.0.1"]
+    if rendezvous == "c10d":
+        launch += ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={tag}"]
+    env = _env(root)
+    env["GLOO_SOCKET_IFNAME"] = "lo0" if sys.platform == "darwin" else "lo"  # gloo: loopback
+    started = time.monotonic()
+    launched = []
+    for node in (0, 1):
+        out, log = root / f"report-{tag}-node{node}.json", root / f"{tag}-node{node}"
+        out.unlink(missing_ok=True)
+        command = [*launch]
+        if rendezvous == "static":
+            command += [f"--node-rank={node}", f"--rdzv-endpoint={endpoint}"]
+        command += ["-m", "regress_action", "compare", *args, "--json-out", str(out)]
+        with open(f"{log}.out", "w") as stdout, open(f"{log}.err", "w") as stderr:
+            process = subprocess.Popen(
+                command, cwd=root, env=env, stdout=stdout, stderr=stderr, start_new_session=True
+            )
+        launched.append((process, out, log))
+    try:
+        codes = [process.wait(timeout=max(1.0, 300 - (time.monotonic() - started)))
+                 for process, _, _ in launched]  # fmt: skip
+    finally:
+        for process, _, _ in launched:  # a hung node: end its launcher and its worker
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    elapsed = time.monotonic() - started
+    nodes = [
+        _Node(
+            code,
+            Path(f"{log}.out").read_text(),
+            Path(f"{log}.err").read_text(),
+            json.loads(out.read_text()) if out.exists() else None,
+        )
+        for code, (_, out, log) in zip(codes, launched, strict=True)
+    ]
+    return nodes, elapsed
+
+
+@pytest.mark.parametrize("rendezvous", RENDEZVOUS)
+def test_two_nodes_give_the_single_process_result(workspace: Path, rendezvous: str) -> None:
+    args = (*CLASSIFICATION, "--max-examples", "301")
+    one = _single(workspace, *args)
+    before = _comparisons(workspace)
+    nodes, _ = _compare_on_two_nodes(workspace, rendezvous, *args)
+    assert [node.returncode for node in nodes] == [0, 0], [node.stderr for node in nodes]
+    leaders = [node for node in nodes if node.report is not None]
+    assert len(leaders) == 1  # only the node holding rank 0 writes the report...
+    leader = leaders[0]
+    if rendezvous == "static":
+        assert leader is nodes[0]  # ...which --node-rank 0 holds under static rendezvous
+    assert [node.stdout.count('"schema_version"') for node in nodes] == [
+        int(node is leader) for node in nodes
+    ]  # ...and prints it
+    assert _comparisons(workspace) == before + 1  # ...and records it, once
+    assert (one["world_size"], leader.report["world_size"]) == (1, 2)
+    _assert_same_result(leader.report, one)
+
+
+@pytest.mark.parametrize("rendezvous", RENDEZVOUS)
+def test_a_failing_rank_on_one_node_fails_both_nodes(workspace: Path, rendezvous: str) -> None:
+    before = _comparisons(workspace)
+    args = ("--baseline-run-id", "1", "--candidate-run-id", "5", "--dataset", "vision_tiny")
+    nodes, elapsed = _compare_on_two_nodes(workspace, rendezvous, *args)
+    codes = [node.returncode for node in nodes]
+    assert codes[0] == codes[1] != 0, codes
+    assert all(node.report is None for node in nodes)
+    errors = [
+        (index, line)
+        for index, node in enumerate(nodes)
+        for line in node.stderr.splitlines()
+        if "regress-action: error:" in line
+    ]
+    assert len(errors) == 1, [node.stderr for node in nodes]  # from rank 0's node alone
+    where, line = errors[0]
+    if rendezvous == "static":
+        assert where == 0  # --node-rank 0 holds rank 0; rank 1, on node 1, failed
+    assert "rank 1:" in line and "no copy of the weights' code" in line
+    assert all("exitcode  : 2" in node.stderr for node in nodes)  # each node's worker exited 2
+    assert elapsed < 60  # the error travelled with the collectives: no rank waited for a timeout
+    assert _comparisons(workspace) == before
 
 
 API_SCRIPT = """
@@ -151,8 +287,10 @@ baseline, candidate = tiny_cnn(), tiny_cnn()
 task = TaskSpec(modality="vision", task="classification", num_classes=10)
 config = EvalConfig(dataset="vision_tiny", max_examples=201, device="cpu")
 result = compare_models(baseline, candidate, None, task, config, comparison_name="ddp")
-print(json.dumps({"rank": dist.get_rank(), "world_size": result["world_size"],
-                  "accuracy": result["metrics"]["accuracy"], "n": result["dataset"]["n"]}))
+line = json.dumps({"rank": dist.get_rank(), "world_size": result["world_size"],
+                   "accuracy": result["metrics"]["accuracy"], "n": result["dataset"]["n"]})
+sys.stdout.write(line + "\\n")  # one write: the two ranks share the launcher's stdout
+sys.stdout.flush()
 dist.destroy_process_group()
 """
 
