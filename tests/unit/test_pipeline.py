@@ -278,3 +278,52 @@ def test_a_negative_worker_count_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     assert exit_info.value.code == 2
     with pytest.raises(ValueError, match="workers"):
         EvalConfig(dataset="vision_tiny", workers=-1)
+
+
+class Items(Dataset[Any]):
+    """A TensorDataset's items, read one at a time (the per-item fingerprint loop)."""
+
+    def __init__(self, dataset: TensorDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+
+def test_the_chunked_fingerprint_is_the_per_item_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    images = torch.rand(11, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    data = TensorDataset(images, torch.arange(11))
+    reference = sources.fingerprint_dataset(Items(data), 11)
+    for chunk in (1, 300, 2**20):  # a row per update, a few rows, all rows in one
+        monkeypatch.setattr(sources, "_FINGERPRINT_CHUNK_BYTES", chunk)
+        assert sources.fingerprint_dataset(data, 11) == reference
+        assert sources.fingerprint_dataset(data, 7) == sources.fingerprint_dataset(Items(data), 7)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "I;16", "P", "RGB", "RGBA"])
+def test_a_png_header_says_what_pillow_opens(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "image.png"
+    Image.new(mode, (7, 3)).save(path)
+    with Image.open(path) as image:
+        expected = image.size, image.mode in sources._GRAY_MODES
+    assert sources._png_header(path) == expected
+
+
+def test_a_header_that_is_not_a_clean_png_ihdr_is_left_to_pillow(tmp_path: Path) -> None:
+    good = tmp_path / "good.png"
+    Image.new("RGB", (6, 5)).save(good)
+    data = good.read_bytes()
+    bad_crc = tmp_path / "bad_crc.png"
+    bad_crc.write_bytes(data[:29] + bytes([data[29] ^ 1]) + data[30:])
+    short = tmp_path / "short.png"
+    short.write_bytes(data[:20])
+    jpeg = tmp_path / "photo.jpg"
+    Image.new("RGB", (6, 5)).save(jpeg)
+    assert [sources._png_header(p) for p in (bad_crc, short, jpeg)] == [None, None, None]
+    for broken in (bad_crc, short):
+        with pytest.raises(DataError, match=f"cannot read image {broken}"):
+            sources._scan_headers(tmp_path, [broken])
+    assert sources._scan_headers(tmp_path, [good, jpeg]) == (3, (6, 5))
