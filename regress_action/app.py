@@ -624,9 +624,13 @@ def register_checkpoint(db: ExperimentDB, request: CheckpointRequest) -> RunReco
     )
     # Registering the same file (same bytes, loader and task) again returns the existing run:
     # a CI job registering its checkpoints on every push must not grow the database.
+    # `add_run` is insert-or-get on the run's identity (concurrent adds give one run); the
+    # scan before it finds runs registered before that identity existed (schema version 5).
     for existing in db.list_runs():
         if _same_run(existing, run):
-            return existing
+            claimed = db.claim_run(existing.id)  # not removed by a step that failed since
+            if claimed is not None:
+                return claimed
     return db.add_run(run)
 
 

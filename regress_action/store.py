@@ -8,6 +8,12 @@ Imports SQLAlchemy, pydantic, `errors`, `spec`, `report`; never torch, PyGithub 
 - URLs and connection set-up per backend (WAL, busy timeout, BEGIN IMMEDIATE, advisory lock):
   see `store_schema`. `ExperimentDB(None)` reads REGRESS_DB, else `sqlite:///regress.db`.
 - One transaction per comparison (the comparison row and all its metric rows, or nothing).
+- `add_run` is insert-or-get on the run's identity (unique since schema version 5), so
+  concurrent registrations of one checkpoint give one run. Runs registered inside
+  `provisional_runs()` (the Action's step) are removed again if the step fails, unless a
+  comparison, an evaluation or another registration has used them meanwhile.
+- Messages name the URL's source (`--db / REGRESS_DB`, or the Action's `input db-url`) and
+  never its password (`store_schema.scrub`).
 - Floats keep full precision (8-byte REAL / float8). Non-finite values (NaN, +-inf): SQLite turns
   NaN into NULL, so on both backends a non-finite float column is stored as NULL and its exact
   value ("NaN", "Infinity", "-Infinity") in the row's `nonfinite` JSON column; reads restore it.
@@ -19,8 +25,9 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -28,12 +35,14 @@ from typing import Any, Self
 
 import sqlalchemy.exc
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, RowMapping, make_url, select
+from sqlalchemy import Connection, Insert, RowMapping, delete, make_url, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from .errors import StoreError
 from .report import EvaluationReport, MetricResult, Report, TrendPoint
 from .spec import ModelSource, RunCreate, RunRecord, TaskSpec
 from .store_schema import (
+    DEFAULT_SOURCE,
     FLOAT_METRIC_COLUMNS,
     WRITE_OPTION,
     comparison_metrics,
@@ -44,8 +53,13 @@ from .store_schema import (
     make_engine,
     mask_password,
     resolve_url,
+    run_identity,
     runs,
+    scrub,
 )
+
+# Insert-or-get retries when the run it found is removed (a failed step's) before it is read.
+_ADD_RUN_ATTEMPTS = 5
 
 _NONFINITE_TEXT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
@@ -100,14 +114,17 @@ def _decode_metric(row: RowMapping) -> MetricResult:
     return MetricResult.model_validate(values)
 
 
-def _require_sqlite_file(url: str, display: str) -> None:
-    parsed = make_url(url)
+def _require_sqlite_file(url: str, display: str, source: str) -> None:
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError, TypeError):
+        return  # `make_engine` says what is wrong with it, password masked
     if parsed.get_backend_name() != "sqlite":
         return
     database = parsed.database or ""
     if database in ("", ":memory:") or not Path(database).is_file():
         raise StoreError(
-            f"no ExperimentDB at {display}; check --db / REGRESS_DB, or register runs first "
+            f"no ExperimentDB at {display}; check {source}, or register runs first "
             "with `regress-action runs add`"
         )
 
@@ -127,15 +144,20 @@ def open_db(db: ExperimentDB | str | Path | None, *, create: bool = True) -> Ite
 class ExperimentDB:
     """Runs and comparisons in SQLite or PostgreSQL; creates / upgrades the schema on open."""
 
-    def __init__(self, url: str | Path | None = None, *, create: bool = True) -> None:
+    def __init__(
+        self, url: str | Path | None = None, *, create: bool = True, source: str = DEFAULT_SOURCE
+    ) -> None:
         """Open (creating or upgrading) the database; with `create=False` a SQLite file that
         does not exist is an error instead of a new empty database (for read-only commands,
-        where a mistyped --db should not pass as "no runs")."""
+        where a mistyped --db should not pass as "no runs"). `source` names where the URL
+        came from in messages (the Action: `input db-url`)."""
         self._url = resolve_url(url)
         self._display = mask_password(self._url)
+        self._source = source
+        self._provisional: str | None = None
         if not create:
-            _require_sqlite_file(self._url, self._display)
-        self._engine = make_engine(self._url, self._display)
+            _require_sqlite_file(self._url, self._display, source)
+        self._engine = make_engine(self._url, self._display, source)
         try:
             with self._db_errors():
                 ensure_schema(self._engine, self._display)
@@ -186,7 +208,13 @@ class ExperimentDB:
             # DatabaseError covers "file is not a database": a --db pointing at another file.
             raise StoreError(
                 f"cannot use database {self._display}: {first_line(exc, self._url)}; "
-                "check --db / REGRESS_DB (the path must be writable, the server reachable)"
+                f"check {self._source} (the path must be writable, the server reachable)"
+            ) from None
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            # Any other SQLAlchemy error text may quote the URL: never print its password.
+            raise StoreError(
+                f"cannot use database {self._display}: {scrub(str(exc).splitlines()[0], self._url)}"
+                f"; check {self._source}"
             ) from None
 
     @contextmanager
@@ -205,6 +233,9 @@ class ExperimentDB:
     # --- runs ----------------------------------------------------------------------------
 
     def add_run(self, run: RunCreate) -> RunRecord:
+        """Register `run`, or return the run already registered with its identity (same name,
+        task, format, bytes, factory and kwargs, real path): insert-or-get on a unique key, so
+        concurrent registrations of one checkpoint all get the one run."""
         created_at = datetime.now(UTC)
         try:
             factory_kwargs = json.dumps(run.source.factory_kwargs, sort_keys=True)
@@ -213,20 +244,100 @@ class ExperimentDB:
                 f"factory_kwargs of run {run.name!r} are not JSON ({exc}); "
                 "pass only strings, numbers, booleans, lists and objects"
             ) from None
+        task = run.task.model_dump_json()
+        identity = run_identity(
+            name=run.name,
+            task_json=task,
+            format=run.source.format,
+            sha256=run.source.sha256,
+            factory=run.source.factory,
+            factory_kwargs_json=factory_kwargs,
+            checkpoint=run.source.checkpoint,
+        )
         values = {
             "name": run.name,
             "created_at": created_at,
-            "task": run.task.model_dump_json(),
+            "task": task,
             "checkpoint": run.source.checkpoint,
             "format": run.source.format,
             "sha256": run.source.sha256,
             "factory": run.source.factory,
             "factory_kwargs": factory_kwargs,
             "git_sha": run.git_sha,
+            "identity": identity,
+            "provisional": self._provisional,
         }
+        for _ in range(_ADD_RUN_ATTEMPTS):
+            with self._write() as conn:
+                statement = _insert_unless_present(conn, values).returning(runs.c.id)
+                run_id = conn.execute(statement).scalar_one_or_none()
+                if run_id is not None:
+                    return RunRecord(id=run_id, created_at=created_at, **run.model_dump())
+                # Registered already: lock the row (a failing step may be removing it) and
+                # make it permanent, since this registration now relies on it too.
+                query = select(runs).where(runs.c.identity == identity).with_for_update()
+                row = conn.execute(query).mappings().first()
+                if row is None:
+                    continue  # removed by the step that created it: insert it again
+                if row["provisional"] not in (None, self._provisional):
+                    conn.execute(
+                        runs.update().where(runs.c.id == row["id"]).values(provisional=None)
+                    )
+                return self._run_record(row)
+        raise StoreError(
+            f"run {run.name!r} was removed {_ADD_RUN_ATTEMPTS} times while being registered "
+            f"in {self._display}; try again"
+        )
+
+    def claim_run(self, run_id: int) -> RunRecord | None:
+        """The run `run_id`, made permanent (another step that created it provisionally no
+        longer removes it); None if it is gone."""
         with self._write() as conn:
-            run_id = conn.execute(runs.insert().values(values).returning(runs.c.id)).scalar_one()
-        return RunRecord(id=run_id, created_at=created_at, **run.model_dump())
+            query = select(runs).where(runs.c.id == run_id).with_for_update()
+            row = conn.execute(query).mappings().first()
+            if row is None:
+                return None
+            if row["provisional"] not in (None, self._provisional):
+                conn.execute(runs.update().where(runs.c.id == run_id).values(provisional=None))
+        return self._run_record(row)
+
+    @contextmanager
+    def provisional_runs(self) -> Iterator[None]:
+        """Runs this ExperimentDB creates inside the block are removed again if the block
+        raises, so a failed step leaves the database as it found it.
+
+        Only runs created here are removed, and only while nothing else relies on them: a
+        registration of the same checkpoint by another process (which makes the run
+        permanent, under the row's lock), a comparison or an evaluation keeps a run.
+        """
+        token = secrets.token_hex(16)
+        self._provisional = token
+        try:
+            yield
+        except BaseException:
+            self._provisional = None
+            self._discard_provisional(token)
+            raise
+        self._provisional = None
+        self._confirm_provisional(token)
+
+    def _confirm_provisional(self, token: str) -> None:
+        with self._write() as conn:
+            conn.execute(runs.update().where(runs.c.provisional == token).values(provisional=None))
+
+    def _discard_provisional(self, token: str) -> None:
+        used = or_(
+            runs.c.id.in_(select(comparisons.c.baseline_run_id)),
+            runs.c.id.in_(select(comparisons.c.candidate_run_id)),
+            runs.c.id.in_(select(evaluations.c.run_id)),
+        )
+        try:
+            with self._write() as conn:
+                conn.execute(delete(runs).where(runs.c.provisional == token, ~used))
+        except (StoreError, sqlalchemy.exc.IntegrityError):
+            pass  # the step's own error is the one to report; a kept run is still valid
+        with suppress(StoreError):
+            self._confirm_provisional(token)  # what is left is used by someone: keep it
 
     def get_run(self, run_id: int) -> RunRecord:
         with self._read() as conn:
@@ -452,6 +563,24 @@ class ExperimentDB:
         if row is None:
             raise StoreError(f"unknown evaluation id {evaluation_id} in {self._display}")
         return None if row[0] is None else bytes(row[0])
+
+
+def _insert_unless_present(conn: Connection, values: dict[str, Any]) -> Insert:
+    """INSERT that does nothing when a run with this identity exists (waiting, on
+    PostgreSQL, for a concurrent insert of it to commit or roll back)."""
+    if conn.dialect.name == "postgresql":
+        return (
+            postgresql.insert(runs)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=[runs.c.identity])
+        )
+    if conn.dialect.name == "sqlite":  # BEGIN IMMEDIATE already serialises the writers
+        return (
+            sqlite.insert(runs)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=[runs.c.identity])
+        )
+    return runs.insert().values(values)  # another backend: a duplicate is an IntegrityError
 
 
 def _comparison_record(row: RowMapping, metrics: list[MetricResult]) -> ComparisonRecord:

@@ -21,18 +21,32 @@ Versions:
 4. adds `evaluations`: one model on one eval set (`regress-action evaluate`), its report as JSON
    and its per-example records (a compressed `.npz`), under the key of everything that can
    change them (`cache_key`, indexed).
+5. adds `runs.identity`, unique: the sha256 of what makes two registrations the same run
+   (`run_identity`: name, task, format, sha256, factory and its kwargs, the checkpoint's real
+   path), so that concurrent `runs add` of one checkpoint insert one row and all get its id.
+   The upgrade keeps every existing run (comparisons, evaluations and PR comments cite their
+   ids, so duplicates are not merged): the oldest run of each identity gets the key, later
+   duplicates keep NULL (a unique index allows many NULLs) and are never returned by a new
+   registration. A relative checkpoint path is resolved against the upgrading process's
+   working folder, as registration always resolved it. Also adds `runs.provisional`: the
+   token of the Action step that created the run and removes it again if the step fails
+   (`ExperimentDB.provisional_runs`); NULL once the run is confirmed or used by anyone else.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from sqlalchemy import (
+    URL,
     Boolean,
     Column,
     Connection,
@@ -59,9 +73,11 @@ from sqlalchemy import exc as sa_exc
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_URL = "sqlite:///regress.db"
 SQLITE_BUSY_TIMEOUT_S = 30
+DEFAULT_SOURCE = "--db / REGRESS_DB"  # where the URL came from, named in messages
+MIN_BLIND_MASK = 4  # a password this long is masked wherever it appears in a message
 PG_CONNECT_TIMEOUT_S = 5
 
 # Any constant works; it only has to be the same in every regress-action process.
@@ -96,6 +112,20 @@ def mask_password(url: str) -> str:
     return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
 
 
+def _secrets(url: str) -> set[str]:
+    """Every spelling of the URL's password(s): as written, decoded, and as parsed."""
+    found: set[str] = set()
+    for pattern in (r"://[^:/@]*:(.+)@", r"(?i)[?&]password=([^&]*)"):
+        for match in re.finditer(pattern, url):
+            found.update((match.group(1), unquote(match.group(1))))
+    with contextlib.suppress(Exception):  # an unparsable URL has only the raw spellings
+        parsed = make_url(url)
+        found.update(
+            str(value) for value in (parsed.password, parsed.query.get("password")) if value
+        )
+    return {secret for secret in found if secret}
+
+
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     # pysqlite's own transaction handling defers BEGIN; turn it off and let the "begin"
     # hook emit BEGIN / BEGIN IMMEDIATE (SQLAlchemy's documented pysqlite recipe).
@@ -114,10 +144,12 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(url: str, display: str) -> Engine:
-    """An engine for `url` with the per-backend set-up; a bad URL is a StoreError naming it."""
+def make_engine(url: str, display: str, source: str = DEFAULT_SOURCE) -> Engine:
+    """An engine for `url` with the per-backend set-up; a bad URL is a StoreError naming it
+    (and `source`, where the URL came from) with the password masked."""
     try:
         parsed = make_url(url)
+        _check_unambiguous(parsed, display, source)
         if parsed.get_backend_name() == "sqlite":
             _make_sqlite_folder(parsed.database)
             engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
@@ -130,9 +162,27 @@ def make_engine(url: str, display: str) -> Engine:
         return create_engine(parsed, connect_args=connect_args)
     except (sa_exc.ArgumentError, ImportError) as exc:
         raise StoreError(
-            f"invalid database URL {display} ({first_line(exc, url)}); check --db / REGRESS_DB "
+            f"invalid database URL {display} ({first_line(exc, url)}); check {source} "
             "(e.g. sqlite:///regress.db or postgresql://user@host/db)"
         ) from None
+    except (ValueError, TypeError):
+        # e.g. a port that is not a number; the parser's own text may quote the URL's pieces.
+        raise StoreError(
+            f"invalid database URL {display}: it does not parse (is the port a number? "
+            "percent-encode @ : / % in the user name and password: @ as %40, : as %3A, "
+            f"/ as %2F, % as %25); check {source}"
+        ) from None
+
+
+def _check_unambiguous(parsed: URL, display: str, source: str) -> None:
+    """Refuse a URL whose password holds an unencoded '@': it would be cut there, and the
+    driver would print the rest (a piece of the password) as the host name."""
+    host = parsed.host  # None for a SQLite file, whose path may hold an '@'
+    if host is not None and ("@" in host or "@" in (parsed.database or "")):
+        raise StoreError(
+            f"invalid database URL {display}: the password holds an unencoded '@'; "
+            f"percent-encode it as %40 (and : as %3A, / as %2F, % as %25); check {source}"
+        )
 
 
 def _make_sqlite_folder(database: str | None) -> None:
@@ -147,17 +197,21 @@ def first_line(exc: BaseException, url: str) -> str:
     """The driver's first message line, with the URL's password (if any) masked."""
     original = getattr(exc, "orig", None) or exc
     line = (str(original).strip().splitlines() or [type(original).__name__])[0]
-    try:
-        parsed = make_url(url)
-        password = parsed.password or parsed.query.get("password")
-    except sa_exc.ArgumentError:
-        password = None
-    if not password:
-        return line
-    # Mask the password only where it stands as a whole token (a quoted value, after a '=' or
-    # ':', before '@'): a blind replace of a short password would mangle host names and words.
-    token = re.escape(str(password))
-    return re.sub(rf"(?<=[=:'\"]){token}(?=[@'\"\s]|$)", "***", line)
+    return scrub(line, url)
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` with every spelling of `url`'s password masked (also inside a quoted URL)."""
+    text = text.replace(url, mask_password(url))
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        token = re.escape(secret)
+        if len(secret) >= MIN_BLIND_MASK:
+            text = text.replace(secret, "***")
+        else:
+            # Mask a short password only where it stands as a whole token (a quoted value,
+            # after a '=' or ':', before '@'): a blind replace would mangle hosts and words.
+            text = re.sub(rf"(?<=[=:'\"]){token}(?=[@'\"\s]|$)", "***", text)
+    return text
 
 
 metadata = MetaData()
@@ -175,6 +229,10 @@ runs = Table(
     Column("factory", Text),
     Column("factory_kwargs", Text, nullable=False),  # JSON object
     Column("git_sha", String(64)),
+    # --- version 5 ---
+    Column("identity", String(64)),  # run_identity(); NULL: a duplicate kept by the upgrade
+    Column("provisional", String(64)),  # the creating Action step's token until confirmed
+    Index("ux_runs_identity", "identity", unique=True),
     sqlite_autoincrement=True,  # never reuse an id: reports and PR comments cite them
 )
 
@@ -310,12 +368,64 @@ def _upgrade_to_4(conn: Connection) -> None:
     evaluations.create(conn)
 
 
+def _upgrade_to_5(conn: Connection) -> None:
+    for name in ("identity", "provisional"):
+        column_type = runs.c[name].type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE runs ADD COLUMN {name} {column_type}")
+    seen: set[str] = set()
+    for row in conn.execute(select(runs).order_by(runs.c.id)).mappings().all():
+        key = run_identity(
+            name=row["name"],
+            task_json=row["task"],
+            format=row["format"],
+            sha256=row["sha256"],
+            factory=row["factory"],
+            factory_kwargs_json=row["factory_kwargs"],
+            checkpoint=row["checkpoint"],
+        )
+        if key not in seen:  # the oldest of each identity; later duplicates stay NULL
+            seen.add(key)
+            conn.execute(runs.update().where(runs.c.id == row["id"]).values(identity=key))
+    for index in runs.indexes:
+        index.create(conn)
+
+
 # UPGRADES[v] takes a database at version v - 1 to version v.
 UPGRADES: dict[int, Callable[[Connection], None]] = {
     2: _upgrade_to_2,
     3: _upgrade_to_3,
     4: _upgrade_to_4,
+    5: _upgrade_to_5,
 }
+
+
+def run_identity(
+    *,
+    name: str,
+    task_json: str,
+    format: str,
+    sha256: str,
+    factory: str | None,
+    factory_kwargs_json: str,
+    checkpoint: str,
+) -> str:
+    """The key of a run (sha256 hex): two registrations with the same name, task, format,
+    bytes, factory and kwargs, at the same file however its path is spelled, are one run.
+    The git sha is not part of it: the first registration's is kept."""
+    canonical = json.dumps(
+        [
+            name,
+            json.loads(task_json),
+            format,
+            sha256,
+            factory,
+            json.loads(factory_kwargs_json),
+            os.path.realpath(checkpoint),
+        ],
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def read_version(conn: Connection) -> int | None:
