@@ -8,13 +8,14 @@ spec, the task registry, store types and files; never torch or PyGithub.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import check_precision, data_options, verdict_config
 from .errors import ConfigError, UserError
-from .files import check_distinct, check_writable
-from .settings import input_label
+from .files import check_distinct, check_writable, outside
+from .settings import RunnerEnv, input_label, load
 from .spec import RunRecord, TaskSpec, VerdictConfig
 from .tasks import (
     MetricsModuleError,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 def check_inputs(inputs: ActionInputs, given: TaskSpec | None, db: ExperimentDB) -> None:
     """Raise a ConfigError naming the first bad input; touch nothing. `given` is the task the
     task inputs describe (None when they are not set)."""
+    check_confined(inputs, load(RunnerEnv).workspace_roots())
     if inputs.dataset is not None:  # else a dataset factory, imported when the eval set loads
         _check_dataset(inputs.dataset)
     data_options(inputs, input_label)
@@ -49,6 +51,33 @@ def check_inputs(inputs: ActionInputs, given: TaskSpec | None, db: ExperimentDB)
         except UserError as exc:
             raise ConfigError(f"{name}: {exc}") from None
     check_distinct(paths, {f"{what} (input db-url)": p for what, p in db.local_files().items()})
+
+
+def check_confined(inputs: ActionInputs, roots: tuple[Path, ...]) -> None:
+    """Every path input (json-path, markdown-path, dataset, the checkpoints, a tokenizer file)
+    must resolve, links included, inside one of `roots` (the workspace, RUNNER_TEMP)."""
+    paths: dict[str, object] = {
+        "json_path": inputs.json_path,
+        "markdown_path": inputs.markdown_path,
+        "baseline_checkpoint": inputs.baseline_checkpoint,
+        "candidate_checkpoint": inputs.candidate_checkpoint,
+        "dataset": None if inputs.dataset in builtin_datasets() else inputs.dataset,
+        "tokenizer": None if inputs.tokenizer in {"bytes", "model"} else inputs.tokenizer,
+    }
+    for field, path in paths.items():
+        if path is None:
+            continue
+        real = outside(str(path), roots)
+        if real is None:
+            continue
+        shown = str(path)
+        via = "" if str(real) == os.path.abspath(shown) else f", through a symlink to {str(real)!r}"
+        raise ConfigError(
+            f"{input_label(field)}: {shown!r} is outside the workspace ({roots[0]}{via}); "
+            "use a path inside the repository checkout"
+            + (" or RUNNER_TEMP" if len(roots) > 1 else "")
+            + ", with no link leading out of it"
+        )
 
 
 def _check_dataset(dataset: str) -> None:

@@ -10,6 +10,7 @@ Imports pydantic, pydantic-settings, `errors` and `spec` only (no torch, no PyGi
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -202,7 +203,8 @@ def _slug(name: str) -> str:
 
 
 class RunnerEnv(BaseSettings):
-    """What the runner tells every step through `GITHUB_*` variables (none is required locally)."""
+    """What the runner tells every step through `GITHUB_*` variables and `RUNNER_TEMP` (none is
+    required locally)."""
 
     model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", case_sensitive=False)
 
@@ -215,6 +217,15 @@ class RunnerEnv(BaseSettings):
     github_output: Path | None = None
     github_step_summary: Path | None = None
     github_run_id: str | None = None
+    github_workspace: Path | None = None  # the checkout; the current folder when unset
+    runner_temp: Path | None = None  # the runner's temporary folder, emptied after each job
+
+    def workspace_roots(self) -> tuple[Path, ...]:
+        """The folders the Action's files may be read from and written to, links resolved."""
+        roots = [self.github_workspace or Path.cwd()]
+        if self.runner_temp is not None:
+            roots.append(self.runner_temp)
+        return tuple(Path(os.path.realpath(root)) for root in roots)
 
     def run_url(self) -> str | None:
         if self.github_repository and self.github_run_id:

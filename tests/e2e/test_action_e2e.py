@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -335,10 +336,13 @@ class LmRuns:
             **more,
         }
 
-    def checkpoint_inputs(self, **more: str) -> dict[str, str]:
+    def checkpoint_inputs(self, workspace: Path, **more: str) -> dict[str, str]:
+        """The two checkpoints copied into the workspace: the Action reads no file outside it."""
+        for name in ("untrained", "trained"):
+            shutil.copyfile(self.folder / f"{name}.safetensors", workspace / f"{name}.safetensors")
         return {
-            "baseline-checkpoint": str(self.folder / "untrained.safetensors"),
-            "candidate-checkpoint": str(self.folder / "trained.safetensors"),
+            "baseline-checkpoint": "untrained.safetensors",
+            "candidate-checkpoint": "trained.safetensors",
             "model-factory": "regress_action.zoo:tiny_lm",
             "task": "lm",
             "github-token": BOT_TOKEN,
@@ -417,7 +421,9 @@ def test_action_improvement_then_rerun_edits_the_comment(runner: Runner, lm_runs
 
 @pytest.mark.slow
 def test_action_registers_checkpoints_on_the_fly(runner: Runner, lm_runs: LmRuns) -> None:
-    inputs = lm_runs.checkpoint_inputs(dataset="lm_tiny", **{"report-name": "on the fly"})
+    inputs = lm_runs.checkpoint_inputs(
+        runner.workspace, dataset="lm_tiny", **{"report-name": "on the fly"}
+    )
     result = runner.run("action", inputs=inputs)
     assert result.rc == 0, result.stdout + result.stderr
     assert result.outputs["status"] == "improved"
@@ -446,7 +452,7 @@ def test_bad_inputs_fail_before_anything_is_registered(
     runner: Runner, lm_runs: LmRuns, bad: dict[str, str], named: str
 ) -> None:
     # A YAML block scalar's trailing newline is trimmed.
-    inputs = {**lm_runs.checkpoint_inputs(dataset="lm_tiny\n"), **bad}
+    inputs = {**lm_runs.checkpoint_inputs(runner.workspace, dataset="lm_tiny\n"), **bad}
     if "baseline-run-id" in bad:
         del inputs["baseline-checkpoint"]
     result = runner.run("action", inputs=inputs)

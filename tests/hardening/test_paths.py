@@ -17,14 +17,18 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from regress_action import cli
+from regress_action.config import task_from
 from regress_action.errors import ConfigError
 from regress_action.files import StagedFile, check_writable
+from regress_action.preflight import check_inputs
+from regress_action.settings import input_label, load_inputs
 from regress_action.store import ExperimentDB
 
 EXE = str(Path(sys.executable).parent / "regress-action")
@@ -287,3 +291,196 @@ def test_cli_compare_killed_while_recording_leaves_no_temp_files(tmp_path: Path)
     subprocess.run(args, cwd=tmp_path, check=True, capture_output=True)
     assert _tmp_files(out) == []
     assert json.loads((out / "r.json").read_text())["dataset"]["n"] == 8
+
+
+# --------------------------------------------------------------------------- the Action
+
+
+@dataclass
+class Workspace:
+    root: Path  # GITHUB_WORKSPACE, the cwd
+    outside: Path  # beside it: must stay untouched
+    temp: Path  # RUNNER_TEMP
+
+    def snapshot(self) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(self.outside)): p.read_bytes()
+            for p in self.outside.rglob("*")
+            if p.is_file()
+        }
+
+
+@pytest.fixture
+def action_ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
+    ws = Workspace(tmp_path / "workspace", tmp_path / "outside", tmp_path / "runner-temp")
+    for folder in (ws.root, ws.outside, ws.temp):
+        folder.mkdir()
+    for folder in (ws.root, ws.outside, ws.temp):
+        (folder / "model.safetensors").write_bytes(b"not read: the inputs fail first")
+        (folder / "data.jsonl").write_text('{"text": "hello"}\n')
+        (folder / "tokenizer.json").write_text("{}")
+        (folder / "models").mkdir()
+    (ws.outside / "secret.json").write_text(SECRET)
+    for name in list(os.environ):
+        if name.startswith(("INPUT_", "GITHUB_", "RUNNER_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(ws.root))
+    monkeypatch.setenv("RUNNER_TEMP", str(ws.temp))
+    monkeypatch.setenv("GITHUB_OUTPUT", str(ws.temp / "output"))
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(ws.temp / "summary.md"))
+    monkeypatch.chdir(ws.root)
+    yield ws
+
+
+BASE_INPUTS = {
+    "baseline-checkpoint": "model.safetensors",
+    "candidate-checkpoint": "model.safetensors",
+    "model-factory": "regress_action.zoo:tiny_lm",
+    "task": "lm",
+    "dataset": "lm_tiny",
+    "device": "cpu",
+    "comment": "off",
+}
+
+
+def _set_inputs(monkeypatch: pytest.MonkeyPatch, inputs: dict[str, str]) -> None:
+    for name, value in inputs.items():
+        monkeypatch.setenv(f"INPUT_{name.upper()}", value)
+
+
+def _link(at: str, to: str) -> Callable[[Workspace], dict[str, str]]:
+    def make(ws: Workspace) -> dict[str, str]:
+        (ws.root / at).symlink_to(ws.outside / to)
+        return {}
+
+    return make
+
+
+def _given(**inputs: str) -> Callable[[Workspace], dict[str, str]]:
+    def make(ws: Workspace) -> dict[str, str]:
+        return {
+            name.replace("_", "-"): value.format(outside=ws.outside)
+            for name, value in inputs.items()
+        }
+
+    return make
+
+
+def _both(*makers: Callable[[Workspace], dict[str, str]]) -> Callable[[Workspace], dict[str, str]]:
+    def make(ws: Workspace) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for maker in makers:
+            merged.update(maker(ws))
+        return merged
+
+    return make
+
+
+OUTSIDE_CASES = [
+    pytest.param(_given(json_path="../x.json"), "json-path", id="json-path-dotdot"),
+    pytest.param(_given(json_path="{outside}/x.json"), "json-path", id="json-path-absolute"),
+    pytest.param(_given(markdown_path="{outside}/x.md"), "markdown-path", id="md-abs"),
+    pytest.param(
+        _both(_link("out", "models"), _given(json_path="out/x.json")),
+        "json-path",
+        id="json-path-through-a-linked-folder",
+    ),
+    pytest.param(
+        _both(_link("r.json", "secret.json"), _given(json_path="r.json")),
+        "json-path",
+        id="json-path-a-committed-link",
+    ),
+    pytest.param(
+        _both(_link("r.md", "new.md"), _given(markdown_path="r.md")),
+        "markdown-path",
+        id="markdown-path-a-dangling-link",
+    ),
+    pytest.param(_link("regress-action", "models"), "json-path", id="default-folder-a-link"),
+    pytest.param(_given(dataset="{outside}/data.jsonl"), "dataset", id="dataset-absolute"),
+    pytest.param(_given(dataset="../outside/data.jsonl"), "dataset", id="dataset-dotdot"),
+    pytest.param(
+        _both(_link("data", "models"), _given(dataset="data")), "dataset", id="dataset-a-link"
+    ),
+    pytest.param(
+        _given(baseline_checkpoint="{outside}/model.safetensors"),
+        "baseline-checkpoint",
+        id="baseline-checkpoint-absolute",
+    ),
+    pytest.param(
+        _both(
+            _link("c.safetensors", "model.safetensors"),
+            _given(candidate_checkpoint="c.safetensors"),
+        ),
+        "candidate-checkpoint",
+        id="candidate-checkpoint-a-link",
+    ),
+    pytest.param(
+        _given(dataset="data.jsonl", tokenizer="{outside}/tokenizer.json"),
+        "tokenizer",
+        id="tokenizer-absolute",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "named"), OUTSIDE_CASES)
+def test_action_refuses_a_path_outside_the_workspace(
+    action_ws: Workspace,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    make: Callable[[Workspace], dict[str, str]],
+    named: str,
+) -> None:
+    before = action_ws.snapshot()
+    _set_inputs(monkeypatch, {**BASE_INPUTS, **make(action_ws)})
+    workspace_before = sorted(p.name for p in action_ws.root.iterdir())
+    rc = cli.main(["action"])
+    out, err = capsys.readouterr()
+    assert rc == 2, out + err
+    (error,) = [line for line in out.splitlines() if line.startswith("::error")]
+    assert f"input {named}" in error and "outside the workspace" in error
+    assert "Traceback" not in err
+    assert action_ws.snapshot() == before
+    after = sorted(p.name for p in action_ws.root.iterdir())
+    assert {*after} - {"regress-action.db"} == {*workspace_before}  # no report folder made
+    with ExperimentDB(action_ws.root / "regress-action.db") as db:
+        assert db.list_runs() == []
+    assert _tmp_files(action_ws.root) == [] and _tmp_files(action_ws.outside) == []
+
+
+INSIDE_CASES = [
+    pytest.param({}, id="defaults"),
+    pytest.param({"json-path": "reports/r.json", "markdown-path": "./r.md"}, id="relative"),
+    pytest.param({"json-path": "{root}/r.json"}, id="absolute-in-workspace"),
+    pytest.param({"json-path": "{temp}/r.json", "dataset": "{temp}/data.jsonl"}, id="runner-temp"),
+    pytest.param({"baseline-checkpoint": "{temp}/model.safetensors"}, id="checkpoint-in-temp"),
+    pytest.param({"dataset": "data.jsonl", "tokenizer": "tokenizer.json"}, id="tokenizer-file"),
+    pytest.param({"json-path": "linked/r.json"}, id="a-link-inside-the-workspace"),
+]
+
+
+@pytest.mark.parametrize("more", INSIDE_CASES)
+def test_action_accepts_paths_inside_the_workspace_or_runner_temp(
+    action_ws: Workspace, monkeypatch: pytest.MonkeyPatch, more: dict[str, str]
+) -> None:
+    (action_ws.root / "linked").symlink_to(action_ws.root / "models")
+    values = {k: v.format(root=action_ws.root, temp=action_ws.temp) for k, v in more.items()}
+    _set_inputs(monkeypatch, {**BASE_INPUTS, **values})
+    inputs = load_inputs()
+    with ExperimentDB(action_ws.root / "regress-action.db") as db:
+        check_inputs(inputs, task_from(inputs, input_label), db)
+        assert db.list_runs() == []
+    assert _tmp_files(action_ws.root) == [] and _tmp_files(action_ws.temp) == []
+
+
+def test_the_workspace_defaults_to_the_current_folder(
+    action_ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GITHUB_WORKSPACE")
+    monkeypatch.delenv("RUNNER_TEMP")
+    _set_inputs(monkeypatch, {**BASE_INPUTS, "json-path": f"{action_ws.temp}/r.json"})
+    inputs = load_inputs()
+    with (
+        ExperimentDB(action_ws.root / "regress-action.db") as db,
+        pytest.raises(ConfigError, match=r"input json-path: .* outside the workspace"),
+    ):
+        check_inputs(inputs, task_from(inputs, input_label), db)
