@@ -3,6 +3,9 @@
 Owns the order of a run: settings → input checks → (register checkpoints) → compare (evaluate →
 verdict → ExperimentDB → JSON → Markdown) → publish (summary, outputs, annotations, PR comment,
 exit code; see `publish`). Collaborators arrive as `Services`, the real ones by default.
+Runs registered from `*-checkpoint` inputs are provisional until the comparison is recorded:
+a step that fails before that removes the runs it alone created (`provisional_runs`), so a
+failed step leaves the ExperimentDB's row counts as it found them.
 Must not import torch, SQLAlchemy or PyGithub at module level: bad inputs are reported (exit 2)
 before the engine or the database is imported.
 """
@@ -42,9 +45,9 @@ def _register_checkpoint(db: ExperimentDB, request: CheckpointRequest) -> RunRec
 
 
 def _open_store(url: str) -> AbstractContextManager[ExperimentDB]:
-    from .store import open_db
+    from .store import ExperimentDB
 
-    return open_db(url)
+    return ExperimentDB(url, source="input db-url")
 
 
 @dataclass(frozen=True)
@@ -75,16 +78,18 @@ def run_action(services: Services, commands: Commands) -> int:
     task = task_from(inputs, input_label)
     with services.open_db(inputs.db_url) as db:
         check_inputs(inputs, task, db)  # before anything is registered, evaluated or written
-        baseline_id, candidate_id = _run_ids(inputs, task, db, services, commands, event.head_sha)
-        request = compare_request(
-            inputs,
-            input_label,
-            baseline_run_id=baseline_id,
-            candidate_run_id=candidate_id,
-            commit=event.head_sha,
-        )
-        with commands.group(f"Evaluate run {baseline_id} vs run {candidate_id}"):
-            outcome = services.compare(request, db)
+        with db.provisional_runs():  # a failure below removes the runs registered here
+            ids = _run_ids(inputs, task, db, services, commands, event.head_sha)
+            baseline_id, candidate_id = ids
+            request = compare_request(
+                inputs,
+                input_label,
+                baseline_run_id=baseline_id,
+                candidate_run_id=candidate_id,
+                commit=event.head_sha,
+            )
+            with commands.group(f"Evaluate run {baseline_id} vs run {candidate_id}"):
+                outcome = services.compare(request, db)
     pub = Publication(
         report=outcome.report,
         markdown=outcome.markdown,

@@ -1,21 +1,31 @@
 """The PyGithub adapter: the sticky PR comment and the PR lookup by head sha.
 
 The only module that imports PyGithub. Everything GitHub can answer with (403 from a fork PR's
-read-only token, 404, 422, 5xx after retries, a secondary rate limit, a timeout) becomes one
-`CommentNotPosted` whose message says what to do; the caller turns it into a warning.
+read-only token, 404, 422, 5xx after retries, a rate limit, a timeout, a dropped connection, a
+garbled answer, a bad GITHUB_API_URL) becomes one `CommentNotPosted` whose message says what to
+do; the caller turns it into a warning. Every wait and request fits in one `Budget` per
+publication, whatever Retry-After says, and a POST that may have taken effect is never repeated
+before looking for the comment it may have created.
 Must not import torch, the engine or the ExperimentDB.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Self, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from github import Auth, Github, GithubException, GithubRetry
+from github.Issue import Issue
 from github.IssueComment import IssueComment
+from urllib3 import BaseHTTPResponse, Retry
+from urllib3.exceptions import HTTPError, MaxRetryError, ResponseError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from .errors import GitHubError
 from .settings import ClientTuning
@@ -54,20 +64,138 @@ def with_marker(body: str, report_name: str) -> str:
     return body.rstrip("\n") + "\n\n" + marker(report_name) + "\n"
 
 
-def make_client(api_url: str, token: str, tuning: ClientTuning) -> Github:
-    """A PyGithub client with bounded timeouts, retries and rate-limit waits.
+class BudgetSpent(Exception):
+    """A wait GitHub asks for, or a request, would run past the comment's time budget."""
 
-    PyGithub's default retry (GithubRetry) retries 5xx and rate-limited 403s 10 times and waits
-    up to an hour for a primary rate limit; a CI step must not hang that long.
+
+class Budget:
+    """The time one publication may spend on GitHub (`ClientTuning.comment_budget`): every
+    retry wait (backoff, `Retry-After`, rate limits) must fit in what is left, and the calls
+    that send requests run in a worker the caller waits for no longer than that (`_bounded`),
+    so no server, however slow its answers, holds the step longer."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self._end - time.monotonic()
+
+    def wait(self, seconds: float, why: str) -> None:
+        """Sleep `seconds`, or raise BudgetSpent at once when they do not fit."""
+        if seconds > self.remaining():
+            raise BudgetSpent(
+                f"{why} asks for a {seconds:g} s wait, past the comment's {self.seconds:g} s "
+                "budget (REGRESS_ACTION_GITHUB_COMMENT_BUDGET)"
+            )
+        if seconds > 0:
+            time.sleep(seconds)
+
+    def spent(self) -> BudgetSpent:
+        return BudgetSpent(
+            f"the comment's {self.seconds:g} s budget is spent "
+            "(REGRESS_ACTION_GITHUB_COMMENT_BUDGET)"
+        )
+
+
+# Requests that may be repeated as they are: urllib3's idempotent methods, GET, and PATCH
+# (editing a comment to the same text twice leaves one comment with that text). POST is not
+# among them: a comment created before a 502 would be created twice (see `_create`).
+IDEMPOTENT = Retry.DEFAULT_ALLOWED_METHODS | {"GET", "PATCH"}
+
+
+class _BudgetRetry(GithubRetry):
+    """GithubRetry whose waits must fit in the budget; POST is retried only on the answers
+    that say it was not processed (429 with Retry-After, a rate-limited 403)."""
+
+    def __init__(self, *, budget: Budget, **kwargs: Any) -> None:
+        self.budget = budget
+        kwargs.setdefault("allowed_methods", IDEMPOTENT)
+        super().__init__(**kwargs)
+
+    def new(self, **kw: Any) -> Self:
+        kw["budget"] = self.budget
+        return super().new(**kw)
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if method.upper() == "POST":
+            # 403: GithubRetry.increment retries a rate limit and raises on anything else.
+            return status_code == 403 or (
+                status_code == 429 and bool(self.total) and has_retry_after
+            )
+        return super().is_retry(method, status_code, has_retry_after)
+
+    def sleep(self, response: BaseHTTPResponse | None = None) -> None:
+        # urllib3 would sleep whatever Retry-After says (up to 6 hours).
+        wait = None
+        if self.respect_retry_after_header and response is not None:
+            wait = self.get_retry_after(response)
+        if wait:
+            self.budget.wait(wait, f"GitHub's Retry-After ({response and response.status})")
+        else:
+            self.budget.wait(self.get_backoff_time(), "the retry backoff")
+
+
+@dataclass(frozen=True)
+class Client:
+    """A PyGithub client for one publication, with the budget its requests share."""
+
+    gh: Github
+    budget: Budget
+    retries: int
+    backoff_factor: float
+    timeout: int
+
+
+_T = TypeVar("_T")
+
+
+def _bounded(client: Client, what: str, call: Callable[[], _T]) -> _T:
+    """`call()` in a worker thread, waited for until the budget is spent: a request in flight
+    then (a server answering byte by byte, say) is left to the daemon worker, which can start
+    no other (its retries and waits need budget), and the comment is given up."""
+    outcome: list[tuple[bool, Any]] = []
+
+    def work() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=work, name="regress-action-github", daemon=True)
+    worker.start()
+    worker.join(max(client.budget.remaining(), 0.0))
+    if not outcome:
+        raise CommentNotPosted(
+            f"gave up {what}: GitHub had not answered when the comment's "
+            f"{client.budget.seconds:g} s budget (REGRESS_ACTION_GITHUB_COMMENT_BUDGET) was "
+            "spent; the report is in the job summary and the JSON artifact"
+        )
+    done, value = outcome[0]
+    if done:
+        return value  # type: ignore[no-any-return]
+    raise value
+
+
+def make_client(api_url: str, token: str, tuning: ClientTuning) -> Client:
+    """A PyGithub client with bounded timeouts, retries and waits; its budget starts now.
+
+    PyGithub's default retry (GithubRetry) retries 5xx and rate-limited 403s 10 times, waits
+    up to an hour for a primary rate limit and, through urllib3, honours any Retry-After; a CI
+    step must not hang that long. A GITHUB_API_URL that is not an http(s) URL with a host is
+    CommentNotPosted here (PyGithub would fail an assertion).
     """
-    retry = GithubRetry(
+    check_api_url(api_url)
+    budget = Budget(tuning.comment_budget)
+    retry = _BudgetRetry(
+        budget=budget,
         total=tuning.retries,
         backoff_factor=tuning.backoff_factor,
         secondary_rate_wait=tuning.secondary_rate_wait,
-        max_rate_limit_wait=tuning.max_rate_limit_wait,
+        max_rate_limit_wait=min(tuning.max_rate_limit_wait, tuning.comment_budget),
     )
-    return Github(
-        base_url=api_url.rstrip("/"),
+    gh = Github(
+        base_url=api_url.strip().rstrip("/"),
         auth=Auth.Token(token),
         per_page=100,
         timeout=tuning.timeout,
@@ -77,17 +205,42 @@ def make_client(api_url: str, token: str, tuning: ClientTuning) -> Github:
         # lazy: get_repo / get_issue build URLs without a GET each (get_repo(lazy=) is deprecated).
         lazy=True,
     )
+    return Client(gh, budget, tuning.retries, tuning.backoff_factor, tuning.timeout)
+
+
+def check_api_url(api_url: str) -> None:
+    """CommentNotPosted unless `api_url` is an http(s) URL with a host (and a numeric port)."""
+    parts = urlsplit(api_url.strip())
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        shown = _without_userinfo(api_url.strip())
+        raise CommentNotPosted(
+            f"GITHUB_API_URL {shown!r} is not an http(s) URL with a host and port; leave it to "
+            "the runner (https://api.github.com, or https://HOST/api/v3 on GitHub Enterprise)"
+        )
+
+
+def _without_userinfo(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    if "@" in host:
+        host = "***@" + host.rsplit("@", 1)[1]
+    return (scheme + sep + host + slash + path)[:200]
 
 
 class PyGithubCommenter:
-    """The `publish.Commenter` port on PyGithub: one repository's PR comments."""
+    """The `publish.Commenter` port on PyGithub: one repository's PR comments, within one
+    budget (the client's) for everything it sends."""
 
-    def __init__(self, gh: Github, repository: str) -> None:
-        self._gh = gh
+    def __init__(self, client: Client, repository: str) -> None:
+        self._client = client
         self.repository = repository
 
     def find_pr(self, sha: str) -> int | None:
-        return find_pr_by_sha(self._gh, self.repository, sha)
+        return find_pr_by_sha(self._client, self.repository, sha)
 
     def upsert(
         self,
@@ -98,7 +251,7 @@ class PyGithubCommenter:
         mode: Literal["update", "create"] = "update",
     ) -> CommentResult:
         return upsert_comment(
-            self._gh, self.repository, pr_number, body, report_name=report_name, mode=mode
+            self._client, self.repository, pr_number, body, report_name=report_name, mode=mode
         )
 
 
@@ -122,7 +275,7 @@ def token_login(gh: Github) -> str | None:
 
 
 def upsert_comment(
-    gh: Github,
+    client: Client,
     repository: str,
     pr_number: int,
     body: str,
@@ -133,28 +286,98 @@ def upsert_comment(
     """Edit this report's sticky comment on the PR, or create it; `create` always posts.
 
     Only comments written by the token's own user are candidates, so a marker quoted or
-    planted by someone else is never overwritten.
+    planted by someone else is never overwritten. Any failure is CommentNotPosted.
     """
     text = with_marker(body, report_name)
-    try:
-        issue = gh.get_repo(repository).get_issue(pr_number)
+    where = f"{repository}#{pr_number}"
+
+    def upsert() -> CommentResult:
+        issue = client.gh.get_repo(repository).get_issue(pr_number)
+        passed_over: set[int] = set()
+        logins: list[str | None] = []
         if mode == "update":
-            login = token_login(gh)
+            logins.append(token_login(client.gh))
             # Issue comments are the PR conversation; pr.get_comments() would be review comments.
-            for existing in find_marked(issue.get_comments(), marker(report_name), login):
-                if _edited(existing, text, mine=login is not None):
-                    return CommentResult("updated", existing.id, existing.html_url)
-        created = issue.create_comment(text)
-        return CommentResult("created", created.id, created.html_url)
-    except GithubException as exc:
-        raise CommentNotPosted(_explain(exc, repository, pr_number)) from None
-    except requests.RequestException as exc:
-        # After its retries PyGithub lets requests' RetryError / ConnectionError / Timeout out.
-        raise CommentNotPosted(
-            f"GitHub API unreachable, failing or rate-limiting for {repository}#{pr_number} "
-            f"after retries ({type(exc).__name__}); the report is in the job summary and the "
-            "JSON artifact"
-        ) from None
+            for existing in find_marked(issue.get_comments(), marker(report_name), logins[0]):
+                if _edited(existing, text, mine=logins[0] is not None):
+                    return _result("updated", existing)
+                passed_over.add(existing.id)
+
+        def login() -> str | None:
+            if not logins:
+                logins.append(token_login(client.gh))
+            return logins[0]
+
+        return _create(client, issue, text, report_name, login, passed_over)
+
+    try:
+        return _bounded(client, f"commenting on {where}", upsert)
+    except Exception as exc:  # every way GitHub can fail us is a warning, not the job's status
+        raise CommentNotPosted(_why_not(exc, f"commenting on {where}", client)) from None
+
+
+def _create(
+    client: Client,
+    issue: Issue,
+    text: str,
+    report_name: str,
+    login: Callable[[], str | None],
+    passed_over: set[int],
+) -> CommentResult:
+    """POST the comment, never blindly twice: after an answer that leaves open whether GitHub
+    created it (5xx, a timeout, a dropped connection, a garbled body), look for it first."""
+    attempt = 0
+    while True:
+        try:
+            return _result("created", issue.create_comment(text))
+        except Exception as exc:
+            if not _ambiguous(exc):
+                raise
+            posted = _find_posted(issue, text, report_name, login(), passed_over)
+            if posted is not None:
+                return _result("created", posted)
+            attempt += 1
+            if attempt > client.retries:
+                raise
+            wait, why = _retry_wait(exc, client.backoff_factor, attempt)
+            client.budget.wait(wait, why)
+
+
+def _find_posted(
+    issue: Issue, text: str, report_name: str, login: str | None, passed_over: set[int]
+) -> IssueComment | None:
+    for comment in find_marked(issue.get_comments(), marker(report_name), login):
+        if comment.id not in passed_over and (comment.body or "").rstrip() == text.rstrip():
+            return comment
+    return None
+
+
+class MalformedAnswer(ValueError):
+    """GitHub answered 2xx without the comment's id or URL."""
+
+
+def _result(action: Literal["created", "updated"], comment: IssueComment) -> CommentResult:
+    comment_id, url = comment.id, comment.html_url
+    if not isinstance(comment_id, int) or not isinstance(url, str) or not url:
+        raise MalformedAnswer("GitHub's answer has no comment id or URL")
+    return CommentResult(action, comment_id, url)
+
+
+def _ambiguous(exc: Exception) -> bool:
+    """Whether a failed POST may still have created the comment."""
+    if isinstance(exc, GithubException):
+        return exc.status >= 500
+    if isinstance(exc, requests.exceptions.RetryError):  # rate limits retried: not processed
+        return False
+    return isinstance(exc, requests.RequestException | ValueError | HTTPError)
+
+
+def _retry_wait(exc: Exception, backoff_factor: float, attempt: int) -> tuple[float, str]:
+    headers = exc.headers if isinstance(exc, GithubException) else None
+    value = str((headers or {}).get("retry-after", "")).strip()
+    if value.isdigit():
+        return float(value), f"GitHub's Retry-After ({getattr(exc, 'status', '')})"
+    return backoff_factor * 2 ** (attempt - 1), "the retry backoff"
 
 
 def find_marked(
@@ -182,23 +405,61 @@ def _edited(comment: IssueComment, text: str, *, mine: bool) -> bool:
     return True
 
 
-def find_pr_by_sha(gh: Github, repository: str, sha: str) -> int | None:
+def find_pr_by_sha(client: Client, repository: str, sha: str) -> int | None:
     """The open PR whose head is `sha`: the fallback when workflow_run.pull_requests is empty
     (GitHub leaves it empty for PRs from forks)."""
-    try:
-        results = gh.search_issues(f"{sha} is:pr is:open repo:{repository}")
-        for issue in results:
+    what = f"searching {repository} for the PR of commit {sha[:12]}"
+
+    def search() -> int | None:
+        for issue in client.gh.search_issues(f"{sha} is:pr is:open repo:{repository}"):
             return int(issue.number)
-    except GithubException as exc:
-        raise CommentNotPosted(
-            f"could not search {repository} for the PR of commit {sha[:12]} "
-            f"({exc.status} {_message(exc)})"
-        ) from None
-    except requests.RequestException as exc:
-        raise CommentNotPosted(
-            f"could not search {repository} for the PR of commit {sha[:12]} ({type(exc).__name__})"
-        ) from None
-    return None
+        return None
+
+    try:
+        return _bounded(client, what, search)
+    except Exception as exc:  # as for the comment: a warning, never the job's status
+        raise CommentNotPosted(_why_not(exc, what, client)) from None
+
+
+def _why_not(exc: Exception, what: str, client: Client) -> str:
+    """One line: what failed, why, and what to do; never the token (not in any of these)."""
+    where = what.removeprefix("commenting on ")
+    if isinstance(exc, CommentNotPosted):
+        return str(exc)
+    if isinstance(exc, BudgetSpent):
+        return f"gave up {what}: {exc}; the report is in the job summary and the JSON artifact"
+    if isinstance(exc, GithubException):
+        if what.startswith("commenting on "):
+            return _explain(exc, *_split(where))
+        return f"{what} failed ({exc.status} {_message(exc)})"
+    if isinstance(exc, requests.RequestException):
+        return (
+            f"GitHub API unreachable or failing while {what} ({_request_failure(exc, client)}); "
+            "the report is in the job summary and the JSON artifact"
+        )
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return (
+        f"unexpected answer from GitHub while {what} ({type(exc).__name__}: {first}); "
+        "the report is in the job summary and the JSON artifact"
+    )
+
+
+def _split(where: str) -> tuple[str, int]:
+    repository, _, number = where.rpartition("#")
+    return repository, int(number)
+
+
+def _request_failure(exc: requests.RequestException, client: Client) -> str:
+    reason: object = exc
+    if exc.args and isinstance(exc.args[0], MaxRetryError):
+        reason = exc.args[0].reason
+    if client.budget.remaining() <= 0:
+        return f"the comment's {client.budget.seconds:g} s budget is spent"
+    if isinstance(exc, requests.Timeout) or isinstance(reason, TimeoutError | Urllib3Timeout):
+        return f"timed out: no answer within {client.timeout:g} s, after retries"
+    if isinstance(reason, ResponseError):
+        return f"{reason}, after {client.retries} retries"
+    return f"connection failed: {type(reason).__name__}, after retries"
 
 
 def _message(exc: GithubException) -> str:

@@ -208,6 +208,14 @@ def post_comment(
     except CommentNotPosted as exc:
         commands.warning(f"PR comment not posted: {exc}", title=TITLE)
         return ""
+    except Exception as exc:  # a comment never decides the job's status, nor loses its outputs
+        first = (str(exc).splitlines() or [""])[0][:200]
+        commands.warning(
+            f"PR comment not posted: unexpected {type(exc).__name__} ({first}); the report is "
+            "in the job summary",
+            title=TITLE,
+        )
+        return ""
     commands.info(f"{result.action} PR comment {result.url}")
     return result.url
 

@@ -238,7 +238,8 @@ class ClientTuning(BaseSettings):
     """Timeouts, retries and throttling of the GitHub client (`REGRESS_ACTION_GITHUB_*`).
 
     Production defaults keep PyGithub's polite throttling but bound every wait, so a step never
-    hangs; the test-suite sets the waits to 0.
+    hangs: everything sent for one comment (retries, Retry-After and rate-limit waits included)
+    fits in `comment_budget` seconds, at most two minutes. The test-suite sets the waits to 0.
     """
 
     model_config = SettingsConfigDict(
@@ -246,6 +247,7 @@ class ClientTuning(BaseSettings):
     )
 
     timeout: int = Field(default=20, ge=1)
+    comment_budget: float = Field(default=120.0, gt=0, le=120)
     retries: int = Field(default=3, ge=0, le=10)
     backoff_factor: float = Field(default=1.0, ge=0)
     secondary_rate_wait: float = Field(default=30.0, ge=0)

@@ -13,7 +13,10 @@ the server's own address, because PyGithub follows them (DESIGN.md §7).
     PATCH /api/v3/repos/{o}/{r}/issues/comments/{id}    (403 unless the token's user wrote it)
     GET   /api/v3/search/issues?q=<sha> ...             (PRs whose head sha is in the query)
 
-Faults are switchable per method and path (403, 404, 422, 500, secondary rate limit).
+Faults are switchable per method and path: any status with its body and headers (403, 404, 422,
+429 + Retry-After, 5xx, a secondary rate limit), a raw body (malformed JSON), a delay (past the
+client's timeout), a closed socket instead of an answer, and `after_effect`: the request takes
+effect first (the comment is created) and the fault is answered after it.
 Imports only the standard library and pytest.
 """
 
@@ -52,6 +55,9 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     times: int | None = None
     delay_s: float = 0.0  # sleep before answering (to exercise client timeouts)
+    raw: bytes | None = None  # sent as the body instead of JSON (malformed answers)
+    close: bool = False  # close the socket without an answer
+    after_effect: bool = False  # do what the request asks, then answer with the fault
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -168,6 +174,7 @@ class FakeGitHub:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = 10  # a stuck client never pins a handler thread
+    _muted = False
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet test output
         pass
@@ -182,7 +189,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("PATCH")
 
     def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
+        self._send_bytes(status, json.dumps(payload).encode(), headers)
+
+    def _send_bytes(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+        if self._muted:
+            return
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
@@ -207,10 +218,25 @@ class _Handler(BaseHTTPRequestHandler):
             fault = next((f for f in state.faults if f.matches(method, path)), None)
             if fault is not None:
                 fault.hits += 1
-        if fault is not None:
-            time.sleep(fault.delay_s)
-            self._send(fault.status, fault.body or {"message": "fault"}, fault.headers)
+        if fault is None:
+            self._route(method, path, query, body)
             return
+        if fault.after_effect:
+            self._muted = True  # the effect happens, its answer is replaced by the fault's
+            try:
+                self._route(method, path, query, body)
+            finally:
+                self._muted = False
+        time.sleep(fault.delay_s)
+        if fault.close:
+            self.close_connection = True
+            return
+        if fault.raw is not None:
+            self._send_bytes(fault.status, fault.raw, fault.headers)
+        else:
+            self._send(fault.status, fault.body or {"message": "fault"}, fault.headers)
+
+    def _route(self, method: str, path: str, query: dict[str, str], body: Any) -> None:
         login = self._login()
         if login is None:
             self._send(401, {"message": "Bad credentials"})
@@ -328,6 +354,10 @@ def _too_long() -> dict[str, Any]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (timeout) leaves a broken pipe behind: expected, not news.
+        pass
 
     def __init__(self, state: FakeGitHub) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)

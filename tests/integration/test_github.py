@@ -27,6 +27,7 @@ REPO = "octo/models"
 PR = 7
 FAST = ClientTuning(
     timeout=5,
+    comment_budget=30,
     retries=2,
     backoff_factor=0,
     secondary_rate_wait=0,
@@ -103,8 +104,8 @@ def test_a_personal_token_matches_its_own_login(gh_server: FakeGitHub) -> None:
 
 
 def test_token_login_is_unknown_for_an_installation_token(gh_server: FakeGitHub) -> None:
-    assert token_login(make_client(gh_server.api_url, BOT_TOKEN, FAST)) is None
-    assert token_login(make_client(gh_server.api_url, OTHER_TOKEN, FAST)) == "mallory"
+    assert token_login(make_client(gh_server.api_url, BOT_TOKEN, FAST).gh) is None
+    assert token_login(make_client(gh_server.api_url, OTHER_TOKEN, FAST).gh) == "mallory"
 
 
 def test_an_app_token_finds_its_app_bots_comment(gh_server: FakeGitHub) -> None:
@@ -162,6 +163,38 @@ def test_secondary_rate_limit_is_retried_then_given_up(gh_server: FakeGitHub) ->
     with pytest.raises(CommentNotPosted):
         upsert(gh_server, mode="create")
     assert gh_server.count("POST") == 2 + FAST.retries + 1
+
+
+def test_a_502_after_the_comment_was_created_posts_no_second_one(gh_server: FakeGitHub) -> None:
+    gh_server.add_fault("POST", r"/comments$", 502, after_effect=True)
+    for mode in ("update", "create"):
+        result = upsert(gh_server, "once", mode=mode)
+        (comment,) = gh_server.comments_on(REPO, PR)
+        assert (result.action, result.comment_id) == ("created", comment.id)
+        gh_server.comments.clear()
+    assert gh_server.count("POST") == 2  # one per run: the comment was found, not re-posted
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "body"),
+    [("POST", 429, {}), ("POST", 403, RATE_LIMITED), ("GET", 503, {})],
+    ids=["429", "secondary-rate-limit-403", "503"],
+)
+def test_a_retry_after_past_the_budget_gives_up_at_once(
+    gh_server: FakeGitHub, method: str, status: int, body: dict[str, str]
+) -> None:
+    gh_server.add_fault(method, r"/comments$", status, body=body, headers={"Retry-After": "200"})
+    tuning = FAST.model_copy(update={"comment_budget": 5})
+    gh = make_client(gh_server.api_url, BOT_TOKEN, tuning)
+    with pytest.raises(CommentNotPosted, match=r"Retry-After.*200 s wait.*5 s budget"):
+        upsert_comment(gh, REPO, PR, "x", report_name="default")
+    assert gh.budget.remaining() > 4  # no wait was started
+    assert gh_server.count(method, r"/comments$") == 1
+
+
+def test_a_bad_api_url_is_comment_not_posted() -> None:
+    with pytest.raises(CommentNotPosted, match="GITHUB_API_URL 'ftp://\\*\\*\\*@host'"):
+        make_client("ftp://user:secret@host", BOT_TOKEN, FAST)
 
 
 def test_unknown_pr_is_a_404_message(gh_server: FakeGitHub) -> None:
