@@ -12,10 +12,12 @@ moves to numpy once, in the dtype its adapter chose.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -214,10 +216,14 @@ def _batches(dataset: Dataset[Any], options: PassOptions, device: torch.device) 
     """Batches in dataset order, on the device. A TensorDataset (every built-in, .jsonl and .npz
     eval set) is sliced directly: the same batches a DataLoader would collate, without
     per-example indexing. Any other dataset (an image folder, a user's Dataset) is read by a
-    DataLoader (`_loader`), whose workers decode ahead of the models and keep the order.
-    `options.observe` sees each batch on the host before it moves to the device."""
+    DataLoader (`_loader`), whose workers decode ahead of the models and keep the order; on the
+    CPU a thread of this process drains them as fast as they decode (`_ReadAhead`), and the
+    models, which leave the workers a CPU while they decode (`_cpus_left`), take every CPU back
+    as soon as the workers are done. `options.observe` sees each batch on the host before it
+    moves to the device."""
     loader: Iterable[Any]
     workers = 0
+    ahead: _ReadAhead | None = None
     if isinstance(dataset, TensorDataset):
         size = options.batch_size
         loader = (
@@ -225,16 +231,21 @@ def _batches(dataset: Dataset[Any], options: PassOptions, device: torch.device) 
             for start in range(0, len(dataset), size)
         )
     else:
-        loader = _loader(dataset, options, device)
-        workers = loader.num_workers
-    if sys.stderr.isatty() if options.progress is None else options.progress:
-        from tqdm import tqdm  # imported only for interactive runs
-
-        loader = tqdm(loader, desc="evaluating", unit="batch", file=sys.stderr, leave=False)
+        data_loader = _loader(dataset, options, device)
+        workers = data_loader.num_workers
+        loader = data_loader
+        if workers and device.type == "cpu":
+            loader = ahead = _ReadAhead(data_loader)
     non_blocking = device.type == "cuda"
     try:
-        with _cpus_left(workers):
+        if sys.stderr.isatty() if options.progress is None else options.progress:
+            from tqdm import tqdm  # imported only for interactive runs
+
+            loader = tqdm(loader, desc="evaluating", unit="batch", file=sys.stderr, leave=False)
+        with _cpus_left(workers) as threads:
             for batch in loader:
+                if ahead is not None and ahead.done:
+                    threads.restore()  # nothing left to decode: every CPU to the models
                 if options.observe is not None:
                     options.observe(batch)
                 yield _to_device(batch, device, non_blocking)
@@ -247,6 +258,9 @@ def _batches(dataset: Dataset[Any], options: PassOptions, device: torch.device) 
         if original is None:
             raise
         raise type(exc)(original) from None
+    finally:
+        if ahead is not None:
+            ahead.close()
 
 
 def _loader(dataset: Dataset[Any], options: PassOptions, device: torch.device) -> DataLoader[Any]:
@@ -274,22 +288,138 @@ def _loader(dataset: Dataset[Any], options: PassOptions, device: torch.device) -
     )
 
 
+# Decoded batches a CPU pass may hold ahead of the models (copied out of shared memory).
+AHEAD_BYTES = 256 * 2**20
+
+
+class _ReadAhead:
+    """A worker-fed DataLoader drained by a thread of this process, in order: the workers decode
+    as fast as they can instead of two batches ahead of the models, into at most `budget` bytes
+    of batches held here (at least one batch), each copied out of shared memory (which a
+    container may keep small). `done` is true once every batch is here: the workers are idle
+    from then on. A worker's error is raised by `__next__` after the batches before it."""
+
+    def __init__(self, loader: DataLoader[Any], budget: int = AHEAD_BYTES) -> None:
+        self._expected = len(loader)
+        self._budget = budget
+        self._held: collections.deque[tuple[Any, int]] = collections.deque()
+        self._bytes = 0
+        self._error: BaseException | None = None
+        self._stop = False
+        self._finished = False  # the reader has returned
+        self.done = False
+        self._ready = threading.Condition()
+        self._iterator: Any = iter(loader)
+        self._thread = threading.Thread(target=self._read, name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        received = 0
+        try:
+            for batch in self._iterator:
+                private = _private(batch)
+                size = _nbytes(private)
+                received += 1
+                with self._ready:
+                    while self._held and self._bytes + size > self._budget and not self._stop:
+                        self._ready.wait()
+                    if self._stop:
+                        return
+                    self._held.append((private, size))
+                    self._bytes += size
+                    self.done = received >= self._expected
+                    self._ready.notify_all()
+        except BaseException as exc:  # handed to the consuming thread
+            # Its traceback's frames hold the loader's iterator: freed, so that the workers
+            # stop when `close` releases it, not when the garbage collector finds the cycle.
+            traceback.clear_frames(exc.__traceback__)
+            with self._ready:
+                self._error = exc
+        finally:
+            with self._ready:
+                self._finished = self.done = True
+                self._ready.notify_all()
+
+    def __iter__(self) -> _ReadAhead:
+        return self
+
+    def __next__(self) -> Any:
+        with self._ready:
+            while not self._held and not self._finished:
+                self._ready.wait()
+            if self._held:
+                batch, size = self._held.popleft()
+                self._bytes -= size
+                self._ready.notify_all()
+                return batch
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            raise StopIteration
+
+    def __len__(self) -> int:
+        return self._expected
+
+    def close(self) -> None:
+        """Stop reading (after the batch a worker is decoding) and shut the workers down."""
+        with self._ready:
+            self._stop = True
+            self._held.clear()
+            self._ready.notify_all()
+        self._thread.join()
+        self._iterator = None  # the loader's iterator shuts its workers down when released
+
+
+def _private(batch: Any) -> Any:
+    """`batch` with every tensor in shared memory copied to this process's own memory."""
+    if isinstance(batch, torch.Tensor):
+        return batch.clone() if batch.untyped_storage().is_shared() else batch
+    if isinstance(batch, tuple | list):
+        return type(batch)(_private(item) for item in batch)
+    if isinstance(batch, dict):
+        return {key: _private(item) for key, item in batch.items()}
+    return batch
+
+
+def _nbytes(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.nelement() * batch.element_size()
+    if isinstance(batch, tuple | list):
+        return sum(_nbytes(item) for item in batch)
+    if isinstance(batch, dict):
+        return sum(_nbytes(item) for item in batch.values())
+    return 0
+
+
+class _Threads:
+    """The models' intra-op thread count during a pass: `restore()` gives back the count the
+    pass started with (idempotent)."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
+    def restore(self) -> None:
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+
 @contextlib.contextmanager
-def _cpus_left(workers: int) -> Iterator[None]:
+def _cpus_left(workers: int) -> Iterator[_Threads]:
     """While workers decode, the models' intra-op threads leave them one CPU (keeping at least
-    one), and get their count back afterwards: an OpenMP thread spin-waiting beside a busy
-    worker slows both (on 2 CPUs, a decode-bound pass with one worker and two threads measured
-    40 % slower than with one thread). Fewer threads than that: left as they are."""
-    threads = torch.get_num_threads()
+    one), and get their count back afterwards, or as soon as the workers are done
+    (`_Threads.restore`): an OpenMP thread spin-waiting beside a busy worker slows both (on 2
+    CPUs, a decode-bound pass with one worker and two threads measured 40 % slower than with
+    one thread). Fewer threads than that: left as they are."""
+    threads = _Threads(torch.get_num_threads())
     limit = max(1, _cpus() - 1)
-    if workers == 0 or threads <= limit:
-        yield
+    if workers == 0 or threads.threads <= limit:
+        yield threads
         return
     torch.set_num_threads(limit)
     try:
-        yield
+        yield threads
     finally:
-        torch.set_num_threads(threads)
+        threads.restore()
 
 
 def _worker_message(exc: UserError) -> str | None:

@@ -8,6 +8,7 @@ import io
 import json
 import multiprocessing
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -244,19 +245,93 @@ class Threads(nn.Module):
         return out
 
 
-def test_the_models_leave_a_cpu_to_busy_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+class Gated(Squares):
+    """Squares whose last item waits (in its worker) until the `gate` file exists."""
+
+    def __init__(self, gate: Path) -> None:
+        self.gate = gate
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        deadline = time.monotonic() + 30
+        while index == len(self) - 1 and not self.gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return super().__getitem__(index)
+
+
+class OpensGate(Threads):
+    """Threads that creates `gate` at its first forward call."""
+
+    def __init__(self, gate: Path) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        self.gate.touch()
+        return out
+
+
+def test_the_models_leave_a_cpu_to_busy_workers_and_take_it_back_when_they_are_done(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(engine, "_cpus", lambda: 3)
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
         model = Threads()
-        for workers in (0, 2):
-            options = PassOptions(batch_size=8, device="cpu", workers=workers)
-            evaluate_pair(model, model, Squares(), adapter_for(TASK), options)
-            assert torch.get_num_threads() == 3
-        assert set(model.seen[:8]) == {3} and set(model.seen[8:]) == {2}
+        evaluate_pair(model, model, Squares(), adapter_for(TASK), PassOptions(8, "cpu", workers=0))
+        assert model.seen == [3] * 8 and torch.get_num_threads() == 3
+        # The last batch is decoded only after the first forward call: the workers are busy
+        # until then (one CPU left to them), and done before the last batch's forward calls.
+        gated = OpensGate(tmp_path / "gate")
+        options = PassOptions(batch_size=8, device="cpu", workers=2)
+        evaluate_pair(gated, gated, Gated(tmp_path / "gate"), adapter_for(TASK), options)
+        assert gated.seen[:2] == [2, 2] and gated.seen[-2:] == [3, 3]
+        assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_read_ahead_keeps_the_order_within_its_budget_in_private_memory() -> None:
+    dataset = TensorDataset(torch.arange(40.0).reshape(20, 2), torch.arange(20))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3, num_workers=2)
+    ahead = engine._ReadAhead(loader, budget=1)  # one batch held at a time
+    try:
+        batches = list(ahead)
+    finally:
+        ahead.close()
+    assert ahead.done and len(ahead) == 7
+    assert torch.equal(torch.cat([x for x, _ in batches]), dataset.tensors[0])
+    assert torch.equal(torch.cat([y for _, y in batches]), dataset.tensors[1])
+    assert not any(t.is_shared() for batch in batches for t in batch)
+    assert not multiprocessing.active_children()
+
+
+class FailsAt(Squares):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if index == 17:
+            raise DataError("item 17 is broken")
+        return super().__getitem__(index)
+
+
+def test_the_read_ahead_raises_a_workers_error_after_the_batches_before_it() -> None:
+    loader = torch.utils.data.DataLoader(FailsAt(), batch_size=4, num_workers=2)
+    ahead = engine._ReadAhead(loader)
+    seen = []
+    with pytest.raises(DataError, match="item 17 is broken"):
+        for x, _ in ahead:
+            seen.append(x.shape[0])
+    ahead.close()
+    assert seen == [4, 4, 4, 4]
+    assert not multiprocessing.active_children()
+
+
+def test_a_pass_stopped_early_shuts_the_read_ahead_workers_down() -> None:
+    options = PassOptions(batch_size=4, device="cpu", workers=2)
+    batches = engine._batches(Squares(), options, torch.device("cpu"))
+    next(batches)
+    batches.close()
+    assert not multiprocessing.active_children()
 
 
 def test_a_negative_worker_count_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
