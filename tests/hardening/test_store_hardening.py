@@ -14,10 +14,12 @@ import pytest
 import sqlalchemy
 from sqlalchemy import func, select
 
+from regress_action.report import Report
 from regress_action.spec import ModelSource, RunCreate, TaskSpec
 from regress_action.store import ExperimentDB
 from regress_action.store_schema import SCHEMA_VERSION, runs, schema_version
 from tests.cli_runner import run_cli
+from tests.report_factory import make_report
 
 LM_TASK = TaskSpec(modality="text", task="lm", vocab_size=256)
 ADDERS = 8
@@ -206,3 +208,52 @@ def test_a_bad_or_unreachable_url_never_prints_its_password(
     for piece in pieces(password):
         assert piece not in out + err
     assert list(tmp_path.iterdir()) == []  # no database file, nothing half-written
+
+
+# --- provisional runs (the Action's step) -------------------------------------------------------
+
+
+class StepFailed(Exception):
+    pass
+
+
+def _report_between(first: int, second: int) -> Report:
+    report = make_report("lm")
+    report.baseline.run_id, report.candidate.run_id = first, second
+    return report
+
+
+def test_a_failed_block_removes_only_the_runs_it_created(db_url: str) -> None:
+    with ExperimentDB(db_url) as db, ExperimentDB(db_url) as other:
+        kept = db.add_run(make_run("registered-before"))
+        with pytest.raises(StepFailed), db.provisional_runs():
+            assert db.add_run(make_run("registered-before")).id == kept.id
+            db.add_run(make_run("created-here"))
+            shared = db.add_run(make_run("also-used-by-another-step"))
+            assert other.add_run(make_run("also-used-by-another-step")).id == shared.id
+            compared = db.add_run(make_run("compared"))
+            db.create_comparison(_report_between(compared.id, compared.id))
+            raise StepFailed
+        names = [run.name for run in db.list_runs()]
+        assert names == ["registered-before", "also-used-by-another-step", "compared"]
+        # What is left is permanent: a later failed step does not remove it either.
+        with pytest.raises(StepFailed), db.provisional_runs():
+            db.add_run(make_run("compared"))
+            raise StepFailed
+        assert len(db.list_runs()) == 3
+
+
+def test_a_finished_block_keeps_its_runs(db_url: str) -> None:
+    with ExperimentDB(db_url) as db:
+        with db.provisional_runs():
+            run = db.add_run(make_run())
+        with pytest.raises(StepFailed), db.provisional_runs():
+            assert db.add_run(make_run()).id == run.id
+            raise StepFailed
+        assert [r.id for r in db.list_runs()] == [run.id]
+    engine = sqlalchemy.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(select(runs.c.provisional)).scalars().all() == [None]
+    finally:
+        engine.dispose()
