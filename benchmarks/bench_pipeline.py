@@ -7,7 +7,11 @@ it with `workers=0` (every file decoded in the main process, between the forward
 with the default workers (decoded in DataLoader workers while the models run). Both are the
 whole comparison (header scan, pass, fingerprint), statistics off; best of `--repeats`,
 interleaved so drift on a shared machine affects both alike. Goal: ratio (with ÷ without)
-≤ 0.6 on the 2-core CI machine. The two runs' reports must agree (checked).
+≤ 0.6 on the 2-core CI machine. The two runs' reports must agree (checked). `phases` breaks
+the best run of each down, as seen from the main process: `scan` (the folder's header scan),
+`forward` (both models' forward calls), `batches` (waiting for / decoding the next batch,
+fingerprint included), `fingerprint` (hashing the batches) and `other` (the rest: records,
+report).
 
     python benchmarks/bench_pipeline.py [--images 5000] [--batch-size 64] [--repeats 3]
 """
@@ -15,6 +19,8 @@ interleaved so drift on a shared machine affects both alike. Goal: ratio (with �
 from __future__ import annotations
 
 import argparse
+import collections
+import functools
 import json
 import logging
 import os
@@ -27,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from regress_action import compare_models
+from regress_action import compare_models, engine, sources
 from regress_action.engine import default_workers
 from regress_action.spec import EvalConfig, TaskSpec, VerdictConfig
 from regress_action.zoo import tiny_cnn
@@ -57,13 +63,59 @@ def model(seed: int, width: int) -> torch.nn.Module:
     return tiny_cnn(num_classes=CLASSES, width=width)
 
 
-def timed(folder: Path, workers: int, args: argparse.Namespace) -> tuple[float, dict[str, Any]]:
+PHASES: collections.defaultdict[str, float] = collections.defaultdict(float)
+
+
+def _clocked(function: Any, phase: str) -> Any:
+    @functools.wraps(function)
+    def clocked(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            PHASES[phase] += time.perf_counter() - started
+
+    return clocked
+
+
+def _clocked_batches(batches: Any) -> Any:
+    @functools.wraps(batches)
+    def clocked(*args: Any, **kwargs: Any) -> Any:
+        iterator = batches(*args, **kwargs)
+        while True:
+            started = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                PHASES["batches"] += time.perf_counter() - started
+            yield batch
+
+    return clocked
+
+
+def clock_phases() -> None:
+    """Time the pipeline's phases (`PHASES`) by wrapping the functions that run them."""
+    sources._scan_headers = _clocked(sources._scan_headers, "scan")
+    sources.Fingerprint.observe = _clocked(sources.Fingerprint.observe, "fingerprint")  # type: ignore[method-assign]
+    engine._forward = _clocked(engine._forward, "forward")
+    engine._batches = _clocked_batches(engine._batches)
+
+
+def timed(
+    folder: Path, workers: int, args: argparse.Namespace
+) -> tuple[float, dict[str, Any], dict[str, float]]:
     cfg = EvalConfig(dataset=folder, batch_size=args.batch_size, device="cpu", workers=workers)
     verdict = VerdictConfig(significance="off")
     models = model(0, args.width), model(1, args.width)
+    PHASES.clear()
     started = time.perf_counter()
     report = compare_models(*models, None, TASK, cfg, verdict=verdict)
-    return time.perf_counter() - started, report
+    seconds = time.perf_counter() - started
+    phases = {name: PHASES[name] for name in ("scan", "forward", "batches", "fingerprint")}
+    phases["other"] = seconds - phases["scan"] - phases["forward"] - phases["batches"]
+    return seconds, report, {name: round(value, 3) for name, value in phases.items()}
 
 
 def main() -> None:
@@ -75,6 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("regress_action").setLevel(logging.ERROR)  # no per-metric warnings
     workers = default_workers()
+    clock_phases()
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         folder = Path(tmp) / "images"
         started = time.perf_counter()
@@ -82,9 +135,12 @@ def main() -> None:
         written = time.perf_counter() - started
         times: dict[int, list[float]] = {0: [], workers: []}
         reports: dict[int, dict[str, Any]] = {}
+        phases: dict[int, dict[str, float]] = {}
         for _ in range(args.repeats):
             for count in times:
-                seconds, reports[count] = timed(folder, count, args)
+                seconds, reports[count], clocked = timed(folder, count, args)
+                if seconds < min(times[count], default=float("inf")):
+                    phases[count] = clocked
                 times[count].append(seconds)
     same = all(reports[0][key] == reports[workers][key] for key in ("metrics", "dataset", "status"))
     without, with_workers = min(times[0]), min(times[workers])
@@ -103,6 +159,7 @@ def main() -> None:
         f"workers_{workers}_s": round(with_workers, 3),
         "all_s": {f"workers_{k}": [round(t, 3) for t in v] for k, v in times.items()},
         "ratio": round(with_workers / without, 3),
+        "phases": {f"workers_{k}": v for k, v in phases.items()},
         "reports_identical": same,
     }
     print(json.dumps(result, indent=2))
