@@ -15,8 +15,9 @@ the server's own address, because PyGithub follows them (DESIGN.md §7).
 
 Faults are switchable per method and path: any status with its body and headers (403, 404, 422,
 429 + Retry-After, 5xx, a secondary rate limit), a raw body (malformed JSON), a delay (past the
-client's timeout), a closed socket instead of an answer, and `after_effect`: the request takes
-effect first (the comment is created) and the fault is answered after it.
+client's timeout), a body dripped a byte at a time, a closed socket instead of an answer, and
+`after_effect`: the request takes effect first (the comment is created) and the fault is
+answered after it.
 Imports only the standard library and pytest.
 """
 
@@ -57,6 +58,7 @@ class Fault:
     delay_s: float = 0.0  # sleep before answering (to exercise client timeouts)
     raw: bytes | None = None  # sent as the body instead of JSON (malformed answers)
     close: bool = False  # close the socket without an answer
+    drip_s: float = 0.0  # send the body one byte at a time, this long apart
     after_effect: bool = False  # do what the request asks, then answer with the fault
     hits: int = 0
 
@@ -191,7 +193,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._send_bytes(status, json.dumps(payload).encode(), headers)
 
-    def _send_bytes(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+    def _send_bytes(
+        self, status: int, data: bytes, headers: dict[str, str] | None = None, drip_s: float = 0.0
+    ) -> None:
         if self._muted:
             return
         self.send_response(status)
@@ -200,7 +204,13 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(data)
+        if not drip_s:
+            self.wfile.write(data)
+            return
+        for i in range(len(data)):  # each byte within any read timeout, the whole never
+            self.wfile.write(data[i : i + 1])
+            self.wfile.flush()
+            time.sleep(drip_s)
 
     def _login(self) -> str | None:
         auth = self.headers.get("Authorization", "")
@@ -232,7 +242,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if fault.raw is not None:
-            self._send_bytes(fault.status, fault.raw, fault.headers)
+            self._send_bytes(fault.status, fault.raw, fault.headers, drip_s=fault.drip_s)
         else:
             self._send(fault.status, fault.body or {"message": "fault"}, fault.headers)
 
