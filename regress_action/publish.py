@@ -183,6 +183,7 @@ def post_comment(
             "no github-token: no PR comment (the report is in the job summary)", title=TITLE
         )
         return ""
+    from .errors import ConfigError
     from .github import CommentNotPosted, with_marker
     from .render import MAX_COMMENT_CHARS, comment_length, render_markdown
 
@@ -208,6 +209,8 @@ def post_comment(
     except CommentNotPosted as exc:
         commands.warning(f"PR comment not posted: {exc}", title=TITLE)
         return ""
+    except ConfigError:  # a bad REGRESS_ACTION_GITHUB_* value: bad input, exit 2
+        raise
     except Exception as exc:  # a comment never decides the job's status, nor loses its outputs
         first = (str(exc).splitlines() or [""])[0][:200]
         commands.warning(

@@ -244,3 +244,20 @@ def test_a_bad_github_api_url_is_a_warning(gh_server: FakeGitHub, tmp_path: Path
     assert result.outputs["comment-url"] == ""
     assert result.elapsed <= BUDGET_S + SLACK_S
     assert BOT_TOKEN not in result.stdout.replace(f"::add-mask::{BOT_TOKEN}", "")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("COMMENT_BUDGET", "500"), ("COMMENT_BUDGET", "0"), ("TIMEOUT", "soon")],
+    ids=["budget-over-two-minutes", "budget-zero", "timeout-not-a-number"],
+)
+def test_a_bad_client_setting_is_bad_input(
+    gh_server: FakeGitHub, tmp_path: Path, name: str, value: str
+) -> None:
+    variable = f"REGRESS_ACTION_GITHUB_{name}"
+    result = publish(gh_server, tmp_path, {variable: value})
+    assert result.rc == 2
+    (error,) = [line for line in result.stdout.splitlines() if line.startswith("::error")]
+    assert variable in error
+    assert "Traceback" not in result.stdout + result.stderr
+    assert gh_server.requests == [] and gh_server.comments_on(REPO, PR) == []
