@@ -161,6 +161,17 @@ class ExperimentDB:
         try:
             with self._db_errors():
                 ensure_schema(self._engine, self._display)
+        except sqlalchemy.exc.IntegrityError:
+            self._engine.dispose()
+            raise
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            # Connecting may fail in other ways (e.g. a driver option SQLAlchemy refuses), and
+            # their text may quote the URL: one line, password masked, never a traceback.
+            self._engine.dispose()
+            line = scrub((str(exc).strip().splitlines() or [type(exc).__name__])[0], self._url)
+            raise StoreError(
+                f"cannot use database {self._display}: {line}; check {source}"
+            ) from None
         except BaseException:
             self._engine.dispose()
             raise
@@ -209,12 +220,6 @@ class ExperimentDB:
             raise StoreError(
                 f"cannot use database {self._display}: {first_line(exc, self._url)}; "
                 f"check {self._source} (the path must be writable, the server reachable)"
-            ) from None
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            # Any other SQLAlchemy error text may quote the URL: never print its password.
-            raise StoreError(
-                f"cannot use database {self._display}: {scrub(str(exc).splitlines()[0], self._url)}"
-                f"; check {self._source}"
             ) from None
 
     @contextmanager

@@ -168,9 +168,9 @@ def make_engine(url: str, display: str, source: str = DEFAULT_SOURCE) -> Engine:
     except (ValueError, TypeError):
         # e.g. a port that is not a number; the parser's own text may quote the URL's pieces.
         raise StoreError(
-            f"invalid database URL {display}: it does not parse (is the port a number? "
-            "percent-encode @ : / % in the user name and password: @ as %40, : as %3A, "
-            f"/ as %2F, % as %25); check {source}"
+            f"invalid database URL {display}: a part of it is not valid (a port that is not a "
+            "number, a bad query option?); percent-encode @ : / % in the user name and "
+            f"password (@ as %40, : as %3A, / as %2F, % as %25); check {source}"
         ) from None
 
 
