@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from .cli_args import build_parser, flag_name
-from .config import checkpoint_request, compare_request, evaluate_request, task_from
+from .config import (
+    checkpoint_request,
+    compare_request,
+    evaluate_request,
+    task_from,
+    verdict_config,
+)
 from .errors import (
     EXIT_INTERNAL,
     EXIT_OK,
@@ -194,6 +200,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return publish(
         args.report,
         report_name=args.report_name,
+        verdict=verdict_config(args, flag_name),
         comment=args.comment,
         fail_on_regression=args.fail_on_regression,
         pr_number=args.pr_number,

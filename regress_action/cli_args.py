@@ -469,8 +469,13 @@ def _add_action(sub: Subparsers) -> None:
     )
     publish.add_argument("--report", type=Path, required=True, help="the JSON report artifact")
     publish.add_argument(
-        "--report-name", type=_report_name, help="sticky comment name (default: the report's)"
+        "--report-name",
+        type=_report_name,
+        default="default",
+        help="the sticky comment's name, as the job that wrote the report was given it "
+        "(default: default); the report's own name is not used",
     )
+    _add_verdict_options(publish)
     publish.add_argument("--comment", choices=["update", "create", "off"], default="update")
     publish.add_argument(
         "--fail-on-regression",

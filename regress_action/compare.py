@@ -7,13 +7,14 @@ the same way whatever its task. Imports numpy and the torch-free modules (`tasks
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from . import __version__
 from .errors import ConfigError
-from .metrics import Metric
+from .metrics import Metric, TestName
 from .records import PairedRecords
-from .report import DatasetInfo, Report, RunInfo, StatsInfo
+from .report import DatasetInfo, MetricResult, Report, RunInfo, StatsInfo
 from .spec import GATE_PRIMARY, Precision, TaskSpec, VerdictConfig
 from .stats import paired_statistics
 from .tasks import get_task, metrics_for, select_metrics, unknown_metric_message
@@ -125,4 +126,117 @@ def build_report(records: PairedRecords, context: ReportContext, duration_s: flo
         world_size=context.world_size,
         precision=context.precision,
         duration_s=duration_s,
+    )
+
+
+@dataclass(frozen=True)
+class _Given:
+    """A report's recorded statistics of one metric, as `verdict.apply_significance` reads them."""
+
+    test: TestName
+    p_value: float
+    ci_low: float
+    ci_high: float
+    n: int
+    n_fixed: int | None
+    n_broken: int | None
+    se: float
+    mde: float
+    level: float
+    clusters: int | None
+
+    @classmethod
+    def of(cls, metric: MetricResult) -> _Given | None:
+        if metric.test is None or metric.test == "paired_permutation" or metric.p_value is None:
+            return None
+        nan = math.nan
+        return cls(
+            test=metric.test,
+            p_value=metric.p_value,
+            ci_low=nan if metric.ci_low is None else metric.ci_low,
+            ci_high=nan if metric.ci_high is None else metric.ci_high,
+            n=metric.n or 0,
+            n_fixed=metric.n_fixed,
+            n_broken=metric.n_broken,
+            se=nan if metric.se is None else metric.se,
+            mde=nan if metric.mde is None else metric.mde,
+            level=metric.ci_level or 0.95,
+            clusters=metric.clusters,
+        )
+
+
+def rejudge(report: Report, verdict: VerdictConfig) -> Report:
+    """The report judged again from its metric values and recorded statistics under `verdict`,
+    for a report that comes from a run this process does not trust (a fork's artifact): every
+    status, the gated set, the corrections and the overall status are derived here, none is
+    taken from the report. Directions and test validity come from the task registry (and the
+    verdict's metrics module), not from the report. `gate: primary` means the task's primary
+    metrics whether the report carries them or not: a gated metric missing from the report
+    fails. A metric the registry does not know is kept for display, neutral and never gated."""
+    every = metrics_for(report.task, verdict.metrics_module)
+    specs = {name: every[name] for name in report.metrics if name in every}
+    keyword = verdict.gate_keyword()
+    if keyword == GATE_PRIMARY:
+        gate = tuple(get_task(report.task.task).primary) or tuple(specs)
+    elif keyword is not None:
+        gate = tuple(specs)
+    else:
+        gate = tuple(verdict.gate or ())
+    config = verdict.model_copy(update={"gate": gate})
+    values = {name: report.metrics[name] for name in specs}
+    results = judge(
+        {name: m.baseline for name, m in values.items()},
+        {name: m.candidate for name, m in values.items()},
+        config,
+        specs,
+        log_regressions=False,
+    )
+    for name in gate:
+        if name not in results:
+            results[name] = _missing(name, every.get(name), config)
+    hypotheses = {name: spec.hypothesis or name for name, spec in specs.items()}
+    members = family(results, specs, hypotheses)
+    if config.significance != "off":
+        given = {name: _Given.of(m) for name, m in values.items() if specs[name].tested}
+        stats = {name: g for name, g in given.items() if g is not None}
+        apply_significance(results, stats, config, members)
+    for name, metric in report.metrics.items():
+        if name not in results:
+            reason = f"{name} is not a metric of the task {report.task.task}; not judged"
+            results[name] = metric.model_copy(
+                update={"status": "neutral", "gated": False, "reason": reason}
+            )
+    stats_info = report.stats.model_copy(
+        update={
+            "significance": config.significance,
+            "alpha": config.alpha,
+            "confidence": 1 - config.alpha,
+            "family_size": family_size(members),
+        }
+    )
+    return report.model_copy(
+        update={
+            "metrics": results,
+            "status": overall_status(results.values()),
+            "regressed_metrics": regressed_metrics(results.values()),
+            "notes": notes(results.values()),
+            "threshold": config.threshold,
+            "stats": stats_info,
+        }
+    )
+
+
+def _missing(name: str, spec: Metric | None, config: VerdictConfig) -> MetricResult:
+    """A gated metric the report does not carry: failed."""
+    return MetricResult(
+        name=name,
+        higher_is_better=True if spec is None else spec.higher_is_better,
+        kind="mean" if spec is None else spec.kind,
+        baseline=None,
+        candidate=None,
+        delta=None,
+        rel_delta=None,
+        tolerance=config.tolerance_for(name, 0.0),
+        status="failed",
+        reason=f"{name} is gated but missing from the report",
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from .errors import EXIT_OK, EXIT_REGRESSION
+from .errors import EXIT_OK, EXIT_REGRESSION, ConfigError
 from .gha import (
     Commands,
     EventContext,
@@ -28,6 +28,7 @@ from .gha import (
 )
 from .report import MetricResult, Report
 from .settings import ClientTuning, CommentMode, RunnerEnv, load
+from .spec import VerdictConfig
 
 if TYPE_CHECKING:
     from .github import CommentResult
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 TITLE = "regress-action"
 # Room left in a comment for the marker, newlines and GitHub counting emoji differently.
 COMMENT_MARGIN = 200
+# Bounds on a report artifact `publish` reads (it may come from an untrusted run).
+MAX_REPORT_BYTES = 64 * 1024 * 1024
+MAX_REPORT_METRICS = 1000
 
 
 class Commenter(Protocol):
@@ -76,25 +80,38 @@ class Publication:
 def publish(
     report_path: Path,
     *,
-    report_name: str | None = None,
+    report_name: str = "default",
+    verdict: VerdictConfig | None = None,
     comment: CommentMode = "update",
     fail_on_regression: bool = True,
     pr_number: int | None = None,
     open_commenter: OpenCommenter = open_github_commenter,
 ) -> int:
     """`regress-action publish --report PATH`: summary, outputs, comment and exit code from an
-    existing JSON report. The token comes from `INPUT_GITHUB-TOKEN` or `GITHUB_TOKEN`."""
+    existing JSON report. The token comes from `INPUT_GITHUB-TOKEN` or `GITHUB_TOKEN`.
+
+    The report may come from a run this job does not trust (a fork's artifact), so nothing it
+    says about itself decides anything: it is refused above MAX_REPORT_BYTES or with another
+    schema version, its statuses are derived again from its metric values under `verdict` (this
+    job's own configuration, `compare.rejudge`), and the sticky comment it updates is named by
+    `report_name`, this job's input, never by the report."""
     commands = Commands()
 
     def run() -> int:
+        from .compare import rejudge
         from .render import render_markdown
 
         token = _token_from_env()
         if token:
             commands.add_mask(token)
-        report = Report.load(Path(report_path))
-        if report_name:
-            report = report.model_copy(update={"report_name": report_name})
+        loaded = Report.load(Path(report_path), max_bytes=MAX_REPORT_BYTES)
+        if len(loaded.metrics) > MAX_REPORT_METRICS:
+            raise ConfigError(
+                f"report {str(report_path)!r} has {len(loaded.metrics):,} metrics, more than "
+                f"the {MAX_REPORT_METRICS} a published report may have; report fewer metrics"
+            )
+        report = rejudge(loaded, verdict or VerdictConfig(significance="gate"))
+        report = report.model_copy(update={"report_name": report_name})
         pub = Publication(
             report=report,
             markdown=render_markdown(report),

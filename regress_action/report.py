@@ -205,9 +205,16 @@ class Report(_Model):
         return result
 
     @classmethod
-    def load(cls, path: Path) -> Report:
-        """Read a JSON artifact; a missing or invalid file is a one-line ConfigError."""
+    def load(cls, path: Path, max_bytes: int | None = None) -> Report:
+        """Read a JSON artifact; a missing, invalid or (with `max_bytes`) oversized file, or one
+        of another schema version, is a one-line ConfigError."""
         try:
+            if max_bytes is not None and path.stat().st_size > max_bytes:
+                raise ConfigError(
+                    f"report {str(path)!r} is {path.stat().st_size:,} bytes, more than the "
+                    f"{max_bytes:,} a report artifact may have; pass the JSON written by "
+                    "`regress-action compare --json-out`"
+                )
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(
@@ -215,12 +222,19 @@ class Report(_Model):
                 "pass the JSON written by `regress-action compare --json-out`"
             ) from None
         try:
-            return cls.model_validate_json(text)
+            report = cls.model_validate_json(text)
         except ValueError as exc:
-            first = str(exc).splitlines()[0]
+            first = _first_problem(exc)
             raise ConfigError(
                 f"report {str(path)!r} is not a regress-action JSON report ({first})"
             ) from None
+        if report.schema_version != REPORT_SCHEMA_VERSION:
+            raise ConfigError(
+                f"report {str(path)!r} has schema_version {report.schema_version}, but this "
+                f"regress-action reads version {REPORT_SCHEMA_VERSION}; publish it with the "
+                "regress-action version that wrote it"
+            )
+        return report
 
 
 class MetricValue(_Model):
@@ -262,6 +276,18 @@ class EvaluationReport(_Model):
         """As `Report.to_dict`: plain values, ISO times, non-finite values as floats."""
         result: dict[str, Any] = _plain(self.model_dump(mode="python"))
         return result
+
+
+def _first_problem(exc: ValueError) -> str:
+    """A pydantic error as one line naming the field ("metrics.accuracy.status: ..."), any
+    other as its first line."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError) and exc.errors():
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        return f"{where}: {error.get('msg', 'invalid value')}" if where else str(error["msg"])
+    return str(exc).splitlines()[0]
 
 
 def _plain(value: Any) -> Any:

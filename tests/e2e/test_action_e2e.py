@@ -182,6 +182,9 @@ def huge_report() -> Report:
 
 # --------------------------------------------------------------------------- publish
 
+# The sample reports carry no statistics: judged by the tolerance alone, every metric gated.
+TOLERANCE_ONLY = ("--significance", "report", "--gate", "all")
+
 
 def test_first_run_creates_then_updates_one_comment(runner: Runner) -> None:
     first = runner.publish(make_report("lm"))
@@ -217,8 +220,8 @@ def test_another_users_marker_is_left_alone(runner: Runner) -> None:
 
 def test_two_report_names_give_two_comments(runner: Runner) -> None:
     for _ in range(2):
-        runner.publish(make_report("lm", report_name="lm"))
-        runner.publish(make_report("lm", report_name="vision"))
+        runner.publish(make_report("lm"), "--report-name", "lm")
+        runner.publish(make_report("lm"), "--report-name", "vision")
     markers = sorted(body.rstrip().splitlines()[-1] for body in bodies(runner.server))
     assert markers == ["<!-- regress-action:lm -->", "<!-- regress-action:vision -->"]
 
@@ -227,7 +230,7 @@ def test_403_is_a_warning_and_the_rest_is_written(runner: Runner) -> None:
     runner.server.add_fault(
         "POST", r"/comments$", 403, body={"message": "Resource not accessible by integration"}
     )
-    result = runner.publish(make_report())  # regressed
+    result = runner.publish(make_report(), *TOLERANCE_ONLY)  # regressed
     assert result.rc == 1  # by status, not by the comment
     warnings = result.lines("::warning")
     assert any("Fork pull requests" in w for w in warnings), result.stdout
@@ -238,7 +241,7 @@ def test_403_is_a_warning_and_the_rest_is_written(runner: Runner) -> None:
 
 
 def test_oversized_report_is_truncated_under_the_limit(runner: Runner) -> None:
-    result = runner.publish(huge_report())
+    result = runner.publish(huge_report(), *TOLERANCE_ONLY)
     assert result.rc == 1, result.stdout + result.stderr
     (body,) = bodies(runner.server)
     assert len(body) <= MAX_BODY_CHARS
@@ -248,7 +251,9 @@ def test_oversized_report_is_truncated_under_the_limit(runner: Runner) -> None:
 
 
 def test_exit_code_follows_status_and_fail_on_regression(runner: Runner) -> None:
-    regressed = runner.publish(make_report(), env={"GITHUB_TOKEN": ""}, process=True)
+    regressed = runner.publish(
+        make_report(), *TOLERANCE_ONLY, env={"GITHUB_TOKEN": ""}, process=True
+    )
     assert regressed.rc == 1
     errors = regressed.lines("::error")
     assert len(errors) == 2 and "accuracy" in errors[0]
@@ -256,13 +261,14 @@ def test_exit_code_follows_status_and_fail_on_regression(runner: Runner) -> None
 
 
 def test_publish_fail_on_regression_false(runner: Runner) -> None:
-    result = runner.publish(make_report(), "--fail-on-regression", "false")
+    result = runner.publish(make_report(), *TOLERANCE_ONLY, "--fail-on-regression", "false")
     assert result.rc == 0
     assert result.lines("::error") == [] and len(result.lines("::warning")) == 2
 
 
 def test_push_event_posts_no_comment(runner: Runner) -> None:
-    result = runner.publish(make_report("lm"), event="push", payload={"ref": "refs/heads/main"})
+    push = {"event": "push", "payload": {"ref": "refs/heads/main"}}
+    result = runner.publish(make_report("lm"), *TOLERANCE_ONLY, **push)
     assert result.rc == 0
     assert bodies(runner.server) == [] and runner.server.requests == []
     assert any("not a pull request" in line for line in result.lines("::notice"))
