@@ -360,13 +360,15 @@ class _ReadAhead:
     def __len__(self) -> int:
         return self._expected
 
-    def close(self) -> None:
-        """Stop reading (after the batch a worker is decoding) and shut the workers down."""
+    def close(self, wait_s: float = 10.0) -> None:
+        """Stop reading (after the batch a worker is decoding) and shut the workers down. A
+        worker stuck on its batch for `wait_s` is left behind (an interrupted pass must not
+        hang): the reader releases the workers once that batch comes, or the process exits."""
         with self._ready:
             self._stop = True
             self._held.clear()
             self._ready.notify_all()
-        self._thread.join()
+        self._thread.join(wait_s)
         self._iterator = None  # the loader's iterator shuts its workers down when released
 
 

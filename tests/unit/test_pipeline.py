@@ -402,3 +402,23 @@ def test_a_header_that_is_not_a_clean_png_ihdr_is_left_to_pillow(tmp_path: Path)
         with pytest.raises(DataError, match=f"cannot read image {broken}"):
             sources._scan_headers(tmp_path, [broken])
     assert sources._scan_headers(tmp_path, [good, jpeg]) == (3, (6, 5))
+
+
+class Stuck(Squares):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if index >= 4:
+            time.sleep(2)
+        return super().__getitem__(index)
+
+
+def test_closing_the_read_ahead_does_not_wait_for_a_stuck_worker() -> None:
+    ahead = engine._ReadAhead(torch.utils.data.DataLoader(Stuck(), batch_size=4, num_workers=1))
+    next(ahead)
+    started = time.monotonic()
+    ahead.close(wait_s=0.2)
+    assert time.monotonic() - started < 1.5
+    ahead._thread.join(30)  # the batch comes: the reader stops and releases the workers
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not multiprocessing.active_children()
