@@ -411,8 +411,12 @@ def find_pr_by_sha(client: Client, repository: str, sha: str) -> int | None:
     what = f"searching {repository} for the PR of commit {sha[:12]}"
 
     def search() -> int | None:
+        # The search matches the sha anywhere in a PR, its title and body too: only a PR whose
+        # head is that commit is the one the report belongs to.
+        repo = client.gh.get_repo(repository)
         for issue in client.gh.search_issues(f"{sha} is:pr is:open repo:{repository}"):
-            return int(issue.number)
+            if repo.get_pull(int(issue.number)).head.sha == sha:
+                return int(issue.number)
         return None
 
     try:

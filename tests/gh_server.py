@@ -84,6 +84,8 @@ class PullRequest:
     number: int
     head_sha: str
     state: str = "open"
+    # Text of its title or body that GitHub's issue search also matches (e.g. a commit sha).
+    mentions: tuple[str, ...] = ()
 
 
 class FakeGitHub:
@@ -109,8 +111,10 @@ class FakeGitHub:
         return self.base_url + API
 
     # -- set-up helpers used by tests ----------------------------------------------------------
-    def add_pull(self, repo: str, number: int, head_sha: str = "a" * 40) -> PullRequest:
-        pull = PullRequest(repo, number, head_sha)
+    def add_pull(
+        self, repo: str, number: int, head_sha: str = "a" * 40, mentions: tuple[str, ...] = ()
+    ) -> PullRequest:
+        pull = PullRequest(repo, number, head_sha, mentions=mentions)
         self.pulls[(repo, number)] = pull
         return pull
 
@@ -346,7 +350,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _search(self, login: str, params: dict[str, str], query: dict[str, str], body: Any) -> None:
         state = self.server.state
         words = query.get("q", "").split()
-        hits = [p for p in state.pulls.values() if p.head_sha in words]
+        hits = sorted(
+            (
+                p
+                for p in state.pulls.values()
+                if p.head_sha in words or set(p.mentions) & set(words)
+            ),
+            key=lambda p: p.number,
+        )
         hits = [
             p for p in hits if f"repo:{p.repo}" in words or not any("repo:" in w for w in words)
         ]

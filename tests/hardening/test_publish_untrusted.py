@@ -139,3 +139,16 @@ def test_too_many_metrics_are_refused(runner: Runner) -> None:
 
     refused = runner.publish(wide(MAX_REPORT_METRICS))
     assert refused.rc == 2 and "metrics, more than" in refused.lines("::error")[0]
+
+
+def test_a_pr_that_only_mentions_the_head_sha_is_not_commented_on(runner: Runner) -> None:
+    head = "c" * 40  # the head of PR #7
+    runner.server.add_pull("octo/models", 3, head_sha="d" * 40, mentions=(head,))  # a decoy
+    payload = {"workflow_run": {"event": "pull_request", "head_sha": head, "pull_requests": []}}
+    result = runner.publish(make_report("lm"), event="workflow_run", payload=payload)
+    assert result.rc == 0, result.stdout + result.stderr
+    assert runner.server.comments_on("octo/models", 3) == []
+    assert len(runner.server.comments_on("octo/models", 7)) == 1
+    del runner.server.pulls[("octo/models", 7)]
+    alone = runner.publish(make_report("lm"), event="workflow_run", payload=payload)
+    assert alone.rc == 0 and runner.server.comments_on("octo/models", 3) == []
