@@ -11,7 +11,13 @@ interleaved so drift on a shared machine affects both alike. Goal: ratio (with �
 the best run of each down, as seen from the main process: `scan` (the folder's header scan),
 `forward` (both models' forward calls), `batches` (waiting for / decoding the next batch,
 fingerprint included), `fingerprint` (hashing the batches) and `other` (the rest: records,
-report).
+report). `--size 96 --resize 32` stores larger PNGs and resizes them when read (the
+`image-size` input), so decoding and preprocessing weigh more against the models.
+
+On 2 cores the goal is out of reach whenever the models use both cores without workers: the
+total CPU work (decode D + forward F on two threads, ≈ 2F' CPU-seconds on one) cannot finish in
+less than (D + F') / 2, so ratio ≥ (D + F') / 2 / (D + F); with the default workload (D ≈ 0.7 s,
+F ≈ 1.0 s, F' ≈ 1.6–1.9 s) that is ≈ 0.7, and it stays above 0.6 for any D when F' ≈ 2F.
 
     python benchmarks/bench_pipeline.py [--images 5000] [--batch-size 64] [--repeats 3]
 """
@@ -43,17 +49,18 @@ SIZE = 32
 TASK = TaskSpec(modality="vision", task="classification", num_classes=CLASSES)
 
 
-def write_folder(root: Path, n: int, seed: int = 0) -> None:
-    """n PNGs, round-robin over the classes: a class-coloured stripe pattern plus noise."""
+def write_folder(root: Path, n: int, seed: int = 0, size: int = SIZE) -> None:
+    """n PNGs of size x size, round-robin over the classes: a class-coloured stripe pattern plus
+    noise."""
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    y, x = np.mgrid[0:size, 0:size]
     for label in range(CLASSES):
         (root / f"class_{label}").mkdir(parents=True)
     for i in range(n):
         label = i % CLASSES
         stripes = ((x * (label % 3 + 1) + y * (label // 3)) // 4 % 2).astype(np.int64)
         colour = np.array([25 * label, 255 - 25 * label, 128], dtype=np.int64)
-        noise = rng.integers(-40, 41, (SIZE, SIZE, 3))
+        noise = rng.integers(-40, 41, (size, size, 3))
         pixels = np.clip(60 + stripes[..., None] * colour[None, None] // 2 + noise, 0, 255)
         Image.fromarray(pixels.astype(np.uint8)).save(root / f"class_{label}" / f"{i:06d}.png")
 
@@ -106,7 +113,14 @@ def clock_phases() -> None:
 def timed(
     folder: Path, workers: int, args: argparse.Namespace
 ) -> tuple[float, dict[str, Any], dict[str, float]]:
-    cfg = EvalConfig(dataset=folder, batch_size=args.batch_size, device="cpu", workers=workers)
+    resize = None if args.resize is None else (args.resize, args.resize)
+    cfg = EvalConfig(
+        dataset=folder,
+        batch_size=args.batch_size,
+        device="cpu",
+        workers=workers,
+        image_size=resize,
+    )
     verdict = VerdictConfig(significance="off")
     models = model(0, args.width), model(1, args.width)
     PHASES.clear()
@@ -124,6 +138,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--width", type=int, default=16, help="tiny_cnn's width (its default)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", type=int, default=SIZE, help="side of the stored PNGs")
+    parser.add_argument(
+        "--resize", type=int, help="side every image is resized to when read (image-size)"
+    )
     args = parser.parse_args()
     logging.getLogger("regress_action").setLevel(logging.ERROR)  # no per-metric warnings
     workers = default_workers()
@@ -131,7 +149,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         folder = Path(tmp) / "images"
         started = time.perf_counter()
-        write_folder(folder, args.images)
+        write_folder(folder, args.images, size=args.size)
         written = time.perf_counter() - started
         times: dict[int, list[float]] = {0: [], workers: []}
         reports: dict[int, dict[str, Any]] = {}
@@ -146,7 +164,8 @@ def main() -> None:
     without, with_workers = min(times[0]), min(times[workers])
     result = {
         "images": args.images,
-        "image_size": [3, SIZE, SIZE],
+        "image_size": [3, args.size, args.size],
+        "resized_to": args.resize,
         "batch_size": args.batch_size,
         "cnn_width": args.width,
         "cpus": len(os.sched_getaffinity(0))
