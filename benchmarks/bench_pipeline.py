@@ -17,7 +17,8 @@ report). `--size 96 --resize 32` stores larger PNGs and resizes them when read (
 On 2 cores the goal is out of reach whenever the models use both cores without workers: the
 total CPU work (decode D + forward F on two threads, ≈ 2F' CPU-seconds on one) cannot finish in
 less than (D + F') / 2, so ratio ≥ (D + F') / 2 / (D + F); with the default workload (D ≈ 0.7 s,
-F ≈ 1.0 s, F' ≈ 1.6–1.9 s) that is ≈ 0.7, and it stays above 0.6 for any D when F' ≈ 2F.
+F ≈ 1.0 s, F' ≈ 1.6–1.9 s) that is ≈ 0.7, and with F' ≈ 2F it stays above 0.6 unless decoding
+costs more than four times the forward (D > 4F).
 
     python benchmarks/bench_pipeline.py [--images 5000] [--batch-size 64] [--repeats 3]
 """
