@@ -128,7 +128,7 @@ def test_bad_input_exits_2_with_one_line_and_records_nothing(
         (["--run-id", "1"], "--dataset"),
         (["--run-id", "1", "--dataset", "lm_tiny"], "lm_tiny"),
         ([*lm, "--dataset", "lm_tiny", "--precision", "fp16", "--device", "cpu"], "fp16"),
-        ([*vision, "--json-out", "."], "--json-out '.' is a directory"),
+        ([*vision, "--json-out", "."], "--json-out '.' is a folder"),
         ([*vision, "--markdown-out", "regress.db"], "also the ExperimentDB file"),
     ]
     for args, needle in cases:
