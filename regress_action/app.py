@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from .data import EvalSet
     from .engine import EngineResult, PassOptions
-    from .records import PairedRecords
+    from .records import Columns, PairedRecords
     from .store import ExperimentDB
     from .tasks import Adapter
 
@@ -156,7 +156,7 @@ def evaluate_models(
         name=eval_cfg.dataset_name,
         options=options,
     )
-    verdict = _lm_verdict(eval_set, task, context.verdict) if task.task == "lm" else None
+    verdict = lm_verdict(eval_set, task, context.verdict) if task.task == "lm" else None
     result, world_size = _run_pass(
         (baseline, candidate),
         eval_set,
@@ -286,7 +286,7 @@ def _has_bytes(eval_set: EvalSet, task: TaskSpec) -> bool:
     return "bytes" in eval_set.columns
 
 
-def _lm_verdict(eval_set: EvalSet, task: TaskSpec, verdict: VerdictConfig) -> VerdictConfig:
+def lm_verdict(eval_set: EvalSet, task: TaskSpec, verdict: VerdictConfig) -> VerdictConfig:
     """The verdict without bits per byte when the eval set has no bytes (token arrays); a
     ConfigError when it was asked for by name."""
     from .tasks import select_metrics
@@ -309,22 +309,31 @@ CLUSTER_COLUMNS = ("group", "doc")  # data columns naming an example's cluster, 
 
 
 def join_data_columns(records: PairedRecords, eval_set: EvalSet) -> None:
-    """Add the eval set's per-example data columns (e.g. `bytes`) to both sides' records, by
-    example id; a source with data columns replaces what an adapter assumed (bytes = tokens).
-    A `group` column (the user's: a text-classification line's "group") or else a `doc` column
+    """Add the eval set's per-example data columns (`data_columns`) to both sides' records. A
+    `group` column (the user's: a text-classification line's "group") or else a `doc` column
     (the document a text window came from) becomes the records' clusters: examples of one are
     not independent, so the statistics resample whole clusters."""
     if eval_set.columns is None:
         return
-    for side in (records.baseline, records.candidate):
-        side.pop("bytes", None)
-        for name, values in eval_set.columns.items():
-            if name not in CLUSTER_COLUMNS:
-                side[name] = values[records.example_ids]
+    records.baseline = data_columns(records.baseline, records.example_ids, eval_set)
+    records.candidate = data_columns(records.candidate, records.example_ids, eval_set)
     for name in CLUSTER_COLUMNS:
         if name in eval_set.columns:
             records.groups = eval_set.columns[name][records.example_ids]
             break
+
+
+def data_columns(columns: Columns, example_ids: Any, eval_set: EvalSet) -> dict[str, Any]:
+    """One side's columns with the eval set's per-example data columns (e.g. the `bytes` a text
+    window's tokens cover) joined by example id; a source with data columns replaces what an
+    adapter assumed (bytes = tokens). Cluster columns are not records."""
+    joined = dict(columns)
+    if eval_set.columns is not None:
+        joined.pop("bytes", None)
+        for name, values in eval_set.columns.items():
+            if name not in CLUSTER_COLUMNS:
+                joined[name] = values[example_ids]
+    return joined
 
 
 def _evaluate_across_tokenizers(
@@ -491,28 +500,39 @@ def _run_pass(
 
 
 def finish(report: Report, outputs: Outputs) -> CompareOutcome:
-    """Record the comparison (one transaction), attach the trend, then write JSON + Markdown.
+    """Record the comparison (one transaction), attach the trend, then write JSON + Markdown
+    (`write_staged`: a path that cannot be written fails with nothing recorded)."""
 
-    Both files are staged (created beside their targets) before the database is touched, so a
-    path that cannot be written fails with nothing recorded; after the commit only the rename
-    of already-open files remains.
-    """
+    def record() -> tuple[str, str]:
+        _record(report, outputs.db)
+        return report.to_json(), render_markdown(report)
+
+    markdown = write_staged(outputs.json_path, outputs.markdown_path, record)
+    return CompareOutcome(report=report, markdown=markdown)
+
+
+def write_staged(
+    json_path: Path | None, markdown_path: Path | None, record: Callable[[], tuple[str, str]]
+) -> str:
+    """Stage the JSON and Markdown files (created beside their targets), run `record` (the
+    database transaction; it returns the JSON and the Markdown), then rename the files into
+    place; returns the Markdown. A path that cannot be written fails before `record` runs, and
+    after it only the rename of already-open files remains."""
     staged: dict[str, StagedFile] = {}
     try:
-        if outputs.json_path is not None:
-            staged["json"] = StagedFile(outputs.json_path, "JSON report")
-        if outputs.markdown_path is not None:
-            staged["markdown"] = StagedFile(outputs.markdown_path, "Markdown report")
-        _record(report, outputs.db)
-        markdown = render_markdown(report)
+        if json_path is not None:
+            staged["json"] = StagedFile(json_path, "JSON report")
+        if markdown_path is not None:
+            staged["markdown"] = StagedFile(markdown_path, "Markdown report")
+        text, markdown = record()
         if "json" in staged:
-            staged.pop("json").commit(report.to_json() + "\n")
+            staged.pop("json").commit(text + "\n")
         if "markdown" in staged:
             staged.pop("markdown").commit(markdown)
     finally:
         for leftover in staged.values():
             leftover.discard()
-    return CompareOutcome(report=report, markdown=markdown)
+    return markdown
 
 
 def _record(report: Report, db: ExperimentDB | None) -> None:
@@ -561,7 +581,7 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
         report_name=request.report_name,
         commit=request.commit,
     )
-    folders = (_folder(baseline_run), _folder(candidate_run))
+    folders = (run_folder(baseline_run), run_folder(candidate_run))
     report = evaluate_models(
         baseline, candidate, eval_cfg, baseline_run.task, context, model_dirs=folders
     )
@@ -573,7 +593,7 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
     return finish(report, outputs)
 
 
-def _folder(run: RunRecord) -> Path | None:
+def run_folder(run: RunRecord) -> Path | None:
     """The run's checkpoint when it is a folder (a Hugging Face model's: its tokenizer)."""
     path = Path(run.source.checkpoint)
     return path if path.is_dir() else None

@@ -146,15 +146,19 @@ class _Given:
     clusters: int | None
 
     @classmethod
-    def of(cls, metric: MetricResult) -> _Given | None:
+    def of(cls, metric: MetricResult, level: float) -> _Given | None:
+        """The metric's statistics; its interval only when the run computed it at `level`, the
+        level this verdict gives it (another family size gives another level: such an
+        interval would be shown and used under a label it does not have)."""
         if metric.test is None or metric.test == "paired_permutation" or metric.p_value is None:
             return None
         nan = math.nan
+        same_level = metric.ci_level is not None and math.isclose(metric.ci_level, level)
         return cls(
             test=metric.test,
             p_value=metric.p_value,
-            ci_low=nan if metric.ci_low is None else metric.ci_low,
-            ci_high=nan if metric.ci_high is None else metric.ci_high,
+            ci_low=nan if metric.ci_low is None or not same_level else metric.ci_low,
+            ci_high=nan if metric.ci_high is None or not same_level else metric.ci_high,
             n=metric.n or 0,
             n_fixed=metric.n_fixed,
             n_broken=metric.n_broken,
@@ -170,7 +174,9 @@ def rejudge(report: Report, verdict: VerdictConfig) -> Report:
     for a report that comes from a run this process does not trust (a fork's artifact): every
     status, the gated set, the corrections and the overall status are derived here, none is
     taken from the report. Directions and test validity come from the task registry (and the
-    verdict's metrics module), not from the report. `gate: primary` means the task's primary
+    verdict's metrics module), not from the report; p-values are adjusted over this verdict's
+    family, and an interval the run computed at another level than this verdict gives it is
+    dropped (under `margin` the change then stays neutral). `gate: primary` means the task's primary
     metrics whether the report carries them or not: a gated metric missing from the report
     fails. A metric the registry does not know is kept for display, neutral and never gated."""
     every = metrics_for(report.task, verdict.metrics_module)
@@ -197,9 +203,15 @@ def rejudge(report: Report, verdict: VerdictConfig) -> Report:
     hypotheses = {name: spec.hypothesis or name for name, spec in specs.items()}
     members = family(results, specs, hypotheses)
     if config.significance != "off":
-        given = {name: _Given.of(m) for name, m in values.items() if specs[name].tested}
+        alphas = family_alphas(members, specs, config.alpha)
+        given = {
+            name: _Given.of(m, 1 - alphas[name]) for name, m in values.items() if specs[name].tested
+        }
         stats = {name: g for name, g in given.items() if g is not None}
         apply_significance(results, stats, config, members)
+        for name, stat in stats.items():
+            if math.isnan(stat.ci_low):  # recorded at another level: not shown as this one
+                results[name].ci_low = results[name].ci_high = None
     for name, metric in report.metrics.items():
         if name not in results:
             reason = f"{name} is not a metric of the task {report.task.task}; not judged"

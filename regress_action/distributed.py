@@ -233,10 +233,7 @@ def evaluate_sharded_one(
     """`evaluate_sharded` for one model: `evaluate(start, stop)` returns an
     `engine.EvalResult`; rank 0 gets the model's records over the whole eval set."""
     shards, local = _gather(session, n, evaluate)
-    ids = np.concatenate([shard.example_ids for shard in shards])
-    names = [name for name in shards[0].columns if all(name in s.columns for s in shards)]
-    columns = {name: np.concatenate([s.columns[name] for s in shards]) for name in names}
-    return Records(ids, columns), local
+    return _concatenate(shards), local
 
 
 def _gather(session: Session, n: int, evaluate: Callable[[int, int], Any]) -> tuple[list[Any], Any]:
@@ -274,17 +271,20 @@ def shard_of(dataset: Dataset[Any], start: int, stop: int) -> Dataset[Any]:
 def join(shards: list[PairedRecords], shared: tuple[str, ...]) -> PairedRecords:
     """The paired records of all shards, joined on example id."""
     first = shards[0]
-    sides = []
-    for side in ("baseline", "candidate"):
-        columns = [s.side(side) for s in shards]
-        names = [name for name in columns[0] if all(name in c for c in columns)]
-        sides.append(
-            Records(
-                np.concatenate([s.example_ids for s in shards]),
-                {name: np.concatenate([c[name] for c in columns]) for name in names},
-            )
-        )
+    sides = [
+        _concatenate([Records(s.example_ids, s.side(side)) for s in shards])
+        for side in ("baseline", "candidate")
+    ]
     return pair(sides[0], sides[1], task=first.task, shared=shared, num_classes=first.num_classes)
+
+
+def _concatenate(shards: list[Records]) -> Records:
+    """The shards' records one after the other (the columns every shard has)."""
+    names = [name for name in shards[0].columns if all(name in s.columns for s in shards)]
+    return Records(
+        np.concatenate([s.example_ids for s in shards]),
+        {name: np.concatenate([s.columns[name] for s in shards]) for name in names},
+    )
 
 
 def _lost(rank: int, exc: RuntimeError) -> DistributedError:

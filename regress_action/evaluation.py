@@ -21,10 +21,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .app import check_outputs, dataset_info, pass_options, run_info, text_options
+from .app import (
+    check_outputs,
+    data_columns,
+    dataset_info,
+    lm_verdict,
+    pass_options,
+    run_folder,
+    run_info,
+    text_options,
+    write_staged,
+)
 from .compare import metric_specs
 from .errors import ConfigError
-from .files import StagedFile
 from .render import render_evaluation
 from .report import EvaluationReport, MetricValue, RunInfo
 from .spec import DataOptions, EvalConfig, Precision, TaskSpec, VerdictConfig
@@ -68,7 +77,6 @@ class EvaluateOutcome:
 
 def run_evaluate(request: EvaluateRequest, db: ExperimentDB) -> EvaluateOutcome:
     """Evaluate a registered run on an eval set, record it and write the artifacts."""
-    from .app import _folder
     from .models import load_model
 
     paths = {"--json-out": request.json_path, "--markdown-out": request.markdown_path}
@@ -91,7 +99,7 @@ def run_evaluate(request: EvaluateRequest, db: ExperimentDB) -> EvaluateOutcome:
     )
     verdict = VerdictConfig(metrics=request.metrics, metrics_module=request.metrics_module)
     report, records = evaluate_model(
-        model, eval_cfg, run.task, verdict, run_info(run), model_dir=_folder(run)
+        model, eval_cfg, run.task, verdict, run_info(run), model_dir=run_folder(run)
     )
     report.commit = request.commit
     report.cache_key = cache_key(run.source.model_dump(), report, request.data)
@@ -111,7 +119,6 @@ def evaluate_model(
 ) -> tuple[EvaluationReport, Records]:
     """Load the eval set, run the model over it (this rank's shard under torchrun; the other
     ranks stop with FollowerDone once their records are sent) and compute each metric."""
-    from .app import _lm_verdict
     from .data import load_eval_set
     from .tasks import adapter_for
 
@@ -127,11 +134,11 @@ def evaluate_model(
         options=options,
     )
     if task.task == "lm":
-        specs = metric_specs(task, _lm_verdict(eval_set, task, verdict))
+        specs = metric_specs(task, lm_verdict(eval_set, task, verdict))
     records, device, duration_s, world_size = _one_pass(
         model, eval_set, adapter or adapter_for(task), pass_options(eval_cfg, eval_set.observe)
     )
-    columns = _with_data_columns(records, eval_set)
+    columns = data_columns(records.columns, records.example_ids, eval_set)
     missing = sorted({c for spec in specs.values() for c in spec.columns} - set(columns))
     if missing:
         raise ConfigError(
@@ -185,20 +192,6 @@ def _one_pass(
     return records, local.device, local.duration_s, session.world_size
 
 
-def _with_data_columns(records: Records, eval_set: EvalSet) -> dict[str, Any]:
-    """The model's columns with the eval set's per-example data columns (e.g. the `bytes` a text
-    window's tokens cover) joined by example id, as a comparison's records get them."""
-    from .app import CLUSTER_COLUMNS
-
-    columns = dict(records.columns)
-    if eval_set.columns is not None:
-        columns.pop("bytes", None)
-        for name, values in eval_set.columns.items():
-            if name not in CLUSTER_COLUMNS:
-                columns[name] = values[records.example_ids]
-    return columns
-
-
 def cache_key(source: dict[str, Any], report: EvaluationReport, data: DataOptions) -> str:
     """sha256 of everything that can change a model's records on an eval set: the checkpoint
     (bytes, format, loader), the eval set's fingerprint and size, the task, how examples become
@@ -227,24 +220,14 @@ def finish_evaluation(
     markdown_path: Path | None,
 ) -> EvaluateOutcome:
     """Record the evaluation (one transaction: its row with the records), then write JSON and
-    Markdown; both files are staged first, so a path that cannot be written records nothing."""
+    Markdown (`app.write_staged`: a path that cannot be written records nothing)."""
     from .records import records_to_npz
 
-    staged: dict[str, StagedFile] = {}
-    try:
-        if json_path is not None:
-            staged["json"] = StagedFile(json_path, "JSON report")
-        if markdown_path is not None:
-            staged["markdown"] = StagedFile(markdown_path, "Markdown report")
+    def record() -> tuple[str, str]:
         if db is not None:
             report.evaluation_id = db.create_evaluation(report, records_to_npz(records))
             report.records_stored = True
-        markdown = render_evaluation(report)
-        if "json" in staged:
-            staged.pop("json").commit(report.to_json() + "\n")
-        if "markdown" in staged:
-            staged.pop("markdown").commit(markdown)
-    finally:
-        for leftover in staged.values():
-            leftover.discard()
+        return report.to_json(), render_evaluation(report)
+
+    markdown = write_staged(json_path, markdown_path, record)
     return EvaluateOutcome(report=report, markdown=markdown)

@@ -155,12 +155,17 @@ def parse_outputs(text: str) -> dict[str, str]:
     return outputs
 
 
-@pytest.fixture
-def runner(gh_server: FakeGitHub, tmp_path: Path) -> Runner:
+def new_runner(server: FakeGitHub, tmp_path: Path) -> Runner:
+    """A workspace and a home under `tmp_path`, talking to `server`."""
     workspace, home = tmp_path / "workspace", tmp_path / "home"
     workspace.mkdir()
     home.mkdir()
-    return Runner(gh_server, workspace, home)
+    return Runner(server, workspace, home)
+
+
+@pytest.fixture
+def runner(gh_server: FakeGitHub, tmp_path: Path) -> Runner:
+    return new_runner(gh_server, tmp_path)
 
 
 def bodies(server: FakeGitHub) -> list[str]:

@@ -12,18 +12,14 @@ import pytest
 
 from regress_action.publish import MAX_REPORT_METRICS
 from regress_action.report import MetricResult, Report
-from tests.e2e.test_action_e2e import Runner, bodies
+from tests.e2e.test_action_e2e import Runner, bodies, new_runner
 from tests.gh_server import FakeGitHub
 from tests.report_factory import make_report
 
 
 @pytest.fixture
 def runner(gh_server: FakeGitHub, tmp_path: Path) -> Runner:
-    """A workspace and a home on the local GitHub server, as the Action's tests have them."""
-    workspace, home = tmp_path / "workspace", tmp_path / "home"
-    workspace.mkdir()
-    home.mkdir()
-    return Runner(gh_server, workspace, home)
+    return new_runner(gh_server, tmp_path)
 
 
 def _relabelled(report: Report) -> Report:
@@ -152,3 +148,20 @@ def test_a_pr_that_only_mentions_the_head_sha_is_not_commented_on(runner: Runner
     del runner.server.pulls[("octo/models", 7)]
     alone = runner.publish(make_report("lm"), event="workflow_run", payload=payload)
     assert alone.rc == 0 and runner.server.comments_on("octo/models", 3) == []
+
+
+def test_an_interval_is_kept_only_at_the_level_this_verdict_gives_it() -> None:
+    from regress_action.compare import rejudge
+    from regress_action.spec import VerdictConfig
+
+    report = make_report(stats=True)  # four gated tests in the run: intervals at 98.75 %
+    four = ("accuracy", "loss", "top5_accuracy", "macro_f1")
+    same = rejudge(report, VerdictConfig(significance="gate", gate=four))
+    assert same.stats.family_size == 4
+    assert same.metrics["accuracy"].ci_low == report.metrics["accuracy"].ci_low
+    assert same.metrics["accuracy"].p_adjusted == pytest.approx(8.4e-7)
+    one = rejudge(report, VerdictConfig(significance="gate"))  # accuracy alone: 95 %
+    assert one.stats.family_size == 1
+    assert one.metrics["accuracy"].ci_low is None and one.metrics["accuracy"].ci_high is None
+    assert one.metrics["accuracy"].p_adjusted == pytest.approx(2.1e-7)
+    assert one.metrics["accuracy"].status == "regressed"

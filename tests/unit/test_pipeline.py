@@ -406,8 +406,8 @@ def test_a_header_that_is_not_a_clean_png_ihdr_is_left_to_pillow(tmp_path: Path)
 
 class Stuck(Squares):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        if index >= 4:
-            time.sleep(2)
+        if index == 4:  # the second batch arrives late
+            time.sleep(3)
         return super().__getitem__(index)
 
 
