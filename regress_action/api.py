@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 from .app import Outputs, check_outputs, evaluate_models, finish, run_info
 from .compare import ReportContext
 from .errors import ConfigError
+from .records_file import check_records_path
 from .report import DatasetInfo, RunInfo
-from .spec import EvalConfig, TaskSpec, VerdictConfig
+from .spec import EvalConfig, TaskSpec, VerdictConfig, check_report_name
 from .store import open_db
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ def compare_models(
     candidate_run_id: int | None = None,
     json_path: str | Path | None = None,
     markdown_path: str | Path | None = None,
+    records_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate both models on the same eval set in one pass and return the report as a dict.
 
@@ -52,7 +54,8 @@ def compare_models(
     `VerdictConfig(significance="gate")` is the Action's and the CLI's default rule: a gated
     metric (by default the task's primary one) regresses only when its change is beyond the
     tolerance and significant.
-    `adapter` may be None: the task's own adapter is used.
+    `adapter` may be None: the task's own adapter is used. `records_path` (.parquet or .npz)
+    receives every example's paired records; the report lists the largest flips only.
 
     An LM eval set's `tokenizer="model"` is the tokenizer in the folder a Hugging Face baseline
     was loaded from (`from_pretrained(folder)`); two such models with different tokenizers are
@@ -64,9 +67,11 @@ def compare_models(
     """
     from .distributed import joined
 
+    _check_comparison_name(comparison_name)  # before any model runs
     request = _Request(
         baseline_model, candidate_model, adapter, task_spec, eval_cfg, db, comparison_name,
         _verdict(threshold, verdict), baseline_run_id, candidate_run_id, json_path, markdown_path,
+        records_path,
     )  # fmt: skip
     with joined() as session:
         if session is None:
@@ -88,6 +93,7 @@ class _Request:
     candidate_run_id: int | None
     json_path: str | Path | None
     markdown_path: str | Path | None
+    records_path: str | Path | None
 
 
 def _compare(r: _Request) -> dict[str, Any]:
@@ -99,14 +105,21 @@ def _compare(r: _Request) -> dict[str, Any]:
     outputs = Outputs(
         json_path=Path(r.json_path) if r.json_path else None,
         markdown_path=Path(r.markdown_path) if r.markdown_path else None,
+        records_path=Path(r.records_path) if r.records_path else None,
     )
+    check_records_path(outputs.records_path, "records_path")
     baseline = RunInfo(run_id=r.baseline_run_id or getattr(r.baseline_model, "run_id", None))
     candidate = RunInfo(run_id=r.candidate_run_id or getattr(r.candidate_model, "run_id", None))
     eval_cfg = r.eval_cfg
     with ExitStack() as stack:
         store = None if r.db is None else stack.enter_context(open_db(r.db))
         check_outputs(
-            {"json_path": outputs.json_path, "markdown_path": outputs.markdown_path}, store
+            {
+                "json_path": outputs.json_path,
+                "markdown_path": outputs.markdown_path,
+                "records_path": outputs.records_path,
+            },
+            store,
         )
         if store is not None:
             baseline, candidate = _registered(store, baseline, candidate, r.task_spec)
@@ -120,7 +133,7 @@ def _compare(r: _Request) -> dict[str, Any]:
         )
         if eval_cfg.dataset_name is None and not isinstance(eval_cfg.dataset, str | Path):
             eval_cfg = eval_cfg.model_copy(update={"dataset_name": eval_cfg.display_name()})
-        report = evaluate_models(
+        compared = evaluate_models(
             r.baseline_model,
             r.candidate_model,
             eval_cfg,
@@ -130,7 +143,7 @@ def _compare(r: _Request) -> dict[str, Any]:
             model_dirs=(_model_dir(r.baseline_model), _model_dir(r.candidate_model)),
         )
         outputs = replace(outputs, db=store)
-        return finish(report, outputs).report.to_dict()
+        return finish(compared, outputs).report.to_dict()
 
 
 def _model_dir(model: Any) -> Path | None:
@@ -141,6 +154,15 @@ def _model_dir(model: Any) -> Path | None:
         return None
     path = Path(where)
     return path if path.is_dir() else None
+
+
+def _check_comparison_name(name: str | None) -> None:
+    if name is None:
+        return
+    try:
+        check_report_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"comparison_name={name!r}: {exc}") from None
 
 
 def _verdict(threshold: float | None, verdict: VerdictConfig | None) -> VerdictConfig:

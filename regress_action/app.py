@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .compare import ReportContext, build_report, metric_specs
 from .errors import ConfigError
 from .files import StagedFile, check_distinct, check_writable
+from .records_file import check_records_path
 from .render import TREND_POINTS, render_markdown
 from .report import DatasetInfo, Report, RunInfo
 from .spec import (
@@ -59,6 +60,7 @@ class CompareRequest:
     report_name: str = "default"
     json_path: Path | None = None
     markdown_path: Path | None = None
+    records_path: Path | None = None  # every example's records (.parquet / .npz)
     commit: str | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False  # run code shipped in a Hugging Face folder (auto_map)
@@ -71,6 +73,16 @@ class CompareOutcome:
     markdown: str
 
 
+@dataclass
+class Compared:
+    """A comparison's report (not yet recorded) and the paired records it was built from, with
+    how the user finds each example (for the records file)."""
+
+    report: Report
+    records: PairedRecords
+    key: Callable[[int], str] | None = None
+
+
 @dataclass(frozen=True)
 class Outputs:
     """Where a finished report goes: the ExperimentDB and the artifact files."""
@@ -78,6 +90,7 @@ class Outputs:
     db: ExperimentDB | None = None
     json_path: Path | None = None
     markdown_path: Path | None = None
+    records_path: Path | None = None
 
 
 def check_outputs(paths: dict[str, Path | None], db: ExperimentDB | None) -> None:
@@ -123,7 +136,7 @@ def evaluate_models(
     context: ReportContext,
     adapter: Adapter | None = None,
     model_dirs: tuple[Path | None, Path | None] = (None, None),
-) -> Report:
+) -> Compared:
     """Load the eval set, run both models in one pass and build the report (not yet recorded).
 
     `model_dirs`: the baseline's and the candidate's Hugging Face folders, when they are (an
@@ -162,7 +175,7 @@ def evaluate_models(
         eval_set,
         adapter or adapter_for(task),
         # An image folder's fingerprint comes from the pass's batches.
-        pass_options(eval_cfg, observe=eval_set.observe),
+        pass_options(eval_cfg, observe=eval_set.observe, names=side_names(context)),
         task,
     )
     join_data_columns(result.records, eval_set)
@@ -180,11 +193,17 @@ def evaluate_models(
     )
     report = build_report(result.records, context, result.duration_s)
     annotate_flips(report, eval_set)
-    return report
+    key = None if eval_set.references is None else (lambda i: eval_set.describe(i).key)
+    return Compared(report, result.records, key)
 
 
-def pass_options(eval_cfg: EvalConfig, observe: Callable[[Any], None] | None = None) -> PassOptions:
-    """How the engine runs over the eval set, as the EvalConfig asks."""
+def pass_options(
+    eval_cfg: EvalConfig,
+    observe: Callable[[Any], None] | None = None,
+    names: dict[str, str] | None = None,
+) -> PassOptions:
+    """How the engine runs over the eval set, as the EvalConfig asks; `names` says which run
+    each side is in the engine's errors (`side_names`)."""
     from .engine import PassOptions
 
     return PassOptions(
@@ -194,7 +213,18 @@ def pass_options(eval_cfg: EvalConfig, observe: Callable[[Any], None] | None = N
         precision=eval_cfg.precision,
         workers=eval_cfg.workers,
         observe=observe,
+        names=names or {},
     )
+
+
+def side_names(context: ReportContext) -> dict[str, str]:
+    """Each side's run as an error names it: `run 3, ckpt/model.safetensors`."""
+    names: dict[str, str] = {}
+    for side, run in (("baseline", context.baseline), ("candidate", context.candidate)):
+        parts = [f"run {run.run_id}" if run.run_id is not None else "", run.checkpoint or ""]
+        if any(parts):
+            names[side] = ", ".join(part for part in parts if part)
+    return names
 
 
 def text_options(
@@ -344,7 +374,7 @@ def _evaluate_across_tokenizers(
     context: ReportContext,
     adapter: Adapter | None,
     folders: tuple[str, str],
-) -> Report:
+) -> Compared:
     """Two models with different tokenizers, on bits per byte alone: each reads the documents
     with its own tokenizer (`engine.evaluate`, one model at a time); NLL and bytes are summed
     per document and the two sides paired on document ids. `max_examples` counts documents.
@@ -453,7 +483,8 @@ def _evaluate_across_tokenizers(
         for example in report.flips.loss_increases:  # ids are document indices
             ref = document(example.example_id)
             example.key, example.text = ref.key, ref.text
-    return report
+    key = None if document is None else (lambda i: document(i).key)
+    return Compared(report, records, key)
 
 
 def annotate_flips(report: Report, eval_set: EvalSet) -> None:
@@ -499,36 +530,54 @@ def _run_pass(
     return EngineResult(records, local.device, local.duration_s), session.world_size
 
 
-def finish(report: Report, outputs: Outputs) -> CompareOutcome:
+def finish(compared: Compared, outputs: Outputs) -> CompareOutcome:
     """Record the comparison (one transaction), attach the trend, then write JSON + Markdown
-    (`write_staged`: a path that cannot be written fails with nothing recorded)."""
+    and the records file (`write_staged`: a path that cannot be written fails with nothing
+    recorded)."""
+    from .records_file import encode, paired_table
+
+    report = compared.report
 
     def record() -> tuple[str, str]:
         _record(report, outputs.db)
         return report.to_json(), render_markdown(report)
 
-    markdown = write_staged(outputs.json_path, outputs.markdown_path, record)
+    records = None
+    if outputs.records_path is not None:
+        path = outputs.records_path
+        records = (path, lambda: encode(paired_table(compared.records, compared.key), path))
+    markdown = write_staged(outputs.json_path, outputs.markdown_path, record, records)
     return CompareOutcome(report=report, markdown=markdown)
 
 
 def write_staged(
-    json_path: Path | None, markdown_path: Path | None, record: Callable[[], tuple[str, str]]
+    json_path: Path | None,
+    markdown_path: Path | None,
+    record: Callable[[], tuple[str, str]],
+    records: tuple[Path, Callable[[], bytes]] | None = None,
 ) -> str:
-    """Stage the JSON and Markdown files (created beside their targets), run `record` (the
-    database transaction; it returns the JSON and the Markdown), then rename the files into
-    place; returns the Markdown. A path that cannot be written fails before `record` runs, and
-    after it only the rename of already-open files remains."""
+    """Stage the JSON and Markdown files and the records file (created beside their targets),
+    encode the records, run `record` (the database transaction; it returns the JSON and the
+    Markdown), then rename the files into place; returns the Markdown. A path that cannot be
+    written, or records that cannot be encoded, fail before `record` runs, and after it only
+    the rename of already-open files remains."""
     staged: dict[str, StagedFile] = {}
     try:
         if json_path is not None:
             staged["json"] = StagedFile(json_path, "JSON report")
         if markdown_path is not None:
             staged["markdown"] = StagedFile(markdown_path, "Markdown report")
+        data = b""
+        if records is not None:
+            staged["records"] = StagedFile(records[0], "records file")
+            data = records[1]()
         text, markdown = record()
         if "json" in staged:
             staged.pop("json").commit(text + "\n")
         if "markdown" in staged:
             staged.pop("markdown").commit(markdown)
+        if "records" in staged:
+            staged.pop("records").commit(data)
     finally:
         for leftover in staged.values():
             leftover.discard()
@@ -546,7 +595,15 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
     """Compare two registered runs on a dataset, record the result and write the artifacts."""
     from .models import load_model
 
-    check_outputs({"--json-out": request.json_path, "--markdown-out": request.markdown_path}, db)
+    check_records_path(request.records_path)
+    check_outputs(
+        {
+            "--json-out": request.json_path,
+            "--markdown-out": request.markdown_path,
+            "--records-path": request.records_path,
+        },
+        db,
+    )
     baseline_run = db.get_run(request.baseline_run_id)
     candidate_run = db.get_run(request.candidate_run_id)
     if baseline_run.task != candidate_run.task:
@@ -582,15 +639,16 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
         commit=request.commit,
     )
     folders = (run_folder(baseline_run), run_folder(candidate_run))
-    report = evaluate_models(
+    compared = evaluate_models(
         baseline, candidate, eval_cfg, baseline_run.task, context, model_dirs=folders
     )
     outputs = Outputs(
         db=db if request.record else None,
         json_path=request.json_path,
         markdown_path=request.markdown_path,
+        records_path=request.records_path,
     )
-    return finish(report, outputs)
+    return finish(compared, outputs)
 
 
 def run_folder(run: RunRecord) -> Path | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, overload
@@ -29,8 +30,9 @@ def _non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number ≥ 0")
+    # inf would pass every change as within the tolerance, nan would compare false everywhere
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number ≥ 0")
     return value
 
 
@@ -154,11 +156,23 @@ def flag_name(attribute: str) -> str:
     return _FLAGS.get(attribute, "--" + attribute.replace("_", "-"))
 
 
+# Line breaks inside a message (a file or run name can hold them) are shown escaped: a name
+# must not start a line of its own, which a runner would read as a workflow command (`::error`).
+_LINE_BREAKS = str.maketrans(
+    {"\r": "\\r", "\n": "\\n", "\x85": "\\x85", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+def one_line(text: object) -> str:
+    """`text` as one line of the terminal, its line breaks escaped (`\\n`)."""
+    return str(text).translate(_LINE_BREAKS)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (naming the option) and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
 
 
 def _add_db(parser: argparse.ArgumentParser) -> None:
@@ -305,6 +319,12 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         dest="record",
         action="store_false",
         help="do not record the comparison in the DB",
+    )
+    parser.add_argument(
+        "--records-path",
+        type=Path,
+        help="write every example's paired records here (.parquet, or .npz); the JSON report "
+        "keeps the largest flips and loss increases",
     )
 
 

@@ -219,6 +219,7 @@ def compare_request(
         report_name=options.report_name,
         json_path=options.json_path,
         markdown_path=options.markdown_path,
+        records_path=getattr(options, "records_path", None),
         commit=commit,
         allow_pickle=options.allow_pickle,
         trust_remote_code=options.trust_remote_code,

@@ -149,14 +149,15 @@ class StagedFile:
             return tmp, fd
         raise FileExistsError(f"no free temporary name for {name!r}")
 
-    def commit(self, text: str) -> Path:
-        """Write `text` and atomically replace the target with it."""
+    def commit(self, content: str | bytes) -> Path:
+        """Write `content` (text as UTF-8) and atomically replace the target with it."""
         assert self._fd is not None and self._dir_fd is not None, "a staged file is committed once"
         fd, self._fd = self._fd, None
         dir_fd, self._dir_fd = self._dir_fd, None
+        data = content.encode("utf-8") if isinstance(content, str) else content
         try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-                handle.write(text)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(self._tmp, self._name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -24,6 +24,10 @@ from .spec import (
 )
 
 REPORT_SCHEMA_VERSION = 1
+# The flipped examples (and largest loss increases) a report lists, largest change first; the
+# per-example records file (`--records-path`) has them all.
+TOP_EXAMPLES = 100
+FlipKind = Literal["newly_wrong", "newly_right", "loss_increases"]
 
 # A float that may be NaN or ±inf: JSON has no such numbers, so the artifact carries them as
 # the strings "NaN", "Infinity", "-Infinity" (ser_json_inf_nan="strings"); the published
@@ -135,11 +139,23 @@ class FlipExample(_Model):
 
 
 class Flips(_Model):
-    """Examples whose outcome changed: classification flips, or lm loss increases."""
+    """Examples whose outcome changed: classification flips, or lm loss increases.
+
+    Each list keeps the `TOP_EXAMPLES` largest changes (the per-example records file has every
+    example); the counts say how many there are in all. A report written before the lists were
+    bounded has no counts: its lists are complete."""
 
     newly_wrong: list[FlipExample] = Field(default_factory=list)
     newly_right: list[FlipExample] = Field(default_factory=list)
     loss_increases: list[FlipExample] = Field(default_factory=list)
+    newly_wrong_count: int | None = Field(default=None, ge=0)
+    newly_right_count: int | None = Field(default=None, ge=0)
+    loss_increases_count: int | None = Field(default=None, ge=0)
+
+    def count(self, kind: FlipKind) -> int:
+        """How many examples of `kind` there are, listed or not."""
+        total: int | None = getattr(self, f"{kind}_count")
+        return len(getattr(self, kind)) if total is None else max(total, len(getattr(self, kind)))
 
 
 class ClassRow(_Model):

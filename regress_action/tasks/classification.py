@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..analysis import Rows, column_delta, examples
+from ..analysis import Rows, column_delta, examples, largest_first
 from ..errors import DataError
 from ..metrics import Array, Metric, f64
 from ..records import Columns, PairedRecords
-from ..report import ClassRow, Flips
+from ..report import TOP_EXAMPLES, ClassRow, Flips
 from ..resampling import CellCounts, CellFeatures
 from .base import (
     Analysis,
@@ -406,18 +406,22 @@ def text_forward(model: torch.nn.Module, inputs: torch.Tensor) -> Any:
 # --- analysis --------------------------------------------------------------------------------
 
 
-def flips(records: PairedRecords, *, top: int | None = None) -> Flips:
-    """Newly wrong (largest loss increase first) and newly right (largest decrease first)."""
+def flips(records: PairedRecords, *, top: int | None = TOP_EXAMPLES) -> Flips:
+    """The `top` newly wrong (largest loss increase first) and newly right (largest decrease
+    first) examples, and how many flipped each way."""
     base_ok = np.asarray(records.baseline["correct"]) > 0.5
     cand_ok = np.asarray(records.candidate["correct"]) > 0.5
     loss_delta = column_delta(records, "loss")
     wrong = np.flatnonzero(base_ok & ~cand_ok)
     right = np.flatnonzero(~base_ok & cand_ok)
     if loss_delta is not None:  # ties keep example order
-        wrong = wrong[np.argsort(-loss_delta[wrong], kind="stable")]
-        right = right[np.argsort(loss_delta[right], kind="stable")]
+        wrong = wrong[largest_first(loss_delta[wrong], top)]
+        right = right[largest_first(-loss_delta[right], top)]
     return Flips(
-        newly_wrong=_flipped(records, wrong[:top]), newly_right=_flipped(records, right[:top])
+        newly_wrong=_flipped(records, wrong[:top]),
+        newly_right=_flipped(records, right[:top]),
+        newly_wrong_count=int(np.count_nonzero(base_ok & ~cand_ok)),
+        newly_right_count=int(np.count_nonzero(~base_ok & cand_ok)),
     )
 
 

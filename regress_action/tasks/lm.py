@@ -23,7 +23,7 @@ import numpy as np
 from ..analysis import largest_increases
 from ..metrics import Metric, f64
 from ..records import PairedRecords
-from ..report import Flips
+from ..report import TOP_EXAMPLES, Flips
 from ..spec import IGNORE_INDEX
 from ..vocab import BYTE_VOCAB
 from .base import Analysis, BuiltinDataset, SizeField, Task, forward_inputs, logits_of
@@ -121,7 +121,7 @@ class LMAdapter:
         return columns
 
 
-def loss_increases(records: PairedRecords, *, top: int | None = None) -> Flips:
+def loss_increases(records: PairedRecords, *, top: int | None = TOP_EXAMPLES) -> Flips:
     """Per-example mean token loss (nll_sum / tokens), so long and short examples compare;
     examples without tokens have no loss and are skipped."""
     base, cand = records.baseline, records.candidate
@@ -130,7 +130,8 @@ def loss_increases(records: PairedRecords, *, top: int | None = None) -> Flips:
     base_loss, cand_loss = np.zeros(records.n), np.zeros(records.n)
     np.divide(base["nll_sum"], base_tokens, out=base_loss, where=valid)
     np.divide(cand["nll_sum"], cand_tokens, out=cand_loss, where=valid)
-    return Flips(loss_increases=largest_increases(records, base_loss, cand_loss, valid, top))
+    listed, count = largest_increases(records, base_loss, cand_loss, valid, top)
+    return Flips(loss_increases=listed, loss_increases_count=count)
 
 
 def _lm_tiny(split: str, n: int | None) -> Dataset[Any]:

@@ -23,7 +23,7 @@ from ..analysis import largest_increases
 from ..errors import DataError, ModelOutputError
 from ..metrics import Array, Metric, f64
 from ..records import Columns, PairedRecords
-from ..report import Flips
+from ..report import TOP_EXAMPLES, Flips
 from ..resampling import Block, WeightedSums
 from .base import Analysis, BuiltinDataset, NpzArrays, Task, forward_inputs
 
@@ -113,11 +113,12 @@ class RegressionAdapter:
         }
 
 
-def error_increases(records: PairedRecords, *, top: int | None = None) -> Flips:
+def error_increases(records: PairedRecords, *, top: int | None = TOP_EXAMPLES) -> Flips:
     """The examples whose squared error rose most (shown as their per-example loss)."""
     base, cand = f64(records.baseline["sq_error"]), f64(records.candidate["sq_error"])
     valid = np.isfinite(base) & np.isfinite(cand)
-    return Flips(loss_increases=largest_increases(records, base, cand, valid, top))
+    listed, count = largest_increases(records, base, cand, valid, top)
+    return Flips(loss_increases=listed, loss_increases_count=count)
 
 
 # --- the built-in regression_tiny ------------------------------------------------------------

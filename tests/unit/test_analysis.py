@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from regress_action.analysis import largest_first
 from regress_action.records import PairedRecords
+from regress_action.report import TOP_EXAMPLES
 from regress_action.tasks.classification import flips, per_class
 from regress_action.tasks.lm import loss_increases
 
@@ -79,7 +81,7 @@ def test_per_class_without_names(classification):
     assert all(r.name is None for r in per_class(classification))
 
 
-def test_flips_json_keeps_everything_at_scale():
+def test_flips_at_scale_keep_the_largest_changes_and_count_them_all():
     n = 100_000
     rng = np.random.default_rng(0)
     label = rng.integers(0, 10, n)
@@ -96,8 +98,25 @@ def test_flips_json_keeps_everything_at_scale():
     base, cand = side(), side()
     records = PairedRecords("classification", np.arange(n), base, cand, 10)
     result = flips(records)
-    expected = np.count_nonzero((base["correct"] == 1) & (cand["correct"] == 0))
-    assert len(result.newly_wrong) == expected
-    deltas = [e.loss_delta for e in result.newly_wrong]
-    assert deltas == sorted(deltas, reverse=True)
+    wrong = np.flatnonzero((base["correct"] == 1) & (cand["correct"] == 0))
+    right = np.flatnonzero((base["correct"] == 0) & (cand["correct"] == 1))
+    # The counts are of every flip, the lists the TOP_EXAMPLES largest changes, as a full sort
+    # would order them.
+    assert (result.newly_wrong_count, result.newly_right_count) == (wrong.size, right.size)
+    delta = cand["loss"] - base["loss"]
+    full_wrong = wrong[np.argsort(-delta[wrong], kind="stable")][:TOP_EXAMPLES]
+    full_right = right[np.argsort(delta[right], kind="stable")][:TOP_EXAMPLES]
+    assert [e.example_id for e in result.newly_wrong] == full_wrong.tolist()
+    assert [e.example_id for e in result.newly_right] == full_right.tolist()
+    assert result.count("newly_wrong") == wrong.size
     assert sum(r.n for r in per_class(records)) == n
+
+
+@pytest.mark.parametrize("top", [None, 0, 1, 3, 5, 7, 20])
+def test_largest_first_is_a_stable_full_sort_cut_at_top(top):
+    """Ties keep their order, NaN changes come last, and the partial selection gives what a
+    full stable sort gives."""
+    values = np.array([0.5, 2.0, np.nan, 2.0, -1.0, 0.5, 2.0, np.nan, 3.0])
+    keyed = np.where(np.isnan(values), -np.inf, values)
+    expected = np.argsort(-keyed, kind="stable")[:top]
+    assert largest_first(values, top).tolist() == expected.tolist()

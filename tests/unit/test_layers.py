@@ -39,6 +39,7 @@ LAZY_TORCH |= {"hf"}
 TORCH_FREE |= {"tasks.custom"}
 # The debiased calibration error: numpy only.
 TORCH_FREE |= {"tasks.calibration"}
+TORCH_FREE |= {"records_file"}  # the per-example records file (numpy; pyarrow when asked)
 ONLY_IN = {"github": {"github"}, "sqlalchemy": {"store", "store_schema"}, "jinja2": {"render"}}
 ENGINE_MUST_NOT = {
     ".store", ".store_schema", ".render", ".github", ".gha", ".settings", ".action", ".app",

@@ -266,10 +266,23 @@ def test_flips_show_ten_of_each_and_the_totals() -> None:
     assert "<summary>Flips: 5,000 newly wrong, 37 newly right</summary>" in text
     assert "**Newly wrong** (first 10 of 5,000)" in text
     assert "**Newly right** (first 10 of 37)" in text
-    assert "The JSON report lists every flipped example." in text
+    assert "The JSON report lists them all." in text
     flip_tables = _tables(text)[1:3]
     assert [len(t) - 1 for t in flip_tables] == [10, 10]
     assert flip_tables[0][1] == ["1000", "0 (airplane)", "0 (airplane)", "3 (cat)"]
+
+
+def test_bounded_flips_show_the_totals_and_where_every_example_is() -> None:
+    """A report that lists the largest flips counts them all: the totals come from the counts,
+    and the comment says the records file has every example."""
+    report = make_report(flips=True)
+    flips = make_flips("classification", n_wrong=100, n_right=37)
+    report.flips = flips.model_copy(update={"newly_wrong_count": 5000, "newly_right_count": 37})
+    text = render_markdown(report)
+    assert "<summary>Flips: 5,000 newly wrong, 37 newly right</summary>" in text
+    assert "**Newly wrong** (first 10 of 5,000)" in text
+    assert "The JSON report lists the 100 largest changes of each kind" in text
+    assert "records file (`--records-path`, the Action's `records-path`)" in text
 
 
 def test_lm_flips_show_the_largest_loss_increases_first() -> None:
