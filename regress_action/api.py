@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from .app import Outputs, check_outputs, evaluate_models, finish, run_info
 from .compare import ReportContext
 from .errors import ConfigError
@@ -167,7 +169,14 @@ def _check_comparison_name(name: str | None) -> None:
 
 def _verdict(threshold: float | None, verdict: VerdictConfig | None) -> VerdictConfig:
     if verdict is None:
-        return VerdictConfig() if threshold is None else VerdictConfig(threshold=threshold)
+        if threshold is None:
+            return VerdictConfig()
+        try:
+            return VerdictConfig(threshold=threshold)
+        except ValidationError:  # inf passes everything, nan compares false everywhere
+            raise ConfigError(
+                f"threshold={threshold!r}: the tolerance must be a finite number ≥ 0 (e.g. 0.01)"
+            ) from None
     if threshold is not None:
         raise ConfigError(
             f"threshold={threshold!r} and verdict= both set the tolerance; pass "

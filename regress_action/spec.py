@@ -234,7 +234,7 @@ class VerdictConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    threshold: float = Field(default=0.01, ge=0)
+    threshold: float = Field(default=0.01, ge=0, allow_inf_nan=False)
     tolerances: dict[str, MetricTolerance] = Field(default_factory=dict)
     metrics: tuple[str, ...] | None = None  # None: every metric of the task
     gate: tuple[str, ...] | None = None  # metric names or a keyword; None: see above
