@@ -117,6 +117,7 @@ def _run_ids(
         run_id: int | None = getattr(inputs, f"{side}_run_id")
         if run_id is None:
             checkpoint: str = getattr(inputs, f"{side}_checkpoint")
+        records_path=request.records_path,
             if task is None:  # check_inputs has said so; this keeps the types honest
                 raise ConfigError(f"input task is required with {side}-checkpoint")
             request = checkpoint_request(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .config import check_precision, data_options, verdict_config
 from .errors import ConfigError, UserError
 from .files import check_distinct, check_writable, outside
+from .records_file import check_records_path
 from .settings import RunnerEnv, input_label, load
 from .spec import RunRecord, TaskSpec, VerdictConfig
 from .tasks import (
@@ -38,12 +39,14 @@ def check_inputs(inputs: ActionInputs, given: TaskSpec | None, db: ExperimentDB)
         _check_dataset(inputs.dataset)
     data_options(inputs, input_label)
     check_precision(inputs, input_label)
+    check_records_path(inputs.records_path, input_label("records_path"))
     task = _runs_task(inputs, given, db)
     if task is not None:
         _check_metric_names(verdict_config(inputs, input_label), task)
     paths: dict[str, Path | None] = {
         input_label("json_path"): inputs.json_path,
         input_label("markdown_path"): inputs.markdown_path,
+        input_label("records_path"): inputs.records_path,
     }
     for name, path in paths.items():
         try:
@@ -59,6 +62,7 @@ def check_confined(inputs: ActionInputs, roots: tuple[Path, ...]) -> None:
     paths: dict[str, object] = {
         "json_path": inputs.json_path,
         "markdown_path": inputs.markdown_path,
+        "records_path": inputs.records_path,
         "baseline_checkpoint": inputs.baseline_checkpoint,
         "candidate_checkpoint": inputs.candidate_checkpoint,
         "dataset": None if inputs.dataset in builtin_datasets() else inputs.dataset,

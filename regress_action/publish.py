@@ -76,6 +76,7 @@ class Publication:
     markdown_path: Path | None = None
     pr_number: int | None = None
 
+    records_path: Path | None = None
 
 def publish(
     report_path: Path,
@@ -168,6 +169,16 @@ def annotate(report: Report, fail_on_regression: bool, commands: Commands) -> No
     emit = commands.error if fail_on_regression else commands.warning
     for name in report.regressed_metrics:
         metric = report.metrics.get(name)
+def _kept(pub: Publication, summary: bool) -> str:
+    """What a step whose outputs could not be set did keep."""
+    kept = [] if pub.report.comparison_id is None else [f"comparison {pub.report.comparison_id}"]
+    paths = (pub.json_path, pub.markdown_path, pub.records_path)
+    kept += [str(path) for path in paths if path is not None]
+    if summary:
+        kept.append("the job summary")
+    return "the step outputs are not set" + (f" (kept: {', '.join(kept)})" if kept else "")
+
+
         text = _describe_metric(metric) if metric is not None else f"{name} regressed"
         emit(text, title=f"{TITLE}: {name} regressed ({report.report_name})")
 
@@ -177,6 +188,7 @@ def _describe_metric(metric: MetricResult) -> str:
         return metric.reason
     return (
         f"{metric.name}: {metric.baseline} → {metric.candidate} (delta {metric.delta}, "
+        "report-records": "" if pub.records_path is None else str(pub.records_path),
         f"tolerance {metric.tolerance}, {'higher' if metric.higher_is_better else 'lower'} "
         "is better)"
     )

@@ -117,6 +117,7 @@ class ActionInputs(BaseSettings):
     markdown_path: Path | None = _input("markdown-path", default=None)
     device: str = _input("device", default="auto")
     precision: Precision = _input("precision", default="fp32")
+    records_path: Path | None = _input("records-path", default=None)
     batch_size: int = _input("batch-size", default=64, ge=1)
     max_examples: int | None = _input("max-examples", default=None, ge=1)
     workers: int | None = _input("workers", default=None, ge=0)

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from regress_action import cli
+from regress_action.records_file import read_table
 from regress_action.report import MetricResult, Report
 from regress_action.store import ExperimentDB
 from tests.gh_server import BOT_LOGIN, BOT_TOKEN, MAX_BODY_CHARS, FakeGitHub
@@ -407,10 +408,16 @@ def test_action_full_path_on_a_regression(runner: Runner, lm_runs: LmRuns) -> No
 
 @pytest.mark.slow
 def test_action_regression_without_failing_the_job(runner: Runner, lm_runs: LmRuns) -> None:
-    inputs = lm_runs.inputs(lm_runs.trained, lm_runs.untrained, **{"fail-on-regression": "false"})
+    more = {"fail-on-regression": "false", "records-path": "out/records.parquet"}
+    inputs = lm_runs.inputs(lm_runs.trained, lm_runs.untrained, **more)
     result = runner.run("action", inputs=inputs)
     assert result.rc == 0, result.stdout + result.stderr
     assert result.outputs["status"] == "regressed"
+    # Every example's records, in the file the input names and the output repeats.
+    assert result.outputs["report-records"] == "out/records.parquet"
+    table = read_table(runner.workspace / "out" / "records.parquet")
+    report = Report.load(runner.workspace / result.outputs["report-json"])
+    assert len(table["example_id"]) == report.dataset.n
     assert result.lines("::error") == []
     assert len(result.lines("::warning")) == len(result.outputs["regressed-metrics"].split(","))
 

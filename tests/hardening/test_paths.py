@@ -380,6 +380,12 @@ OUTSIDE_CASES = [
     pytest.param(_given(json_path="../x.json"), "json-path", id="json-path-dotdot"),
     pytest.param(_given(json_path="{outside}/x.json"), "json-path", id="json-path-absolute"),
     pytest.param(_given(markdown_path="{outside}/x.md"), "markdown-path", id="md-abs"),
+    pytest.param(_given(records_path="../r.parquet"), "records-path", id="records-dotdot"),
+    pytest.param(
+        _both(_link("r.npz", "secret.json"), _given(records_path="r.npz")),
+        "records-path",
+        id="records-path-a-committed-link",
+    ),
     pytest.param(
         _both(_link("out", "models"), _given(json_path="out/x.json")),
         "json-path",
