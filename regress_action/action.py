@@ -22,7 +22,7 @@ from .errors import ConfigError, UserError
 from .gha import Commands, event_context, guarded, read_event
 from .preflight import check_inputs
 from .publish import TITLE, OpenCommenter, Publication, open_github_commenter, publish_report
-from .settings import ActionInputs, RunnerEnv, input_label, load, load_inputs
+from .settings import ActionInputs, RunnerEnv, input_label, load, load_inputs, name_inputs
 
 if TYPE_CHECKING:
     from .app import CheckpointRequest, CompareOutcome, CompareRequest
@@ -63,7 +63,17 @@ class Services:
 def main() -> int:
     """`regress-action action`: everything from the environment the runner gives a container."""
     commands = Commands()
-    return guarded(commands, lambda: run_action(Services(), commands), title=TITLE)
+    return guarded(commands, lambda: _naming_inputs(Services(), commands), title=TITLE)
+
+
+def _naming_inputs(services: Services, commands: Commands) -> int:
+    """`run_action`, its errors naming the Action's inputs where a layer below named a CLI
+    flag (`--allow-pickle` is the input `allow-pickle` here)."""
+    try:
+        return run_action(services, commands)
+    except UserError as exc:
+        exc.args = (name_inputs(str(exc)),)
+        raise
 
 
 def run_action(services: Services, commands: Commands) -> int:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from .cli_args import build_parser, flag_name
+from .cli_args import build_parser, flag_name, one_line
 from .config import (
     checkpoint_request,
     compare_request,
@@ -41,6 +41,15 @@ if TYPE_CHECKING:
 Handler = Callable[[argparse.Namespace], int]
 
 # ---------------------------------------------------------------- commands
+
+
+def _error(message: object) -> None:
+    print(f"regress-action: error: {one_line(message)}", file=sys.stderr)
+
+
+class _OneLineFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return one_line(super().formatMessage(record))
 
 
 def _emit(text: object) -> None:
@@ -123,7 +132,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     _emit(f"{'id':>4}  {'name':<28} {'task':<15} {'format':<12} sha256")
     for run in runs:
         _emit(
-            f"{run.id:>4}  {run.name[:28]:<28} {run.task.task:<15} "
+            f"{run.id:>4}  {one_line(run.name)[:28]:<28} {run.task.task:<15} "
             f"{run.source.format:<12} {run.source.sha256[:12]}"
         )
     return EXIT_OK
@@ -144,7 +153,7 @@ def cmd_comparisons_list(args: argparse.Namespace) -> int:
         created = row.created_at.strftime("%Y-%m-%d %H:%M:%S")
         _emit(
             f"{row.id:>4}  {created:<19} {row.baseline_run_id:>5} {row.candidate_run_id:>5} "
-            f"{row.status:<10} {row.notes}"
+            f"{row.status:<10} {one_line(row.notes)}"
         )
     return EXIT_OK
 
@@ -233,11 +242,9 @@ def _first_error(exc: ValidationError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="regress-action: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter("regress-action: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     handler = HANDLERS[args.handler]
     if not _under_torchrun():
         return _run(handler, args, None)
@@ -250,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             assert joined is not None
             return joined.agree(_run(handler, args, joined))
     except DistributedError as exc:
-        print(f"regress-action: error: {exc}", file=sys.stderr)
+        _error(exc)
         return exc.exit_code
 
 
@@ -272,10 +279,10 @@ def _run(handler: Handler, args: argparse.Namespace, joined: Session | None) -> 
             joined.fail(exc)  # takes part in the exchange if it has not happened yet
             if not joined.leader:
                 return exc.exit_code  # rank 0 reports it, naming this rank
-        print(f"regress-action: error: {exc}", file=sys.stderr)
+        _error(exc)
         return exc.exit_code
     except ValidationError as exc:
-        print(f"regress-action: error: invalid value: {_first_error(exc)}", file=sys.stderr)
+        _error(f"invalid value: {_first_error(exc)}")
         return ConfigError.exit_code
     except KeyboardInterrupt:
         print("regress-action: interrupted", file=sys.stderr)

@@ -66,7 +66,10 @@ class Commands:
         self._emit(format_command("notice", message, title=title))
 
     def info(self, message: str) -> None:
-        self._emit(message)
+        # A plain log line: a path or name in it must not break it into a line of its own,
+        # nor make it start with `::` (both would be read as a workflow command).
+        line = message.replace("\r", "\\r").replace("\n", "\\n")
+        self._emit(": :" + line[2:] if line.startswith("::") else line)
 
     def add_mask(self, secret: str) -> None:
         # Masks the value in every later log line; never echo the secret any other way.

@@ -275,6 +275,51 @@ def input_label(field_name: str) -> str:
     return f"input {field_name.replace('_', '-')}"
 
 
+# The CLI flag of an input whose field name does not spell it (`db_url` is `--db`).
+_CLI_FLAGS = {
+    "db_url": "--db",
+    "tolerances": "--tolerance",
+    "json_path": "--json-out",
+    "markdown_path": "--markdown-out",
+}
+# A message naming the database's source the CLI's way names the one input instead.
+_CLI_PHRASES = {"--db / REGRESS_DB": "--db", "--metrics / metrics": "--metrics"}
+
+
+def flag_inputs() -> dict[str, str]:
+    """CLI flag -> the Action input that sets the same option (`--db` -> `db-url`,
+    `--factory` -> `model-factory`): one mapping for every message the Action prints."""
+    return {
+        _CLI_FLAGS.get(field, "--" + field.replace("_", "-")): name
+        for name, field in input_names().items()
+    }
+
+
+_FLAG = re.compile(r"(?<![\w-])(pass )?(--[a-z][a-z0-9-]*)( [\w.]+)?")
+
+
+def name_inputs(message: str) -> str:
+    """`message` with every CLI flag that has an Action input named as that input: the layers
+    below the front ends speak of `--allow-pickle` and `--vocab-size`, the Action's user sets
+    `allow-pickle: true` and `vocab-size`."""
+    for phrase, flag in _CLI_PHRASES.items():
+        message = message.replace(phrase, flag)
+    inputs, fields = flag_inputs(), input_names()
+
+    def swap(match: re.Match[str]) -> str:
+        passed, flag, value = match.group(1), match.group(2), match.group(3) or ""
+        name = inputs.get(flag)
+        if name is None:
+            return match.group(0)
+        if passed and ActionInputs.model_fields[fields[name]].annotation is bool:
+            return f"set input {name}: true{value}"
+        if passed and value:  # "pass --vocab-size 300"
+            return f"set input {name}:{value}"
+        return f"{passed or ''}input {name}{value}"
+
+    return _FLAG.sub(swap, message)
+
+
 _S = TypeVar("_S", bound=BaseSettings)
 
 

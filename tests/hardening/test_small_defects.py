@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import shutil
+import sqlite3
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -19,6 +21,9 @@ from regress_action.config import verdict_config
 from regress_action.errors import ConfigError
 from regress_action.settings import load_inputs
 from regress_action.spec import VerdictConfig
+from tests.e2e.test_action_e2e import Runner
+from tests.hardening import test_action_failures as failures
+from tests.hardening.test_action_failures import existing_db, inputs_for
 
 
 def cli(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
@@ -31,6 +36,11 @@ def cli(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[in
         except SystemExit as stopped:
             code = int(stopped.code or 0)
     return code, out.getvalue(), err.getvalue()
+
+
+# The Action failure tests' workspace: tiny LM checkpoints, a pickled one, a broken JSONL file.
+checkpoints = failures.checkpoints
+runner = failures.runner
 
 
 # --- tolerances must be finite numbers >= 0 ---------------------------------------------------
@@ -88,3 +98,82 @@ def test_config_and_api_threshold_must_be_finite(value: float) -> None:
     with pytest.raises(ConfigError, match="threshold"):
         # Refused before the models are looked at.
         compare_models(None, None, None, task, EvalConfig(dataset="lm_tiny"), threshold=value)  # type: ignore[arg-type]
+
+
+# --- a line break in a name cannot start a workflow command -----------------------------------
+
+INJECTED = "\n::warning::pwned"
+
+
+def no_injected_line(text: str) -> bool:
+    return not any(line.lstrip().startswith("::warning::pwned") for line in text.splitlines())
+
+
+def test_cli_errors_print_a_path_with_line_breaks_on_one_line(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = runner.workspace
+    db_file = workspace / "runs.db"
+    existing_db(db_file, workspace / "baseline.safetensors")
+    dataset = f"d{INJECTED}.jsonl"
+    (workspace / dataset).write_text('{"text": "fine"}\n{"text": \n')
+    args = ["--baseline-run-id", "1", "--candidate-run-id", "1", "--no-record"]
+    code, _, err = cli(
+        ["compare", *args, "--dataset", dataset, "--db", str(db_file)], workspace, monkeypatch
+    )
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert no_injected_line(err) and "d\\n::warning::pwned.jsonl" in err
+    checkpoint = f"e{INJECTED}.pt"
+    (workspace / checkpoint).write_bytes(b"garbage")
+    code, _, err = cli(
+        ["runs", "add", checkpoint, "--task", "lm", "--db", str(db_file)], workspace, monkeypatch
+    )
+    assert code == 2 and len(err.splitlines()) == 1 and no_injected_line(err), err
+
+
+def test_the_action_logs_a_checkpoint_name_with_line_breaks_on_one_line(runner: Runner) -> None:
+    workspace = runner.workspace
+    checkpoint = f"cand{INJECTED}.safetensors"
+    shutil.copy(workspace / "candidate.safetensors", workspace / checkpoint)
+    bad = {"candidate-checkpoint": checkpoint, "dataset": "data/broken.jsonl"}
+    inputs = inputs_for(workspace / "runs.db", **bad)
+    result = runner.run("action", inputs=inputs)
+    assert result.rc == 2, result.stdout + result.stderr
+    assert no_injected_line(result.stdout) and no_injected_line(result.stderr)
+    assert any("as run" in line and "pwned" in line for line in result.stdout.splitlines())
+
+
+# --- the Action's messages name its inputs, not the CLI's flags --------------------------------
+
+
+def test_action_errors_name_inputs_not_cli_flags(runner: Runner) -> None:
+    workspace = runner.workspace
+    not_ours = workspace / "other.db"
+    with sqlite3.connect(not_ours) as conn:
+        conn.execute("CREATE TABLE runs (id INTEGER)")
+    conn.close()
+    db_file = workspace / "runs.db"
+    cases = [
+        ({"candidate-checkpoint": "pickled.pt"}, "set input allow-pickle: true"),
+        ({"db-url": f"sqlite:///{not_ours}"}, "input db-url"),
+        ({"threshold": "inf"}, "input threshold"),
+        ({"dataset": "no/such.jsonl"}, "input dataset"),
+    ]
+    for bad, named in cases:
+        result = runner.run("action", inputs=inputs_for(db_file, **bad))
+        assert result.rc == 2, result.stdout + result.stderr
+        (error,) = result.lines("::error")
+        assert named in error, error
+        assert " --" not in error and "(--" not in error, error
+
+
+def test_cli_flags_map_to_action_inputs() -> None:
+    from regress_action.settings import flag_inputs, name_inputs
+
+    mapping = flag_inputs()
+    assert mapping["--db"] == "db-url" and mapping["--factory"] == "model-factory"
+    assert mapping["--tolerance"] == "metric-tolerances" and mapping["--json-out"] == "json-path"
+    assert name_inputs("check --db / REGRESS_DB") == "check input db-url"
+    assert name_inputs("pass --vocab-size 300 if so") == "set input vocab-size: 300 if so"
+    assert name_inputs("lower --batch-size") == "lower input batch-size"
+    assert name_inputs("pass --format x") == "pass --format x"  # no such input: left as it is
