@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import sys
 import traceback
@@ -86,13 +87,20 @@ class Commands:
             self._emit("::endgroup::")
 
 
-def guarded(commands: Commands, body: Callable[[], int], *, title: str) -> int:
+def guarded(
+    commands: Commands,
+    body: Callable[[], int],
+    *,
+    title: str,
+    file_of: Callable[[UserError], str | None] | None = None,
+) -> int:
     """Run a step's `body` and return its exit code. A user error is one `::error::` line and
-    its exit code (2); anything else is a bug: exit 3, with the traceback on stderr."""
+    its exit code (2), annotated with the workspace file it concerns when `file_of` names one;
+    anything else is a bug: exit 3, with the traceback on stderr."""
     try:
         return body()
     except UserError as exc:
-        commands.error(str(exc), title=title)
+        commands.error(str(exc), title=title, file=_file_of(file_of, exc))
         return exc.exit_code
     except RegressActionError as exc:
         commands.error(f"internal error: {exc}", title=title)
@@ -104,6 +112,15 @@ def guarded(commands: Commands, body: Callable[[], int], *, title: str) -> int:
             title=title,
         )
         return EXIT_INTERNAL
+
+
+def _file_of(file_of: Callable[[UserError], str | None] | None, exc: UserError) -> str | None:
+    if file_of is None:
+        return None
+    try:
+        return file_of(exc)
+    except Exception:  # naming the file is a courtesy: the error line is what matters
+        return None
 
 
 def format_outputs(outputs: Mapping[str, str]) -> str:
@@ -120,11 +137,48 @@ def format_outputs(outputs: Mapping[str, str]) -> str:
 
 
 def write_outputs(path: Path | None, outputs: Mapping[str, str]) -> None:
-    """Append step outputs to `GITHUB_OUTPUT`; without one (a local run) do nothing."""
+    """Append step outputs to `GITHUB_OUTPUT`; without one (a local run) do nothing. A file
+    that cannot be written is a GitHubError naming it."""
     if path is None or not outputs:
         return
-    with path.open("a", encoding="utf-8", newline="\n") as handle:
-        handle.write(format_outputs(outputs))
+    try:
+        with path.open("a", encoding="utf-8", newline="\n") as handle:
+            handle.write(format_outputs(outputs))
+    except OSError as exc:
+        raise GitHubError(_runner_file_message("GITHUB_OUTPUT", path, exc)) from None
+
+
+def check_runner_file(name: str, path: Path | None) -> None:
+    """A GitHubError naming `name` when the runner's file `path` (`GITHUB_OUTPUT`,
+    `GITHUB_STEP_SUMMARY`) cannot be appended to: a folder, or under something that is not a
+    folder. Checked before a step does its work, so nothing is recorded for outputs that could
+    not be set."""
+    if path is None:
+        return
+    problem: str | None = None
+    if path.is_dir():
+        problem = "it is a folder"
+    elif not path.exists():
+        parent = path.parent
+        if not parent.is_dir():
+            problem = f"{str(parent)!r} is not a folder"
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            problem = f"the folder {str(parent)!r} is not writable"
+    elif not os.access(path, os.W_OK):
+        problem = "it is not writable"
+    if problem is not None:
+        raise GitHubError(
+            f"cannot write {name}={str(path)!r}: {problem}; the runner sets {name} to a "
+            "writable file: do not override it in the step's env"
+        )
+
+
+def _runner_file_message(name: str, path: Path, exc: OSError) -> str:
+    reason = exc.strerror or type(exc).__name__
+    return (
+        f"cannot write {name}={str(path)!r} ({reason}); the runner sets {name} to a writable "
+        "file: do not override it in the step's env"
+    )
 
 
 def append_summary(
@@ -132,10 +186,18 @@ def append_summary(
 ) -> bool:
     """Append Markdown to the job summary, truncated to fit GitHub's 1 MiB per step.
 
-    Returns True when the text had to be truncated. Without a summary file, does nothing.
+    Returns True when the text had to be truncated. Without a summary file, does nothing. A
+    file that cannot be written is a GitHubError naming `GITHUB_STEP_SUMMARY`.
     """
     if path is None:
         return False
+    try:
+        return _append_summary(path, markdown, hint)
+    except OSError as exc:
+        raise GitHubError(_runner_file_message("GITHUB_STEP_SUMMARY", path, exc)) from None
+
+
+def _append_summary(path: Path, markdown: str, hint: str) -> bool:
     used = path.stat().st_size if path.exists() else 0
     data = (markdown.rstrip("\n") + "\n").encode("utf-8")
     truncated = used + len(data) > SUMMARY_LIMIT_BYTES
@@ -151,19 +213,30 @@ def append_summary(
     return truncated
 
 
+EVENT_PAYLOAD = "the event payload (GITHUB_EVENT_PATH)"
+
+
 def read_event(path: Path | None) -> dict[str, Any]:
     """The event payload (`GITHUB_EVENT_PATH`); an empty dict when there is none (a local run)."""
     if path is None or not path.exists():
         return {}
+    fix = "run inside GitHub Actions or point GITHUB_EVENT_PATH at the event's JSON file"
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise GitHubError(
+            f"the event payload GITHUB_EVENT_PATH={str(path)!r} is nested too deeply to read; "
+            + fix
+        ) from None
     except (OSError, ValueError) as exc:
         raise GitHubError(
-            f"cannot read the event payload GITHUB_EVENT_PATH={str(path)!r} ({exc}); "
-            "run inside GitHub Actions or point it at a valid JSON file"
+            f"cannot read the event payload GITHUB_EVENT_PATH={str(path)!r} ({exc}); {fix}"
         ) from None
     if not isinstance(payload, dict):
-        raise GitHubError(f"the event payload {str(path)!r} is not a JSON object")
+        raise GitHubError(
+            f"the event payload GITHUB_EVENT_PATH={str(path)!r} is not a JSON object "
+            f"(a {type(payload).__name__}); {fix}"
+        )
     return payload
 
 
@@ -177,32 +250,120 @@ class EventContext:
     needs_search: bool = False  # workflow_run without pull_requests[]: search by head sha
 
 
+PR_EVENTS = frozenset({"pull_request", "pull_request_target", "pull_request_review"})
+
+
 def event_context(
     event_name: str | None, payload: Mapping[str, Any], sha: str | None
 ) -> EventContext:
-    """Find the PR number and the head commit in an event payload (DESIGN.md §6)."""
+    """Find the PR number and the commit tested in an event payload (DESIGN.md §6). A field
+    of the wrong type is a GitHubError naming it (a payload GitHub did not write).
+
+    The commit is what the default checkout holds: on `pull_request` (and its review) the PR
+    head (`pull_request.head.sha`; GITHUB_SHA is a merge commit there), on
+    `pull_request_target` GITHUB_SHA, the base branch's commit (that event checks the base
+    out), on `workflow_run` the triggering run's head; `issue_comment` carries no commit
+    (the caller may ask the API for the PR's head)."""
     name = event_name or ""
-    if name in {"pull_request", "pull_request_target", "pull_request_review"}:
-        pull = payload.get("pull_request") or {}
+    read = _Payload(payload)
+    if name in PR_EVENTS:
+        read.object("pull_request")
+        read.object("pull_request.head")
+        head = read.text("pull_request.head.sha")
+        number = read.number("pull_request.number")
+        if name == "pull_request_target":
+            return EventContext(name, number, sha)
         # On PR events GITHUB_SHA is the merge commit; the tested head is pull_request.head.sha.
-        head = (pull.get("head") or {}).get("sha") or sha
-        return EventContext(name, _number(pull.get("number")), head)
+        return EventContext(name, number, head or sha)
     if name == "issue_comment":
-        issue = payload.get("issue") or {}
+        issue = read.object("issue") or {}
         # issue_comment fires for issues and PRs alike; only a PR has issue.pull_request.
-        number = _number(issue.get("number")) if issue.get("pull_request") else None
+        number = read.number("issue.number") if issue.get("pull_request") else None
         return EventContext(name, number, None)
     if name == "workflow_run":
-        run = payload.get("workflow_run") or {}
-        head = run.get("head_sha") or None
-        pulls = run.get("pull_requests") or []
+        read.object("workflow_run")
+        head = read.text("workflow_run.head_sha")
+        pulls = read.objects("workflow_run.pull_requests")
+        for index in range(len(pulls)):
+            read.object(f"workflow_run.pull_requests.{index}.head")
+            read.text(f"workflow_run.pull_requests.{index}.head.sha")
+            read.number(f"workflow_run.pull_requests.{index}.number")
         # pull_requests[] is empty for PRs from forks: the caller searches by head sha instead.
         matching = [p for p in pulls if (p.get("head") or {}).get("sha") in (None, head)]
         number = _number((matching or pulls or [{}])[0].get("number"))
-        from_pr = run.get("event", "pull_request") in {"pull_request", "pull_request_target"}
+        origin = read.text("workflow_run.event") or "pull_request"
+        from_pr = origin in {"pull_request", "pull_request_target"}
         search = number is None and head is not None and from_pr
         return EventContext(name, number, head, needs_search=search)
     return EventContext(name, None, sha)
+
+
+class _Payload:
+    """Typed reads of dotted fields of an event payload: a missing or null field is None, one
+    of another type a GitHubError naming it."""
+
+    def __init__(self, payload: Mapping[str, Any]) -> None:
+        self.payload = payload
+
+    def _get(self, dotted: str) -> Any:
+        value: Any = self.payload
+        for part in dotted.split("."):
+            if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                value = value[int(part)]
+            elif isinstance(value, Mapping):
+                value = value.get(part)
+            else:
+                return None
+            if value is None:
+                return None
+        return value
+
+    def _wrong(self, dotted: str, value: Any, expected: str) -> GitHubError:
+        shown = json.dumps(value)[:60] if _jsonable(value) else type(value).__name__
+        return GitHubError(
+            f"{EVENT_PAYLOAD} has {dotted} = {shown}, not {expected}; the payload is "
+            "malformed: use the file the runner writes for the event"
+        )
+
+    def object(self, dotted: str) -> Mapping[str, Any] | None:
+        value = self._get(dotted)
+        if value is None or isinstance(value, Mapping):
+            return value
+        raise self._wrong(dotted, value, "an object")
+
+    def objects(self, dotted: str) -> list[Mapping[str, Any]]:
+        value = self._get(dotted)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self._wrong(dotted, value, "a list")
+        for index, item in enumerate(value):
+            if not isinstance(item, Mapping):
+                raise self._wrong(f"{dotted}.{index}", item, "an object")
+        return value
+
+    def text(self, dotted: str) -> str | None:
+        value = self._get(dotted)
+        if value is None or isinstance(value, str):
+            return value or None
+        raise self._wrong(dotted, value, "a string")
+
+    def number(self, dotted: str) -> int | None:
+        value = self._get(dotted)
+        if value is None:
+            return None
+        number = _number(value)
+        if number is None:
+            raise self._wrong(dotted, value, "a positive integer")
+        return number
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
 
 
 def _number(value: Any) -> int | None:

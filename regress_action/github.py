@@ -242,6 +242,9 @@ class PyGithubCommenter:
     def find_pr(self, sha: str) -> int | None:
         return find_pr_by_sha(self._client, self.repository, sha)
 
+    def pr_head(self, pr_number: int) -> str:
+        return pr_head_sha(self._client, self.repository, pr_number)
+
     def upsert(
         self,
         pr_number: int,
@@ -422,6 +425,22 @@ def find_pr_by_sha(client: Client, repository: str, sha: str) -> int | None:
     try:
         return _bounded(client, what, search)
     except Exception as exc:  # as for the comment: a warning, never the job's status
+        raise CommentNotPosted(_why_not(exc, what, client)) from None
+
+
+def pr_head_sha(client: Client, repository: str, pr_number: int) -> str:
+    """The head commit of PR `pr_number` (an `issue_comment` event does not carry it)."""
+    what = f"reading the head commit of {repository}#{pr_number}"
+
+    def read() -> str:
+        sha = client.gh.get_repo(repository).get_pull(pr_number).head.sha
+        if not isinstance(sha, str) or not sha:
+            raise MalformedAnswer(f"PR #{pr_number} has no head sha")
+        return sha
+
+    try:
+        return _bounded(client, what, read)
+    except Exception as exc:  # the caller decides: a warning, never the job's status
         raise CommentNotPosted(_why_not(exc, what, client)) from None
 
 

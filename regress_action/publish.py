@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from .errors import EXIT_OK, EXIT_REGRESSION, ConfigError
+from .errors import EXIT_OK, EXIT_REGRESSION, ConfigError, GitHubError
 from .gha import (
     Commands,
     EventContext,
@@ -46,6 +46,8 @@ class Commenter(Protocol):
 
     def find_pr(self, sha: str) -> int | None: ...
 
+    def pr_head(self, pr_number: int) -> str: ...
+
     def upsert(
         self, pr_number: int, body: str, *, report_name: str, mode: Literal["update", "create"]
     ) -> CommentResult: ...
@@ -74,9 +76,9 @@ class Publication:
     token: str | None = None
     json_path: Path | None = None
     markdown_path: Path | None = None
+    records_path: Path | None = None
     pr_number: int | None = None
 
-    records_path: Path | None = None
 
 def publish(
     report_path: Path,
@@ -136,20 +138,45 @@ def publish_report(
     *,
     event: EventContext | None = None,
 ) -> int:
-    """Summary → outputs → annotations → comment → exit code."""
+    """Outputs → summary → annotations → comment → exit code."""
     report = pub.report
     if event is None:
         payload = read_event(runner.github_event_path)
         event = event_context(runner.github_event_name, payload, runner.github_sha)
-    append_summary(runner.github_step_summary, pub.markdown, hint=_full_report_hint(runner))
-    write_outputs(runner.github_output, report_outputs(pub))
+    # Each of these is written whatever happens to the others: a summary that cannot be
+    # written is a warning; outputs that cannot be set fail the step (exit 2) at the end, once
+    # the summary, the annotations and the comment are out.
+    unset: GitHubError | None = None
+    try:
+        write_outputs(runner.github_output, report_outputs(pub))
+    except GitHubError as exc:
+        unset = exc
+    summary = True
+    try:
+        append_summary(runner.github_step_summary, pub.markdown, hint=_full_report_hint(runner))
+    except GitHubError as exc:
+        summary = False
+        commands.warning(f"job summary not written: {exc}", title=TITLE)
     annotate(report, pub.fail_on_regression, commands)
     url = post_comment(pub, runner, event, open_commenter, commands)
-    write_outputs(runner.github_output, {"comment-url": url})
+    if unset is None:
+        write_outputs(runner.github_output, {"comment-url": url})
     commands.info(f"regress-action: {report.status}")
+    if unset is not None:
+        raise GitHubError(f"{unset}; {_kept(pub, summary)}")
     if report.status == "regressed" and pub.fail_on_regression:
         return EXIT_REGRESSION
     return EXIT_OK
+
+
+def _kept(pub: Publication, summary: bool) -> str:
+    """What a step whose outputs could not be set did keep."""
+    kept = [] if pub.report.comparison_id is None else [f"comparison {pub.report.comparison_id}"]
+    paths = (pub.json_path, pub.markdown_path, pub.records_path)
+    kept += [str(path) for path in paths if path is not None]
+    if summary:
+        kept.append("the job summary")
+    return "the step outputs are not set" + (f" (kept: {', '.join(kept)})" if kept else "")
 
 
 def report_outputs(pub: Publication) -> dict[str, str]:
@@ -161,6 +188,7 @@ def report_outputs(pub: Publication) -> dict[str, str]:
         "regressed-metrics": ",".join(report.regressed_metrics),
         "report-json": "" if pub.json_path is None else str(pub.json_path),
         "report-markdown": "" if pub.markdown_path is None else str(pub.markdown_path),
+        "report-records": "" if pub.records_path is None else str(pub.records_path),
     }
 
 
@@ -169,16 +197,6 @@ def annotate(report: Report, fail_on_regression: bool, commands: Commands) -> No
     emit = commands.error if fail_on_regression else commands.warning
     for name in report.regressed_metrics:
         metric = report.metrics.get(name)
-def _kept(pub: Publication, summary: bool) -> str:
-    """What a step whose outputs could not be set did keep."""
-    kept = [] if pub.report.comparison_id is None else [f"comparison {pub.report.comparison_id}"]
-    paths = (pub.json_path, pub.markdown_path, pub.records_path)
-    kept += [str(path) for path in paths if path is not None]
-    if summary:
-        kept.append("the job summary")
-    return "the step outputs are not set" + (f" (kept: {', '.join(kept)})" if kept else "")
-
-
         text = _describe_metric(metric) if metric is not None else f"{name} regressed"
         emit(text, title=f"{TITLE}: {name} regressed ({report.report_name})")
 
@@ -188,7 +206,6 @@ def _describe_metric(metric: MetricResult) -> str:
         return metric.reason
     return (
         f"{metric.name}: {metric.baseline} → {metric.candidate} (delta {metric.delta}, "
-        "report-records": "" if pub.records_path is None else str(pub.records_path),
         f"tolerance {metric.tolerance}, {'higher' if metric.higher_is_better else 'lower'} "
         "is better)"
     )
