@@ -59,11 +59,13 @@ PyGithub or jinja2.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -410,8 +412,11 @@ def _as_pair(item: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _load_npz(path: Path, max_examples: int | None, options: DataOptions) -> Loaded:
     try:
         # Our own handle: np.load leaks the one it opens when the archive is corrupt.
-        with path.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
-            arrays: dict[str, NDArray[Any]] = {key: archive[key] for key in archive.files}
+        with path.open("rb") as handle:
+            check_npz_sizes(path, handle)
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as archive:
+                arrays: dict[str, NDArray[Any]] = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot read {path} as .npz ({exc}); save it with numpy.savez") from None
     readers = [task for task in TASKS.values() if task.npz_keys]
@@ -437,6 +442,62 @@ def _load_npz(path: Path, max_examples: int | None, options: DataOptions) -> Loa
     dataset = TensorDataset(inputs, torch.from_numpy(read.targets[:end]))
     spec = TaskSpec.model_validate(read.spec)
     return Loaded(dataset, spec, read.class_names, lambda i: ExampleRef(f"row {i}"))
+
+
+# Deflate's largest compression ratio is about 1032:1: a member claiming more is forged.
+_DEFLATE_RATIO = 1032
+
+
+def check_npz_sizes(path: Path, handle: Any) -> None:
+    """Refuse, before anything is allocated, an `.npz` member whose header declares more bytes
+    than the archive holds for it (numpy allocates the declared shape first, then reads), or
+    whose zip entry claims more uncompressed bytes than its compressed ones can give."""
+    with zipfile.ZipFile(handle) as archive:
+        for info in archive.infolist():
+            key = info.filename.removesuffix(".npy")
+            stored = info.compress_type == zipfile.ZIP_STORED
+            most = info.compress_size if stored else _DEFLATE_RATIO * info.compress_size + 1024
+            if info.file_size > most:
+                raise DataError(
+                    f"{path}: array {key!r} claims {_human_bytes(info.file_size)} from "
+                    f"{_human_bytes(info.compress_size)} in the archive, which is forged or "
+                    "corrupt; save the file again with numpy.savez"
+                )
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                shape, dtype = _npy_header(member)
+                data = info.file_size - member.tell()
+            declared = math.prod(shape) * dtype.itemsize
+            if declared > data:
+                raise DataError(
+                    f"{path}: array {key!r} declares shape {tuple(shape)} of {dtype} "
+                    f"({_human_bytes(declared)}) but holds {_human_bytes(max(data, 0))}; the "
+                    "file is truncated or forged: save it again with numpy.savez"
+                )
+
+
+def _npy_header(member: Any) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """The shape and dtype an `.npy` header declares (a ValueError if it is malformed)."""
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(member)
+    if version == (1, 0):
+        shape, _, dtype = npy.read_array_header_1_0(member)
+    elif version == (2, 0):
+        shape, _, dtype = npy.read_array_header_2_0(member)
+    else:  # version 3.0 (UTF-8 field names), read by numpy's own reader
+        from numpy.lib._format_impl import _read_array_header  # type: ignore[attr-defined]
+
+        shape, _, dtype = _read_array_header(member, version)
+    return tuple(shape), dtype
+
+
+def _human_bytes(count: int) -> str:
+    for power, unit in ((5, "PiB"), (4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if count >= 1024**power:
+            return f"{count / 1024**power:.3g} {unit}"
+    return f"{count} bytes"
 
 
 # ---------------------------------------------------------------- image folders
@@ -551,10 +612,11 @@ def _scan_headers(
             found, gray = header
         else:
             try:
-                with Image.open(file) as image:
+                with _no_bombs(file), Image.open(file) as image:
                     found, gray = image.size, image.mode in _GRAY_MODES
             except (OSError, ValueError, SyntaxError) as exc:  # SyntaxError: a broken file
                 raise DataError(f"cannot read image {file} ({exc}); fix or remove it") from None
+        check_pixels(file, found)
         if size is None:
             size = found
         elif found != size and same_size:
@@ -593,6 +655,39 @@ def _png_header(file: Path) -> tuple[tuple[int, int], bool] | None:
     return (width, height), _PNG_GRAY[colour]
 
 
+def check_pixels(file: Path | str, size: tuple[int, int]) -> None:
+    """A DataError for an image declaring more pixels than Pillow decodes safely
+    (`Image.MAX_IMAGE_PIXELS`): a decompression bomb, refused from its header alone."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and size[0] * size[1] > limit:
+        raise DataError(
+            f"image {file} is {size[0]}x{size[1]} pixels, more than the {limit:,} Pillow "
+            "decodes safely (a decompression bomb, or far too large for an eval set); "
+            "resize or remove it"
+        )
+
+
+@contextlib.contextmanager
+def _no_bombs(file: Path | str) -> Iterator[None]:
+    """Pillow's decompression-bomb warning and error, as a DataError naming `file`."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DataError(f"image {file}: {_first_sentence(exc)}; resize or remove it") from None
+
+
+def _first_sentence(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+
+
 def _decode(file: Path | Any, name: str | None = None) -> NDArray[np.uint8]:
     """One image (a path, or a binary file object named `name`) as (C, H, W) uint8: gray modes
     as one channel, every other mode as RGB (an alpha channel is dropped, as Pillow's RGB
@@ -600,7 +695,7 @@ def _decode(file: Path | Any, name: str | None = None) -> NDArray[np.uint8]:
     from PIL import Image
 
     try:
-        with Image.open(file) as image:
+        with _no_bombs(name or file), Image.open(file) as image:
             gray = image.mode in _GRAY_MODES
             pixels = np.asarray(image.convert("L" if gray else "RGB"), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as exc:

@@ -104,6 +104,10 @@ def _row(path: Path, lineno: int, raw: bytes) -> tuple[str, Any, Any] | None:
         ) from None
     except UnicodeDecodeError:
         raise DataError(f"{where}: not UTF-8; save the file as UTF-8") from None
+    except RecursionError:
+        raise DataError(
+            f"{where}: JSON nested too deeply to read; each line is one flat object"
+        ) from None
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
         raise DataError(f'{where}: expected an object with a string "text" field')
     if "label" not in record:

@@ -289,6 +289,10 @@ def _jsonl_row(path: Path, lineno: int, raw: bytes) -> str | None:
         ) from None
     except UnicodeDecodeError:
         raise DataError(f"{where}: not UTF-8; save the file as UTF-8") from None
+    except RecursionError:
+        raise DataError(
+            f"{where}: JSON nested too deeply to read; each line is one flat object"
+        ) from None
     text = record.get("text") if isinstance(record, dict) else None
     if not isinstance(text, str):
         raise DataError(f'{where}: expected an object with a string "text" field')
@@ -307,7 +311,7 @@ def first_jsonl_record(path: Path) -> Any:
             for raw in handle:
                 if raw.strip():
                     return json.loads(raw.removeprefix(b"\xef\xbb\xbf"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return None
 
