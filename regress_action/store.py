@@ -34,7 +34,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import sqlalchemy.exc
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import Connection, Insert, RowMapping, delete, make_url, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -60,6 +60,9 @@ from .store_schema import (
 
 # Insert-or-get retries when the run it found is removed (a failed step's) before it is read.
 _ADD_RUN_ATTEMPTS = 5
+# Ids are 64-bit signed integers on both backends: a larger one names no row (and would not
+# fit in the query's parameter).
+MAX_ID = 2**63 - 1
 
 _NONFINITE_TEXT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
@@ -345,8 +348,10 @@ class ExperimentDB:
             self._confirm_provisional(token)  # what is left is used by someone: keep it
 
     def get_run(self, run_id: int) -> RunRecord:
-        with self._read() as conn:
-            row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+        row = None
+        if _is_id(run_id):
+            with self._read() as conn:
+                row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
         if row is None:
             raise StoreError(
                 f"unknown run id {run_id} in {self._display}; "
@@ -425,7 +430,8 @@ class ExperimentDB:
         return comparison_id
 
     def _check_runs_exist(self, conn: Connection, run_ids: Sequence[int]) -> None:
-        found = set(conn.execute(select(runs.c.id).where(runs.c.id.in_(run_ids))).scalars())
+        valid = [run_id for run_id in run_ids if _is_id(run_id)]
+        found = set(conn.execute(select(runs.c.id).where(runs.c.id.in_(valid))).scalars())
         for run_id in run_ids:
             if run_id not in found:
                 raise StoreError(
@@ -434,31 +440,64 @@ class ExperimentDB:
                 )
 
     def get_comparison(self, comparison_id: int) -> ComparisonRecord:
+        """The comparison, its stored report checked to be a report (a StoreError naming the
+        comparison when the row is corrupt)."""
         query = select(comparisons).where(comparisons.c.id == comparison_id)
-        records = self._comparison_records(query)
+        records = self._comparison_records(query) if _is_id(comparison_id) else []
         if not records:
             raise StoreError(
                 f"unknown comparison id {comparison_id} in {self._display}; "
                 "`regress-action comparisons list` shows the recorded comparisons"
             )
-        return records[0]
+        record = records[0]
+        if record.report is not None:
+            try:
+                Report.model_validate(record.report)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(part) for part in error.get("loc", ())) or "the report"
+                raise self._corrupt(comparison_id, f"{where}: {error.get('msg')}") from None
+        return record
+
+    def _corrupt(self, comparison_id: int, why: str) -> StoreError:
+        return StoreError(
+            f"comparison {comparison_id} in {self._display} has a corrupt stored report "
+            f"({why[:120]}); restore the database from a copy, or delete that comparison's row"
+        )
 
     def list_comparisons(
         self, *, limit: int = 50, report_name: str | None = None, dataset: str | None = None
     ) -> list[ComparisonRecord]:
         """The most recent comparisons, newest first, optionally of one report name / dataset."""
-        query = select(comparisons).order_by(comparisons.c.id.desc()).limit(limit)
+        query = select(comparisons).order_by(comparisons.c.id.desc()).limit(min(limit, MAX_ID))
         if report_name is not None:
             query = query.where(comparisons.c.report_name == report_name)
         if dataset is not None:
             query = query.where(comparisons.c.dataset == dataset)
         return self._comparison_records(query)
 
-    def _comparison_records(self, query: Any) -> list[ComparisonRecord]:
+    def _comparison_records(self, query: Any, *, reports: bool = True) -> list[ComparisonRecord]:
+        """The comparisons `query` selects; `reports=False` leaves their stored reports unread
+        (None), so a corrupt one does not stop a reader that does not need it (the trend)."""
         with self._read() as conn:
             rows = conn.execute(query).mappings().all()
             metrics = self._metrics_of(conn, [row["id"] for row in rows])
-        return [_comparison_record(row, metrics.get(row["id"], [])) for row in rows]
+        return [
+            _comparison_record(row, metrics.get(row["id"], []), self._stored_report(row, reports))
+            for row in rows
+        ]
+
+    def _stored_report(self, row: RowMapping, read: bool) -> dict[str, Any] | None:
+        text = row["report_json"] if read else None
+        if not text:
+            return None
+        try:
+            report = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise self._corrupt(row["id"], f"not JSON: {exc}") from None
+        if not isinstance(report, dict):
+            raise self._corrupt(row["id"], f"a JSON {type(report).__name__}, not an object")
+        return report
 
     @staticmethod
     def _metrics_of(conn: Connection, ids: list[int]) -> dict[int, list[MetricResult]]:
@@ -492,7 +531,7 @@ class ExperimentDB:
                 fingerprint=record.fingerprint or None,
                 metrics={metric.name: metric.candidate for metric in record.metrics},
             )
-            for record in self._comparison_records(query)
+            for record in self._comparison_records(query, reports=False)
         ]
         return points[::-1]
 
@@ -538,8 +577,10 @@ class ExperimentDB:
 
     def get_evaluation(self, evaluation_id: int) -> EvaluationReport:
         query = select(evaluations.c.report_json).where(evaluations.c.id == evaluation_id)
-        with self._read() as conn:
-            text = conn.execute(query).scalar_one_or_none()
+        text = None
+        if _is_id(evaluation_id):
+            with self._read() as conn:
+                text = conn.execute(query).scalar_one_or_none()
         if text is None:
             raise StoreError(
                 f"unknown evaluation id {evaluation_id} in {self._display}; "
@@ -551,7 +592,10 @@ class ExperimentDB:
         self, *, limit: int = 50, run_id: int | None = None, cache_key: str | None = None
     ) -> list[EvaluationReport]:
         """The most recent evaluations, newest first, optionally of one run or cache key."""
-        query = select(evaluations.c.report_json).order_by(evaluations.c.id.desc()).limit(limit)
+        query = select(evaluations.c.report_json).order_by(evaluations.c.id.desc())
+        query = query.limit(min(limit, MAX_ID))
+        if run_id is not None and not _is_id(run_id):
+            return []
         if run_id is not None:
             query = query.where(evaluations.c.run_id == run_id)
         if cache_key is not None:
@@ -563,8 +607,10 @@ class ExperimentDB:
     def evaluation_records(self, evaluation_id: int) -> bytes | None:
         """The stored per-example records of an evaluation (`.npz` bytes), or None."""
         query = select(evaluations.c.records).where(evaluations.c.id == evaluation_id)
-        with self._read() as conn:
-            row = conn.execute(query).first()
+        row = None
+        if _is_id(evaluation_id):
+            with self._read() as conn:
+                row = conn.execute(query).first()
         if row is None:
             raise StoreError(f"unknown evaluation id {evaluation_id} in {self._display}")
         return None if row[0] is None else bytes(row[0])
@@ -588,11 +634,14 @@ def _insert_unless_present(conn: Connection, values: dict[str, Any]) -> Insert:
     return runs.insert().values(values)  # another backend: a duplicate is an IntegrityError
 
 
-def _comparison_record(row: RowMapping, metrics: list[MetricResult]) -> ComparisonRecord:
+def _comparison_record(
+    row: RowMapping, metrics: list[MetricResult], report: dict[str, Any] | None
+) -> ComparisonRecord:
     values = {key: row[key] for key in ComparisonRecord.model_fields if key in row}
-    values.update(
-        created_at=_utc(row["created_at"]),
-        report=json.loads(row["report_json"]) if row["report_json"] else None,
-        metrics=metrics,
-    )
+    values.update(created_at=_utc(row["created_at"]), report=report, metrics=metrics)
     return ComparisonRecord.model_validate(values)
+
+
+def _is_id(value: int) -> bool:
+    """Whether `value` can be a row id (a positive 64-bit integer): any other names no row."""
+    return 0 < value <= MAX_ID
