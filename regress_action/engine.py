@@ -20,9 +20,9 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,6 +49,8 @@ class PassOptions:
     precision: Precision = "fp32"  # bf16 / fp16: every forward under torch.autocast
     workers: int | None = None  # DataLoader worker processes; None: default_workers()
     observe: Callable[[Any], None] | None = None  # sees each batch on the host, in order
+    # How errors name each side's model beyond "the baseline model": `run 3, ckpt.safetensors`.
+    names: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,7 +105,7 @@ def evaluate(
     collector = _Collector(_length(dataset))
     with _evaluating(model, device), torch.inference_mode():
         for batch in _batches(dataset, options, device):
-            output = _forward(adapter, model, batch, "model", cast)
+            output = _forward(adapter, model, batch, _who("model", options), cast)
             collector.add(adapter.records(output, batch, "model"))
     return EvalResult(collector.records(first_id), str(device), time.perf_counter() - started)
 
@@ -131,7 +133,7 @@ def evaluate_pair(
     with _evaluating(baseline, device), _evaluating(candidate, device), torch.inference_mode():
         for batch in _batches(dataset, options, device):
             for side, model in models.items():
-                output = _forward(adapter, model, batch, side, cast)
+                output = _forward(adapter, model, batch, _who(side, options), cast)
                 collectors[side].add(adapter.records(output, batch, side))
     records = pair(
         collectors["baseline"].records(first_id),
@@ -487,6 +489,12 @@ def autocast_for(precision: Precision, device: torch.device) -> Cast:
     return functools.partial(torch.autocast, device.type, dtype=dtypes[precision])
 
 
+def _who(side: str, options: PassOptions) -> str:
+    """`baseline`, or `baseline (run 3, ckpt.safetensors)` when the pass knows more."""
+    name = options.names.get(side)
+    return f"{side} ({name})" if name else side
+
+
 def _forward(
     adapter: Adapter,
     model: torch.nn.Module,
@@ -494,9 +502,12 @@ def _forward(
     side: str,
     cast: Cast = contextlib.nullcontext,
 ) -> Any:
+    """The adapter's forward call on `batch`, its output checked to hold one row per example.
+    An error of the model's own code is a ModelOutputError naming the model (`side`); the
+    same error raised by our code outside the model's call stays a bug."""
     try:
         with cast():
-            return adapter.forward(model, batch)
+            output = adapter.forward(model, batch)
     except torch.OutOfMemoryError:
         raise ConfigError(
             f"out of memory running the {side} model on a batch of {_size(batch)} examples; "
@@ -504,11 +515,75 @@ def _forward(
         ) from None
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         # A shape or dtype mismatch between the data and the model is a user error, not a bug.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelOutputError(
-            f"the {side} model failed on an input batch of shape {_shape(batch)}: {first}; "
-            "check that the model fits the eval set"
+            f"the {side} model failed on an input batch of shape {_shape(batch)}: "
+            f"{_first_line(exc)}; check that the model fits the eval set"
         ) from None
+    except UserError:
+        raise
+    except Exception as exc:
+        if not _raised_in(model, exc):
+            raise  # our own code: a bug
+        raise ModelOutputError(
+            f"the {side} model raised {type(exc).__name__} in its forward on an input batch of "
+            f"shape {_shape(batch)}: {_first_line(exc)}; fix the model's code"
+        ) from None
+    _check_rows(output, batch, side)
+    return output
+
+
+# The frames of a call to an nn.Module: an exception whose traceback holds one of them for the
+# model itself was raised by the model's code (its forward, its submodules, its hooks).
+_MODULE_CALLS = frozenset(
+    getattr(torch.nn.Module, name).__code__
+    for name in ("_call_impl", "_wrapped_call_impl")
+    if hasattr(getattr(torch.nn.Module, name, None), "__code__")
+)
+
+
+def _raised_in(model: torch.nn.Module, exc: BaseException) -> bool:
+    """Whether `exc` was raised inside a call of `model` (its own code, or torch's on its
+    behalf), rather than by the adapter around that call."""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code in _MODULE_CALLS and frame.f_locals.get("self") is model:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_rows(output: Any, batch: Any, side: str) -> None:
+    """A ModelOutputError when the output's first tensor (logits, predictions) does not have
+    one row per example of the batch."""
+    rows = _size(batch)
+    found = _first_tensor(output)
+    if found is None or not rows or found.ndim == 0 or found.shape[0] == rows:
+        return
+    raise ModelOutputError(
+        f"the {side} model returned {found.shape[0]} rows (output shape {tuple(found.shape)}) "
+        f"for a batch of {rows} examples; a model returns one output row per input example"
+    )
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    """The tensor the adapters read first: the output itself, a tuple's first item, a
+    mapping's `logits` (else its first tensor) or an object's `logits`."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple | list):
+        return output[0] if output and isinstance(output[0], torch.Tensor) else None
+    if isinstance(output, Mapping):
+        tensors = [v for v in output.values() if isinstance(v, torch.Tensor)]
+        logits = output.get("logits")
+        return logits if isinstance(logits, torch.Tensor) else (tensors[0] if tensors else None)
+    logits = getattr(output, "logits", None)
+    return logits if isinstance(logits, torch.Tensor) else None
 
 
 def _shape(batch: Any) -> tuple[int, ...]:
