@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 from .errors import DataError
 from .sources import ExampleRef, Fingerprint, source_for
-from .spec import DataOptions, TaskSpec
+from .spec import IGNORE_INDEX, DataOptions, TaskSpec
 from .tasks import builtin_datasets
 
 
@@ -59,8 +59,14 @@ class EvalSet:
     def fingerprint(self) -> str:
         return self.digest.hexdigest()
 
+    # Whether every target was checked when loaded (`check_targets`); else each batch is.
+    targets_checked: bool = False
+
     def observe(self, batch: Any) -> None:
-        """Feed one collated batch of the pass (in dataset order) to the fingerprint."""
+        """Check one collated batch of the pass (in dataset order) and feed it to the
+        fingerprint."""
+        if not self.targets_checked and isinstance(batch, tuple | list) and len(batch) == 2:
+            check_targets(batch[1], self.task, self.name)
         self.digest.observe(batch)
 
 
@@ -107,6 +113,11 @@ def load_eval_set(
     n = len(loaded.dataset)  # type: ignore[arg-type]
     if n == 0:
         raise DataError(f"eval set {label!r} has no examples; give it at least one")
+    # A TensorDataset's targets are checked at once; any other dataset's batch by batch.
+    tensors = getattr(loaded.dataset, "tensors", None)
+    whole = isinstance(loaded.dataset, TensorDataset) and len(tensors or ()) == 2
+    if whole:
+        check_targets(loaded.dataset.tensors[1], resolved, label)  # type: ignore[attr-defined]
     if entry.decodes_on_read:
         digest = Fingerprint(lambda: entry.fingerprint(loaded.dataset, n), n)
     else:
@@ -121,6 +132,56 @@ def load_eval_set(
         loaded.describe,
         loaded.columns,
         loaded.tokenizer,
+        targets_checked=whole,
+    )
+
+
+def check_targets(targets: Any, task: TaskSpec, where: str) -> None:
+    """A DataError naming the eval set when its targets (each item's second element) cannot
+    be a classification's labels (integers, one per example, in 0..num_classes-1) or an lm's
+    next tokens (integers in 0..vocab_size-1, or IGNORE_INDEX for a position not scored).
+    Other tasks' targets are left to their adapters."""
+    import torch
+
+    if not isinstance(targets, torch.Tensor) or task.task not in ("classification", "lm"):
+        return
+    labels = task.task == "classification"
+    what = "labels" if labels else "targets"
+    fix = (
+        "classification labels are class ids: convert them with .long()"
+        if labels
+        else "an lm's targets are token ids: convert them with .long()"
+    )
+    if targets.dtype == torch.bool or targets.is_floating_point() or targets.is_complex():
+        dtype = str(targets.dtype).removeprefix("torch.")
+        raise DataError(
+            f"eval set {where!r}: the {what} (each item's second element) are {dtype}, not "
+            f"integer ids; {fix}"
+        )
+    if labels and targets.ndim != 1:
+        raise DataError(
+            f"eval set {where!r}: the labels (each item's second element) have shape "
+            f"{tuple(targets.shape)}; classification labels are one integer per example, "
+            "shape (N,): flatten them (labels.view(-1))"
+        )
+    size = task.num_classes if labels else task.vocab_size
+    if size is None or targets.numel() == 0:
+        return
+    bad = (targets < 0) | (targets >= size)
+    if not labels:
+        bad &= targets != IGNORE_INDEX
+    if not bool(bad.any()):
+        return
+    value = int(targets[bad][0])
+    if labels:
+        raise DataError(
+            f"eval set {where!r}: the labels hold label {value}, outside 0..{size - 1} for "
+            f"num_classes={size}; fix the labels or the task's num_classes"
+        )
+    raise DataError(
+        f"eval set {where!r}: the targets hold token id {value}, outside 0..{size - 1} for "
+        f"vocab_size={size} (or {IGNORE_INDEX} for a position not scored); fix the targets "
+        "or the task's vocab_size"
     )
 
 
