@@ -12,14 +12,17 @@ before the engine or the database is imported.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import checkpoint_request, compare_request, task_from
-from .errors import ConfigError, UserError
-from .gha import Commands, event_context, guarded, read_event
+from .errors import ConfigError, GitHubError, StoreError, UserError
+from .gha import Commands, EventContext, check_runner_file, event_context, guarded, read_event
 from .preflight import check_inputs
 from .publish import TITLE, OpenCommenter, Publication, open_github_commenter, publish_report
 from .settings import ActionInputs, RunnerEnv, input_label, load, load_inputs, name_inputs
@@ -63,7 +66,9 @@ class Services:
 def main() -> int:
     """`regress-action action`: everything from the environment the runner gives a container."""
     commands = Commands()
-    return guarded(commands, lambda: _naming_inputs(Services(), commands), title=TITLE)
+    return guarded(
+        commands, lambda: _naming_inputs(Services(), commands), title=TITLE, file_of=workspace_file
+    )
 
 
 def _naming_inputs(services: Services, commands: Commands) -> int:
@@ -82,21 +87,24 @@ def run_action(services: Services, commands: Commands) -> int:
     token = inputs.github_token.get_secret_value() if inputs.github_token else None
     if token:
         commands.add_mask(token)
+    # Outputs that could not be set would lose the comparison's id: checked before it exists.
+    check_runner_file("GITHUB_OUTPUT", runner.github_output)
     event = event_context(
         runner.github_event_name, read_event(runner.github_event_path), runner.github_sha
     )
+    commit = tested_commit(inputs.commit, event, runner, token, services, commands)
     task = task_from(inputs, input_label)
     with services.open_db(inputs.db_url) as db:
         check_inputs(inputs, task, db)  # before anything is registered, evaluated or written
         with db.provisional_runs():  # a failure below removes the runs registered here
-            ids = _run_ids(inputs, task, db, services, commands, event.head_sha)
+            ids = _run_ids(inputs, task, db, services, commands, commit)
             baseline_id, candidate_id = ids
             request = compare_request(
                 inputs,
                 input_label,
                 baseline_run_id=baseline_id,
                 candidate_run_id=candidate_id,
-                commit=event.head_sha,
+                commit=commit,
             )
             with commands.group(f"Evaluate run {baseline_id} vs run {candidate_id}"):
                 outcome = services.compare(request, db)
@@ -109,6 +117,7 @@ def run_action(services: Services, commands: Commands) -> int:
         token=token,
         json_path=request.json_path,
         markdown_path=request.markdown_path,
+        records_path=request.records_path,
     )
     return publish_report(pub, runner, services.open_commenter, commands, event=event)
 
@@ -127,7 +136,6 @@ def _run_ids(
         run_id: int | None = getattr(inputs, f"{side}_run_id")
         if run_id is None:
             checkpoint: str = getattr(inputs, f"{side}_checkpoint")
-        records_path=request.records_path,
             if task is None:  # check_inputs has said so; this keeps the types honest
                 raise ConfigError(f"input task is required with {side}-checkpoint")
             request = checkpoint_request(
@@ -151,3 +159,67 @@ def _register(services: Services, db: ExperimentDB, request: CheckpointRequest, 
         raise ConfigError(
             f"inputs {side}-checkpoint / {side}-model-factory / model-factory: {exc}"
         ) from None
+
+
+def tested_commit(
+    given: str | None,
+    event: EventContext,
+    runner: RunnerEnv,
+    token: str | None,
+    services: Services,
+    commands: Commands,
+) -> str | None:
+    """The commit recorded with the runs and the comparison: the `commit` input, else what
+    the event's default checkout holds (`gha.event_context`). An `issue_comment` on a PR
+    carries no commit: the PR's head is asked from the API (with a token), else none is
+    recorded, with a notice saying so."""
+    if given:
+        return given
+    if event.event_name != "issue_comment" or event.pr_number is None:
+        return event.head_sha
+    number = event.pr_number
+    unset = "no commit is recorded; set the input commit to the sha the workflow checked out"
+    if not token or not runner.github_repository:
+        commands.notice(
+            f"an issue_comment event does not say which commit PR #{number} is at, and without "
+            f"github-token and GITHUB_REPOSITORY it cannot be asked; {unset}",
+            title=TITLE,
+        )
+        return None
+    try:
+        commenter = services.open_commenter(runner.github_api_url, token, runner.github_repository)
+        sha = commenter.pr_head(number)
+    except ConfigError:  # a bad REGRESS_ACTION_GITHUB_* value: bad input, exit 2
+        raise
+    except GitHubError as exc:
+        commands.warning(
+            f"the head commit of PR #{number} is unknown ({exc}); {unset}", title=TITLE
+        )
+        return None
+    commands.info(f"issue_comment on PR #{number}: recording its head commit {sha}")
+    return sha
+
+
+# What may surround a path in an error message: quotes, brackets, separators.
+_TOKEN_EDGES = re.compile(r"""[\s'"`()\[\]{},;=]+""")
+
+
+def workspace_file(exc: UserError) -> str | None:
+    """The workspace file an error about the data, a model or an input names (a dataset, a
+    checkpoint, a file of an image folder), relative to GITHUB_WORKSPACE, for the annotation's
+    `file=`; None when it names none, or concerns the runner or the database."""
+    if isinstance(exc, GitHubError | StoreError):
+        return None
+    root = Path(os.path.realpath(load(RunnerEnv).github_workspace or Path.cwd()))
+    for token in _TOKEN_EDGES.split(str(exc)):
+        token = re.sub(r"(:\d+)+:?$", "", token.rstrip(".:"))  # `data.jsonl:12:`
+        if not token or len(token) > 4096 or "\0" in token:
+            continue
+        path = Path(token) if os.path.isabs(token) else root / token
+        try:
+            real = Path(os.path.realpath(path))
+            if real.is_file() and real.is_relative_to(root):
+                return real.relative_to(root).as_posix()
+        except (OSError, ValueError):
+            continue
+    return None
