@@ -38,6 +38,7 @@ except ImportError:  # not POSIX: no locks, so stale files are left alone
 _STARTED = time.time()
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_FOLDER_ATTEMPTS = 20  # a folder removed under a staging run by another run's probe is made again
 
 
 def _tmp_name(name: str) -> str:
@@ -117,18 +118,26 @@ class StagedFile:
     def __init__(self, path: Path, what: str = "output") -> None:
         folder, name = _target(Path(path), what)
         self.path = folder / name
-        dir_fd = None
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            dir_fd = os.open(folder, _DIR_FLAGS)
-            _remove_stale(dir_fd, name)
-            tmp, fd = self._create(dir_fd, name)
-        except OSError as exc:
-            if dir_fd is not None:
-                os.close(dir_fd)
-            raise ConfigError(
-                f"cannot write {what} {str(path)!r}: {exc.strerror or exc}; choose a writable path"
-            ) from None
+        for attempt in range(_FOLDER_ATTEMPTS):
+            dir_fd = None
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                dir_fd = os.open(folder, _DIR_FLAGS)
+                _remove_stale(dir_fd, name)
+                tmp, fd = self._create(dir_fd, name)
+                break
+            except OSError as exc:
+                if dir_fd is not None:
+                    os.close(dir_fd)
+                # A concurrent run's `check_writable` removes the empty folders its probe
+                # created: one may vanish between our mkdir and our file. Make it again.
+                vanished = isinstance(exc, (FileNotFoundError, FileExistsError))
+                if vanished and attempt + 1 < _FOLDER_ATTEMPTS:
+                    continue
+                raise ConfigError(
+                    f"cannot write {what} {str(path)!r}: {exc.strerror or exc}; "
+                    "choose a writable path"
+                ) from None
         self._dir_fd: int | None = dir_fd
         self._fd: int | None = fd
         self._name = name
