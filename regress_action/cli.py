@@ -75,8 +75,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         commit=args.commit,
         record=args.record,
     )
-    # A comparison needs registered runs: a missing SQLite file is a mistyped --db.
-    with open_db(args.db, create=False) as db:
+    # A comparison needs registered runs: a missing SQLite file is a mistyped --db. One that
+    # is not recorded only reads the database.
+    with open_db(args.db, create=False, readonly=not args.record) as db:
         try:
             outcome = run_compare(request, db)
         except MetricsModuleError as exc:  # a column this task spec does not record, or a
@@ -92,7 +93,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .tasks import MetricsModuleError
 
     request = evaluate_request(args, flag_name, run_id=args.run_id, commit=args.commit)
-    with open_db(args.db, create=False) as db:
+    with open_db(args.db, create=False, readonly=not args.record) as db:
         try:
             outcome = run_evaluate(request, db)
         except MetricsModuleError as exc:
@@ -124,7 +125,7 @@ def cmd_runs_add(args: argparse.Namespace) -> int:
 def cmd_runs_list(args: argparse.Namespace) -> int:
     from .store import open_db
 
-    with open_db(args.db, create=False) as db:
+    with open_db(args.db, readonly=True) as db:
         runs = db.list_runs()
     if args.json:
         _emit(json.dumps([run.model_dump(mode="json") for run in runs], indent=2))
@@ -141,7 +142,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 def cmd_comparisons_list(args: argparse.Namespace) -> int:
     from .store import open_db
 
-    with open_db(args.db, create=False) as db:
+    with open_db(args.db, readonly=True) as db:
         rows = db.list_comparisons(
             limit=args.limit, report_name=args.report_name, dataset=args.dataset
         )
@@ -179,7 +180,7 @@ def cmd_comparisons_show(args: argparse.Namespace) -> int:
     from .report import Report
     from .store import open_db
 
-    with open_db(args.db, create=False) as db:
+    with open_db(args.db, readonly=True) as db:
         row = db.get_comparison(args.id)
     if row.report is None:
         raise ConfigError(f"comparison {args.id} was recorded without a report")
@@ -242,9 +243,9 @@ def _first_error(exc: ValidationError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLineFormatter("regress-action: %(levelname)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(_OneLineFormatter("regress-action: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[stream])
     handler = HANDLERS[args.handler]
     if not _under_torchrun():
         return _run(handler, args, None)

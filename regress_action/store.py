@@ -44,7 +44,10 @@ from .spec import ModelSource, RunCreate, RunRecord, TaskSpec
 from .store_schema import (
     DEFAULT_SOURCE,
     FLOAT_METRIC_COLUMNS,
+    SCHEMA_VERSION,
     WRITE_OPTION,
+    check_schema,
+    check_sqlite_file,
     comparison_metrics,
     comparisons,
     ensure_schema,
@@ -52,10 +55,13 @@ from .store_schema import (
     first_line,
     make_engine,
     mask_password,
+    older_readonly,
     resolve_url,
     run_identity,
     runs,
     scrub,
+    sqlite_file,
+    sqlite_write_problem,
 )
 
 # Insert-or-get retries when the run it found is removed (a failed step's) before it is read.
@@ -133,14 +139,16 @@ def _require_sqlite_file(url: str, display: str, source: str) -> None:
 
 
 @contextmanager
-def open_db(db: ExperimentDB | str | Path | None, *, create: bool = True) -> Iterator[ExperimentDB]:
+def open_db(
+    db: ExperimentDB | str | Path | None, *, create: bool = True, readonly: bool = False
+) -> Iterator[ExperimentDB]:
     """The one way to open the ExperimentDB: a URL, a path or None (REGRESS_DB, else
     ./regress.db) is opened here and closed on exit; an open ExperimentDB is used as it is and
-    left open for its owner. `create=False`: see `ExperimentDB`."""
+    left open for its owner. `create=False`, `readonly=True`: see `ExperimentDB`."""
     if isinstance(db, ExperimentDB):
         yield db
         return
-    with ExperimentDB(db, create=create) as opened:
+    with ExperimentDB(db, create=create, readonly=readonly) as opened:
         yield opened
 
 
@@ -148,22 +156,40 @@ class ExperimentDB:
     """Runs and comparisons in SQLite or PostgreSQL; creates / upgrades the schema on open."""
 
     def __init__(
-        self, url: str | Path | None = None, *, create: bool = True, source: str = DEFAULT_SOURCE
+        self,
+        url: str | Path | None = None,
+        *,
+        create: bool = True,
+        readonly: bool = False,
+        source: str = DEFAULT_SOURCE,
     ) -> None:
         """Open (creating or upgrading) the database; with `create=False` a SQLite file that
-        does not exist is an error instead of a new empty database (for read-only commands,
-        where a mistyped --db should not pass as "no runs"). `source` names where the URL
-        came from in messages (the Action: `input db-url`)."""
+        does not exist, or an empty one, is an error instead of a new empty database (for the
+        commands that need recorded runs, where a mistyped --db should not pass as "no runs").
+        `readonly=True` (commands that only read, implies `create=False`) opens a SQLite file
+        for reading only, so a read-only file or folder works; its schema is then never
+        created, and upgraded only where the file can be written. Otherwise a SQLite file this
+        process cannot write is refused before any work. `source` names where the URL came
+        from in messages (the Action: `input db-url`)."""
         self._url = resolve_url(url)
         self._display = mask_password(self._url)
         self._source = source
         self._provisional: str | None = None
-        if not create:
+        if not create or readonly:
             _require_sqlite_file(self._url, self._display, source)
-        self._engine = make_engine(self._url, self._display, source)
+        file = sqlite_file(self._url)
+        if file is not None:
+            check_sqlite_file(file, self._display, source, create=create and not readonly)
+        readonly = readonly and file is not None
+        self._engine = make_engine(self._url, self._display, source, readonly=readonly)
         try:
             with self._db_errors():
-                ensure_schema(self._engine, self._display)
+                if readonly:
+                    assert file is not None
+                    self._open_readonly(file)
+                else:
+                    self._check_writable(file)
+                    ensure_schema(self._engine, self._display)
         except sqlalchemy.exc.IntegrityError:
             self._engine.dispose()
             raise
@@ -178,6 +204,28 @@ class ExperimentDB:
         except BaseException:
             self._engine.dispose()
             raise
+
+    def _open_readonly(self, file: Path) -> None:
+        version = check_schema(self._engine, self._display, self._source)
+        if version == SCHEMA_VERSION:
+            return
+        problem = sqlite_write_problem(file)
+        if problem is not None:
+            raise older_readonly(self._display, version, problem)
+        # Writable after all: upgraded in place, as any command would.
+        self._engine.dispose()
+        self._engine = make_engine(self._url, self._display, self._source)
+        ensure_schema(self._engine, self._display)
+
+    def _check_writable(self, file: Path | None) -> None:
+        problem = None if file is None else sqlite_write_problem(file)
+        if problem is not None:
+            raise StoreError(
+                f"cannot write to database {self._display}: {problem}; this command records "
+                f"to it: make it writable, or copy it somewhere writable and point "
+                f"{self._source} at the copy (`runs list` and `comparisons list / show` read "
+                "a read-only database as it is)"
+            )
 
     @property
     def url_display(self) -> str:

@@ -40,10 +40,11 @@ import hashlib
 import json
 import os
 import re
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from sqlalchemy import (
     URL,
@@ -144,12 +145,56 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(url: str, display: str, source: str = DEFAULT_SOURCE) -> Engine:
+def _sqlite_on_connect_readonly(dbapi_conn: Any, _record: Any) -> None:
+    # As `_sqlite_on_connect`, less the journal mode: setting it is a write.
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
+    finally:
+        cursor.close()
+
+
+def _sqlite_readonly_creator(database: str, display: str, source: str) -> Callable[[], Any]:
+    """Connections that never write: `mode=ro`, or, for a WAL database in a folder where its
+    `-shm` file cannot be created, `immutable=1` (nothing else can be writing to that folder)."""
+    uri = "file:" + quote(os.path.abspath(database))
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+        wal = Path(database + "-wal")
+        if wal.is_file() and wal.stat().st_size > 0:
+            raise StoreError(
+                f"cannot read database {display}: it is read-only here and {wal.name} beside it "
+                "holds changes not yet written into it; open it once where its folder is "
+                f"writable (any regress-action command), or check {source}"
+            )
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+
+    return connect
+
+
+def make_engine(
+    url: str, display: str, source: str = DEFAULT_SOURCE, *, readonly: bool = False
+) -> Engine:
     """An engine for `url` with the per-backend set-up; a bad URL is a StoreError naming it
-    (and `source`, where the URL came from) with the password masked."""
+    (and `source`, where the URL came from) with the password masked. `readonly`: a SQLite
+    file is opened for reading only (it may be a read-only file in a read-only folder)."""
     try:
         parsed = make_url(url)
         _check_unambiguous(parsed, display, source)
+        if parsed.get_backend_name() == "sqlite" and readonly and _is_file_path(parsed.database):
+            assert parsed.database is not None
+            creator = _sqlite_readonly_creator(parsed.database, display, source)
+            engine = create_engine("sqlite://", creator=creator)
+            event.listen(engine, "connect", _sqlite_on_connect_readonly)
+            event.listen(engine, "begin", _sqlite_on_begin)
+            return engine
         if parsed.get_backend_name() == "sqlite":
             _make_sqlite_folder(parsed.database)
             engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
@@ -183,6 +228,66 @@ def _check_unambiguous(parsed: URL, display: str, source: str) -> None:
             f"invalid database URL {display}: the password holds an unencoded '@'; "
             f"percent-encode it as %40 (and : as %3A, / as %2F, % as %25); check {source}"
         )
+
+
+def _is_file_path(database: str | None) -> bool:
+    return bool(database) and database != ":memory:" and not str(database).startswith("file:")
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for a server, memory, or a `file:` URI)."""
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError, TypeError):
+        return None
+    if parsed.get_backend_name() != "sqlite" or not _is_file_path(parsed.database):
+        return None
+    return Path(str(parsed.database))
+
+
+def check_sqlite_file(path: Path, display: str, source: str, *, create: bool) -> None:
+    """Refuse, before SQLite touches it, an existing file that is not an ExperimentDB: one that
+    is not a SQLite database, or (unless `create`) an empty one, which SQLite would silently
+    take for a new database and give a schema."""
+    if not path.is_file():
+        return
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise StoreError(
+            f"cannot read database {display}: {exc.strerror or exc}; check {source}"
+        ) from None
+    if not head:
+        if create:
+            return  # SQLite's own rule: an empty file is a new database
+        raise StoreError(
+            f"{path} is an empty file, not an ExperimentDB; delete it or pass a new path "
+            f"({source}), or point it at the database holding your runs"
+        )
+    if head != _SQLITE_HEADER:
+        raise StoreError(
+            f"{path} is not a SQLite database (nor an ExperimentDB); point {source} at an "
+            "ExperimentDB, or at a new path"
+        )
+
+
+def sqlite_write_problem(path: Path) -> str | None:
+    """Why a command could not write to the SQLite database at `path` (a read-only file, or a
+    read-only folder where its WAL files cannot be created); None when it can."""
+    if not path.is_file():
+        return None
+    if not os.access(path, os.W_OK):
+        return f"{path} is read-only"
+    folder = path.parent if str(path.parent) else Path(".")
+    companions = [Path(f"{path}-wal"), Path(f"{path}-shm")]
+    folder_writable = os.access(folder, os.W_OK | os.X_OK)
+    if not folder_writable and not all(p.is_file() and os.access(p, os.W_OK) for p in companions):
+        return f"its folder {folder} is read-only (SQLite writes {path.name}-wal beside it)"
+    return None
 
 
 def _make_sqlite_folder(database: str | None) -> None:
@@ -440,6 +545,30 @@ def _too_new(display: str, version: int) -> StoreError:
     return StoreError(
         f"database {display} has schema version {version}, newer than this regress-action "
         f"({SCHEMA_VERSION}); upgrade regress-action"
+    )
+
+
+def check_schema(engine: Engine, display: str, source: str) -> int:
+    """The schema version of a database opened for reading only, which is never created nor
+    upgraded: one without regress-action's tables, or of another version, is a StoreError."""
+    with engine.connect() as conn:
+        version = read_version(conn)
+        conn.rollback()
+    if version is None:
+        raise StoreError(
+            f"database {display} is not an ExperimentDB (no regress-action tables); check {source}"
+        )
+    if version > SCHEMA_VERSION:
+        raise _too_new(display, version)
+    return version
+
+
+def older_readonly(display: str, version: int, problem: str) -> StoreError:
+    return StoreError(
+        f"database {display} has schema version {version}, older than this regress-action's "
+        f"({SCHEMA_VERSION}), and cannot be upgraded here: {problem}; run any regress-action "
+        "command on it once with write access to upgrade it in place, or use the "
+        "regress-action version that wrote it"
     )
 
 

@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
 import shutil
 import sqlite3
-from contextlib import redirect_stderr, redirect_stdout
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,7 @@ from regress_action.config import verdict_config
 from regress_action.errors import ConfigError
 from regress_action.settings import load_inputs
 from regress_action.spec import VerdictConfig
+from regress_action.store import ExperimentDB
 from tests.e2e.test_action_e2e import Runner
 from tests.hardening import test_action_failures as failures
 from tests.hardening.test_action_failures import existing_db, inputs_for
@@ -177,3 +182,121 @@ def test_cli_flags_map_to_action_inputs() -> None:
     assert name_inputs("pass --vocab-size 300 if so") == "set input vocab-size: 300 if so"
     assert name_inputs("lower --batch-size") == "lower input batch-size"
     assert name_inputs("pass --format x") == "pass --format x"  # no such input: left as it is
+
+
+# --- read-only, empty and foreign database files -----------------------------------------------
+
+
+def unprivileged() -> list[str]:
+    """A prefix that runs a command without root's override of file permissions, so that a
+    read-only file is read-only to it (nothing when not root)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is needed to run without root's permission override")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+def run_readonly(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [*unprivileged(), sys.executable, "-m", "regress_action", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def recorded_db(path: Path) -> None:
+    """A database with one run and one comparison."""
+    from tests.hardening.test_store_hardening import make_run
+    from tests.report_factory import make_report
+
+    with ExperimentDB(path) as db:
+        run = db.add_run(make_run("kept-run"))
+        report = make_report("lm")
+        report.baseline.run_id = report.candidate.run_id = run.id
+        db.create_comparison(report)
+
+
+@contextmanager
+def read_only(*paths: Path) -> Iterator[None]:
+    modes = {path: path.stat().st_mode for path in paths}
+    for path in paths:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        yield
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+
+
+READ_COMMANDS = [["runs", "list"], ["comparisons", "list"], ["comparisons", "show", "1"]]
+
+
+@pytest.mark.parametrize("folder_too", [False, True], ids=["file", "file-and-folder"])
+def test_read_commands_work_on_a_read_only_database(tmp_path: Path, folder_too: bool) -> None:
+    folder = tmp_path / "dbs"
+    folder.mkdir()
+    db_file = folder / "ro.db"
+    recorded_db(db_file)
+    before = db_file.read_bytes()
+    with read_only(db_file, *([folder] if folder_too else [])):
+        for command in READ_COMMANDS:
+            done = run_readonly([*command, "--db", str(db_file)], tmp_path)
+            assert done.returncode == 0, done.stderr
+        assert "kept-run" in run_readonly(["runs", "list", "--db", str(db_file)], tmp_path).stdout
+        compare = ["compare", "--baseline-run-id", "1", "--candidate-run-id", "1"]
+        add = ["runs", "add", "model.safetensors", "--task", "lm"]
+        writes = [add, [*compare, "--dataset", "x"]]
+        for command in writes:
+            done = run_readonly([*command, "--db", str(db_file)], tmp_path)
+            assert done.returncode == 2, done.stderr
+            (line,) = done.stderr.splitlines()
+            assert str(db_file) in line and "read-only" in line and "writable" in line, line
+    assert db_file.read_bytes() == before
+
+
+def test_an_older_read_only_database_says_it_needs_an_upgrade(tmp_path: Path) -> None:
+    from tests.hardening.test_store_hardening import _downgrade_to_4
+
+    folder = tmp_path / "dbs"
+    folder.mkdir()
+    db_file = folder / "old.db"
+    recorded_db(db_file)
+    _downgrade_to_4(f"sqlite:///{db_file}")
+    with read_only(db_file, folder):
+        done = run_readonly(["runs", "list", "--db", str(db_file)], tmp_path)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert "schema version 4" in line and "cannot be upgraded here" in line
+    # Writable, the same command upgrades it in place as before.
+    done = run_readonly(["runs", "list", "--db", str(db_file)], tmp_path)
+    assert done.returncode == 0 and "kept-run" in done.stdout, done.stderr
+
+
+def test_an_empty_file_is_not_taken_for_an_experiment_db(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    commands = [
+        *READ_COMMANDS,
+        ["compare", "--baseline-run-id", "1", "--candidate-run-id", "2", "--dataset", "lm_tiny"],
+        ["evaluate", "--run-id", "1", "--dataset", "lm_tiny"],
+    ]
+    for command in commands:
+        code, _, err = cli([*command, "--db", str(empty)], tmp_path, monkeypatch)
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"{empty} is an empty file, not an ExperimentDB" in err
+        assert empty.stat().st_size == 0  # no schema written into it
+    # A command that creates the database takes an empty file as a new one (SQLite's rule).
+    with ExperimentDB(empty) as db:
+        assert db.list_runs() == []
+
+
+def test_a_file_that_is_not_sqlite_is_refused_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n")
+    for command in [["runs", "list"], ["runs", "add", "m.safetensors", "--task", "lm"]]:
+        code, _, err = cli([*command, "--db", str(notes)], tmp_path, monkeypatch)
+        assert code == 2 and f"{notes} is not a SQLite database" in err, err
+    assert notes.read_text() == "not a database\n"
