@@ -113,7 +113,8 @@ def md_escape(text: object, limit: int = TEXT_CHARS) -> str:
     return _WWW.sub(r"\1\\.", escaped)  # `www.example.com` is linked without a scheme
 
 
-_WWW = re.compile(r"\b(www)\.", re.IGNORECASE)
+# Every `www.`, not only at a word start: GFM also links one after `_`, which is a word character.
+_WWW = re.compile(r"(www)\.", re.IGNORECASE)
 
 
 def code_span(text: object) -> str:

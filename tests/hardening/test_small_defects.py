@@ -300,3 +300,40 @@ def test_a_file_that_is_not_sqlite_is_refused_untouched(
         code, _, err = cli([*command, "--db", str(notes)], tmp_path, monkeypatch)
         assert code == 2 and f"{notes} is not a SQLite database" in err, err
     assert notes.read_text() == "not a database\n"
+
+
+# --- class and run names never become links in the report -------------------------------------
+
+LINKY = [
+    "https://evil.example/x",
+    "www.evil.example",
+    "WWW.Evil.Example/path?q=1",
+    "_www.evil.example",
+    "cat_www.evil.example",
+    "(www.evil.example)",
+    "mail me at a.b@evil.example",
+    "mailto:a@evil.example",
+    "xmpp:a@evil.example/r",
+    "ftp://files.evil.example",
+]
+
+
+def gfm_html(markdown: str) -> str:
+    """GitHub's own renderer (cmark-gfm with its autolink extension)."""
+    import cmarkgfm
+
+    html: str = cmarkgfm.github_flavored_markdown_to_html(markdown)
+    return html
+
+
+@pytest.mark.parametrize("name", LINKY)
+def test_names_in_the_report_never_become_links(name: str) -> None:
+    from regress_action.render import md_escape, render_markdown
+    from tests.report_factory import CLASS_NAMES, make_report
+
+    assert "<a " not in gfm_html(md_escape(name)), md_escape(name)
+    report = make_report(per_class=True, flips=True)
+    report.candidate = report.candidate.model_copy(update={"name": name})
+    report.dataset = report.dataset.model_copy(update={"class_names": [name, *CLASS_NAMES[1:]]})
+    html = gfm_html(render_markdown(report))
+    assert "<a " not in html.replace('<a href="#', ""), html
