@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import pickle
 import re
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -111,7 +113,10 @@ class Probe:
         import torch
 
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=True, mmap=self.is_zip)
+            with quiet_libraries():
+                return torch.load(
+                    self.path, map_location="cpu", weights_only=True, mmap=self.is_zip
+                )
         except pickle.UnpicklingError:
             self._refused = True  # weights_only refused a non-tensor global: a pickled object
             return None
@@ -229,22 +234,60 @@ def corrupt(path: Path, detail: str) -> ModelLoadError:
     )
 
 
+class _Silence(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """No warnings and no torch log lines while a file is tried: a file in another format than
+    the one forced makes torch log a whole traceback (and warn) before it raises, and the user
+    is owed one line, the error naming the file."""
+    loggers = [
+        logger
+        for name, logger in list(logging.root.manager.loggerDict.items())
+        if (name == "torch" or name.startswith("torch.")) and isinstance(logger, logging.Logger)
+    ]
+    handlers = {handler for logger in loggers for handler in logger.handlers}
+    silence = _Silence()
+    for handler in handlers:
+        handler.addFilter(silence)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(silence)
+
+
 @contextmanager
 def reading(path: Path) -> Iterator[None]:
-    """Any failure while parsing the file becomes one line naming it, never a traceback."""
+    """Any failure while parsing the file becomes one line naming it, never a traceback (nor
+    the libraries' warnings before it)."""
     try:
-        yield
+        with quiet_libraries():
+            yield
     except RegressActionError:
         raise
     except Exception as exc:
         raise corrupt(path, describe(exc)) from None
 
 
+# A library's pointer to the log lines `quiet_libraries` kept from the user, and torch's
+# boilerplate after a zip reader's error.
+_SEE_ABOVE = re.compile(
+    r"\s*(Please check the warnings above[^.]*\.?|This is an internal miniz error.*)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
 def describe(exc: BaseException) -> str:
     """`Type: first line of the message`, short: error messages stay on one line."""
     if isinstance(exc, RegressActionError):
         return str(exc)
-    lines = str(exc).strip().splitlines()
+    lines = _SEE_ABOVE.sub("", str(exc)).strip().splitlines()
     first = lines[0] if lines else ""
     text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return text if len(text) <= 200 else text[:199] + "…"

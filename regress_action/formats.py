@@ -41,6 +41,7 @@ from .checkpoints import (
     describe,
     existing_file,
     importable_from,
+    quiet_libraries,
     reading,
     sha256_file,
     state_from,
@@ -309,7 +310,8 @@ class StateDict(FormatEntry):
         import torch
 
         try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            with quiet_libraries():
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             raise ModelLoadError(
                 f"checkpoint {path} holds pickled Python objects, not just tensors; re-save "

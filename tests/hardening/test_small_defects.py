@@ -337,3 +337,25 @@ def test_names_in_the_report_never_become_links(name: str) -> None:
     report.dataset = report.dataset.model_copy(update={"class_names": [name, *CLASS_NAMES[1:]]})
     html = gfm_html(render_markdown(report))
     assert "<a " not in html.replace('<a href="#', ""), html
+
+
+# --- a forced wrong format is one line, without the libraries' warnings -------------------------
+
+# torch.export logs a whole traceback (14 lines) before it raises on a file of another format.
+WRONG_FORMATS = [("baseline.safetensors", "export"), ("pickled.pt", "export")]
+
+
+@pytest.mark.slow  # a process that imports torch per case
+@pytest.mark.parametrize(("checkpoint", "forced"), WRONG_FORMATS)
+def test_a_forced_wrong_format_is_one_error_line(
+    checkpoints: failures.Checkpoints, tmp_path: Path, checkpoint: str, forced: str
+) -> None:
+    shutil.copy(checkpoints.folder / checkpoint, tmp_path / checkpoint)
+    args = ["runs", "add", checkpoint, "--task", "lm", "--format", forced, "--db", "runs.db"]
+    args += ["--factory", "regress_action.zoo:tiny_lm", "--allow-pickle"]
+    command = [sys.executable, "-m", "regress_action", *args]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("regress-action: error: cannot load checkpoint") and checkpoint in line
+    assert "warnings above" not in line
