@@ -50,6 +50,7 @@ lint: install
 bench: install
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_stats.py
+	$(PY) benchmarks/bench_report.py
 	$(PY) benchmarks/bench_pipeline.py
 
 # The statistics' error rates (A/A false alarms, power, coverage): docs/statistics.md.

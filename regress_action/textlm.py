@@ -39,6 +39,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +74,12 @@ class Windows:
     skip: NDArray[np.int64]
     doc: NDArray[np.int64]
 
-    @property
+    # Computed once: describing each of n examples reads one element of them.
+    @cached_property
     def first(self) -> NDArray[np.int64]:
         return self.start + 1 + self.skip
 
-    @property
+    @cached_property
     def end(self) -> NDArray[np.int64]:
         return self.start + 1 + self.length
 
