@@ -240,9 +240,8 @@ class Report(_Model):
         try:
             report = cls.model_validate_json(text)
         except ValueError as exc:
-            first = _first_problem(exc)
             raise ConfigError(
-                f"report {str(path)!r} is not a regress-action JSON report ({first})"
+                f"report {str(path)!r} is not a regress-action JSON report: {_problems(exc)}"
             ) from None
         if report.schema_version != REPORT_SCHEMA_VERSION:
             raise ConfigError(
@@ -294,16 +293,22 @@ class EvaluationReport(_Model):
         return result
 
 
-def _first_problem(exc: ValueError) -> str:
-    """A pydantic error as one line naming the field ("metrics.accuracy.status: ..."), any
-    other as its first line."""
+def _problems(exc: ValueError, shown: int = 3) -> str:
+    """Pydantic's errors on one line, each naming its field ("metrics.accuracy.baseline: Input
+    should be a valid number; ..."), the first `shown` of them; any other error's first line."""
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError) and exc.errors():
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error.get("loc", ()))
-        return f"{where}: {error.get('msg', 'invalid value')}" if where else str(error["msg"])
-    return str(exc).splitlines()[0]
+        errors = exc.errors()
+        parts = []
+        for error in errors[:shown]:
+            where = ".".join(str(part) for part in error.get("loc", ()))
+            message = str(error.get("msg", "invalid value"))
+            parts.append(f"{where}: {message}" if where else message)
+        more = len(errors) - shown
+        return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _plain(value: Any) -> Any:

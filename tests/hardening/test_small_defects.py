@@ -359,3 +359,24 @@ def test_a_forced_wrong_format_is_one_error_line(
     (line,) = done.stderr.splitlines()
     assert line.startswith("regress-action: error: cannot load checkpoint") and checkpoint in line
     assert "warnings above" not in line
+
+
+# --- a corrupt report artifact is one line naming its fields -----------------------------------
+
+
+def test_a_corrupt_report_names_the_file_and_each_bad_field(runner: Runner) -> None:
+    import json
+
+    from tests.report_factory import make_report
+
+    data = json.loads(make_report().to_json())
+    data["metrics"]["accuracy"]["baseline"] = "ninety"
+    data["metrics"]["loss"]["status"] = "great"
+    (runner.workspace / "corrupt.json").write_text(json.dumps(data))
+    result = runner.run("publish", "--report", "corrupt.json", "--comment", "off")
+    assert result.rc == 2, result.stdout + result.stderr
+    (error,) = result.lines("::error")
+    assert "corrupt.json" in error and "validation error" not in error
+    assert "metrics.accuracy.baseline: Input should be a valid number" in error
+    assert "; metrics.loss.status: Input should be" in error
+    assert "Traceback" not in result.stdout + result.stderr
