@@ -190,11 +190,11 @@ def cmd_comparisons_show(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import make_workdir, run_demo
+    from .demo import demo_workdir, run_demo
     from .store import open_db
 
-    make_workdir(args.workdir)  # before the database is created
-    with open_db(args.db) as db:
+    # The folder before the database; a failed demo leaves no folder it made behind.
+    with demo_workdir(args.workdir), open_db(args.db) as db:
         return run_demo(db, args.workdir, args.db)
 
 

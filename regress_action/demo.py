@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import shlex
+import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeVar
@@ -97,6 +99,30 @@ def make_workdir(workdir: Path) -> None:
         ) from None
 
 
+@contextmanager
+def demo_workdir(workdir: Path) -> Iterator[None]:
+    """The demo's folder, made when missing. When the demo fails, a folder it made is removed
+    again with everything written into it; one that was there before is kept."""
+    made = _first_missing(workdir)
+    make_workdir(workdir)
+    try:
+        yield
+    except BaseException:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (None: it exists)."""
+    missing = None
+    for folder in [path.absolute(), *path.absolute().parents]:
+        if folder.exists() or folder.is_symlink():
+            break
+        missing = folder
+    return missing
+
+
 def run_demo(
     db: ExperimentDB, workdir: Path, db_arg: str | None = None, out: TextIO = sys.stdout
 ) -> int:
@@ -130,7 +156,7 @@ def run_demo(
     db_flag = f" --db {shlex.quote(db_arg)}" if db_arg else ""
     print(
         "Statuses above use --significance gate: a change must be beyond the threshold and "
-        "statistically significant (Holm-adjusted p < 0.05).",
+        "statistically significant (Bonferroni-adjusted p < 0.05).",
         file=out,
     )
     print(

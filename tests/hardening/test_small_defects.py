@@ -380,3 +380,22 @@ def test_a_corrupt_report_names_the_file_and_each_bad_field(runner: Runner) -> N
     assert "metrics.accuracy.baseline: Input should be a valid number" in error
     assert "; metrics.loss.status: Input should be" in error
     assert "Traceback" not in result.stdout + result.stderr
+
+
+# --- a failed demo leaves no folder it made ----------------------------------------------------
+
+
+def test_a_failed_demo_removes_the_workdir_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n")  # the demo fails opening its database
+    code, _, err = cli(["demo", "--workdir", "new/demo", "--db", str(notes)], tmp_path, monkeypatch)
+    assert code == 2 and "notes.txt" in err, err
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    (kept / "mine.txt").parent.mkdir()
+    (kept / "mine.txt").write_text("the user's")
+    code, _, err = cli(["demo", "--workdir", str(kept), "--db", str(notes)], tmp_path, monkeypatch)
+    assert code == 2, err
+    assert (kept / "mine.txt").read_text() == "the user's"
