@@ -399,3 +399,33 @@ def test_a_failed_demo_removes_the_workdir_it_made(
     code, _, err = cli(["demo", "--workdir", str(kept), "--db", str(notes)], tmp_path, monkeypatch)
     assert code == 2, err
     assert (kept / "mine.txt").read_text() == "the user's"
+
+
+# --- a NaN loss is a NaN perplexity ------------------------------------------------------------
+
+
+def test_a_nan_lm_loss_gives_a_nan_perplexity_shown_as_nan() -> None:
+    import numpy as np
+
+    from regress_action.metrics import apply_transform
+    from regress_action.render import render_markdown
+    from regress_action.tasks.lm import METRICS
+    from regress_action.verdict import judge_metric
+    from tests.report_factory import make_report
+
+    columns = {
+        "nll_sum": np.array([np.nan, 3.0]),
+        "tokens": np.array([4.0, 4.0]),
+        "correct_tokens": np.array([1.0, 2.0]),
+        "bytes": np.array([4.0, 4.0]),
+    }
+    assert math.isnan(METRICS["loss"].value(columns))
+    assert math.isnan(METRICS["perplexity"].value(columns))  # exp(NaN), not inf
+    assert math.isnan(apply_transform(math.nan, "exp"))
+    assert apply_transform(1000.0, "exp") == math.inf  # an overflow is inf, as before
+    report = make_report("lm")
+    result = judge_metric("perplexity", 287.5, math.nan, VerdictConfig())
+    assert result.status == "failed"
+    report.metrics["perplexity"] = result
+    (row,) = [line for line in render_markdown(report).splitlines() if "| perplexity" in line]
+    assert "NaN" in row and "inf" not in row.lower()
