@@ -9,6 +9,7 @@ import argparse
 import io
 import math
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -429,3 +430,98 @@ def test_a_nan_lm_loss_gives_a_nan_perplexity_shown_as_nan() -> None:
     report.metrics["perplexity"] = result
     (row,) = [line for line in render_markdown(report).splitlines() if "| perplexity" in line]
     assert "NaN" in row and "inf" not in row.lower()
+
+
+# --- publish needs no torch --------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+FORK_COMMENT = ROOT / "docs" / "workflows" / "regress-fork-comment.yml"
+# Distribution name -> the module it installs, for the package's own dependencies.
+IMPORT_NAMES = {
+    "torch": "torch",
+    "numpy": "numpy",
+    "scipy": "scipy",
+    "pydantic": "pydantic",
+    "pydantic-settings": "pydantic_settings",
+    "jinja2": "jinja2",
+    "PyGithub": "github",
+    "requests": "requests",
+    "urllib3": "urllib3",
+    "SQLAlchemy": "sqlalchemy",
+    "psycopg": "psycopg",
+    "safetensors": "safetensors",
+    "tqdm": "tqdm",
+    "pillow": "PIL",
+}
+EXTRA_MODULES = ["transformers", "tokenizers", "pyarrow"]
+
+# Runs `regress-action` as if only some distributions were installed.
+WITHOUT = """#!{python}
+import importlib.abc
+import sys
+
+MISSING = {missing!r}
+
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in MISSING:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, NotInstalled())
+from regress_action.cli import main
+
+sys.exit(main())
+"""
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\[<>=!~; ]", requirement.strip(), maxsplit=1)[0]
+
+
+def publish_dependencies() -> set[str]:
+    """The distributions the fork-comment workflow installs besides regress-action (which it
+    installs with --no-deps)."""
+    text = FORK_COMMENT.read_text(encoding="utf-8").replace("\\\n", " ")
+    names: set[str] = set()
+    for line in text.splitlines():
+        if "pip install" in line and "--no-deps" not in line:
+            names |= {_name(item) for item in re.findall(r'"([^"]+)"', line)}
+    return names
+
+
+def test_the_fork_comment_workflow_installs_no_torch() -> None:
+    text = FORK_COMMENT.read_text(encoding="utf-8")
+    assert "torch" not in publish_dependencies() and "download.pytorch.org" not in text
+    (install,) = [line for line in text.splitlines() if "--no-deps" in line]
+    ref = install.rsplit("@", 1)[-1]
+    assert not re.match(r"v\d", ref), f"installs from a movable tag: {install.strip()}"
+
+
+def test_publish_runs_with_only_what_the_fork_comment_workflow_installs(
+    runner: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tomllib
+
+    from tests.e2e import test_action_e2e
+    from tests.report_factory import make_report
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    declared = {_name(item) for item in pyproject["project"]["dependencies"]}
+    unmapped = declared - set(IMPORT_NAMES)
+    assert not unmapped, f"add the module name of {sorted(unmapped)} to IMPORT_NAMES"
+    installed = publish_dependencies()
+    assert installed <= declared, sorted(installed - declared)
+    missing = sorted({IMPORT_NAMES[name] for name in declared - installed} | set(EXTRA_MODULES))
+    assert "torch" in missing and "sqlalchemy" in missing
+    program = tmp_path / "regress-action-without"
+    program.write_text(WITHOUT.format(python=sys.executable, missing=missing))
+    program.chmod(0o755)
+    monkeypatch.setattr(test_action_e2e, "EXE", str(program))
+    result = runner.publish(make_report(), "--report-name", "lm", process=True)
+    assert result.rc == 0, result.stdout + result.stderr
+    assert "No module named" not in result.stdout + result.stderr
+    (body,) = test_action_e2e.bodies(runner.server)
+    assert "<!-- regress-action:lm -->" in body

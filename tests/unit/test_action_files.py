@@ -6,6 +6,7 @@ writes."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -159,3 +160,65 @@ def test_example_workflows_set_only_declared_inputs() -> None:
                 if "regress-action" in str(step.get("uses", "")):
                     unknown = set(step.get("with", {})) - declared
                     assert not unknown, f"{workflow.name}: undeclared inputs {sorted(unknown)}"
+
+
+# --- the example workflows are hardened ---------------------------------------------------------
+
+# `uses:` of a third-party action: owner/repo[/path]@ref, and the comment after it.
+USES = re.compile(r"^\s*-?\s*uses:\s*(?P<ref>[^\s#]+)\s*(?:#\s*(?P<comment>.*))?$")
+PINNED = re.compile(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}")
+RELEASE = re.compile(r"v\d+\.\d+\.\d+\b")
+# This project's own action is a placeholder (OWNER) in the examples: its users pin it.
+OWN_ACTION = "OWNER/regress-action@"
+
+
+def readme_workflows() -> list[str]:
+    """The YAML blocks of the README that are workflows."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL)
+    return [block for block in blocks if "\njobs:" in block]
+
+
+def all_workflows() -> list[tuple[str, str]]:
+    files = [(path.name, path.read_text(encoding="utf-8")) for path in WORKFLOWS]
+    readme = [(f"README.md workflow {i}", text) for i, text in enumerate(readme_workflows(), 1)]
+    assert readme, "the README shows a workflow"
+    return files + readme
+
+
+def test_readme_workflows_validate(tmp_path: Path) -> None:
+    paths = []
+    for i, text in enumerate(readme_workflows()):
+        paths.append(tmp_path / f"readme-{i}.yml")
+        paths[-1].write_text(text, encoding="utf-8")
+    check_schema("vendor.github-workflows", *paths)
+
+
+def test_example_workflows_pin_actions_to_a_release_commit() -> None:
+    """Every third-party action by a full commit sha (a tag can be moved to other code) with
+    the release it is as a comment; one sha is one release in every file."""
+    releases: dict[str, str] = {}
+    for name, text in all_workflows():
+        for line in text.splitlines():
+            found = USES.match(line)
+            if found is None:
+                continue
+            ref, comment = found["ref"], found["comment"] or ""
+            if ref.startswith(("./", "docker://", OWN_ACTION)):
+                continue
+            assert PINNED.fullmatch(ref), f"{name}: {ref} is not pinned to a full commit sha"
+            release = RELEASE.match(comment)
+            assert release, f"{name}: {ref} has no `# vX.Y.Z` comment naming its release"
+            assert releases.setdefault(ref, release[0]) == release[0], f"{name}: {ref}"
+
+
+def test_example_workflows_grant_permissions_per_job_with_a_timeout() -> None:
+    for name, text in all_workflows():
+        workflow = YAML(typ="safe").load(text)
+        assert workflow.get("permissions") == {}, f"{name}: workflow-level `permissions: {{}}`"
+        for job_name, job in workflow["jobs"].items():
+            where = f"{name}: job {job_name}"
+            assert isinstance(job.get("permissions"), dict), f"{where} declares its permissions"
+            assert all(v in ("read", "write", "none") for v in job["permissions"].values())
+            timeout = job.get("timeout-minutes")
+            assert isinstance(timeout, int) and 0 < timeout <= 360, f"{where} has a timeout"
