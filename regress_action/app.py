@@ -323,7 +323,7 @@ def lm_verdict(eval_set: EvalSet, task: TaskSpec, verdict: VerdictConfig) -> Ver
 
     if _has_bytes(eval_set, task):
         return verdict
-    asked = [*(verdict.metrics or ()), *(verdict.gate or ()), *verdict.tolerances]
+    asked = [*(verdict.metrics or ()), *(verdict.gate or ()), *verdict.tolerances, *verdict.bounds]
     if "bits_per_byte" in asked:
         raise ConfigError(
             f"bits_per_byte needs the text the tokens came from, and {eval_set.name} has "
@@ -398,7 +398,12 @@ def _evaluate_across_tokenizers(
     verdict = context.verdict
     others = [
         name
-        for name in (*(verdict.metrics or ()), *(verdict.gate or ()), *verdict.tolerances)
+        for name in (
+            *(verdict.metrics or ()),
+            *(verdict.gate or ()),
+            *verdict.tolerances,
+            *verdict.bounds,
+        )
         if name != "bits_per_byte"
     ]
     if others:

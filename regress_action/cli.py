@@ -99,7 +99,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         except MetricsModuleError as exc:
             raise exc.named(flag_name) from None
     _emit(outcome.report.to_json())
-    return EXIT_OK
+    violated = outcome.report.status == "failed"
+    return EXIT_REGRESSION if violated and args.fail_on_violation else EXIT_OK
 
 
 def cmd_runs_add(args: argparse.Namespace) -> int:

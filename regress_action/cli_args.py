@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from . import __version__
 from .formats import REGISTRY
-from .spec import PRECISIONS, check_report_name, parse_tolerances
+from .spec import PRECISIONS, check_report_name, parse_bounds, parse_tolerances
 
 if TYPE_CHECKING:  # argparse's class is not subscriptable at run time
     Subparsers = argparse._SubParsersAction[Any]
@@ -105,6 +105,43 @@ class _Tolerances(argparse.Action):
         setattr(namespace, self.dest, gathered | parsed)
 
 
+class _Bounds(argparse.Action):
+    """Repeatable `--bound METRIC>=VALUE[, METRIC<=VALUE ...]`, gathered into one dict."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        gathered = dict(getattr(namespace, self.dest) or {})
+        try:
+            parsed = parse_bounds(str(values))
+        except ValueError as exc:
+            raise argparse.ArgumentError(self, str(exc)) from None
+        repeated = sorted(parsed.keys() & gathered.keys())
+        if repeated:
+            metric = repeated[0]
+            raise argparse.ArgumentError(
+                self, f"{metric} is given twice; give both sides in one ({metric}>=0.9,{metric}<=1)"
+            )
+        setattr(namespace, self.dest, gathered | parsed)
+
+
+def _add_bound(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--bound",
+        dest="bounds",
+        action=_Bounds,
+        default={},
+        metavar="METRIC>=VALUE",
+        help="absolute floor or ceiling on the candidate's value (accuracy>=0.9, ece<=0.05; "
+        'or JSON {"accuracy": {"min": 0.9}}): a value outside it fails like a regression, '
+        "even for a metric not in --gate; repeatable",
+    )
+
+
 def _json_object(text: str) -> dict[str, object]:
     try:
         value = json.loads(text)
@@ -145,6 +182,7 @@ class _TaskRegistry(Sequence[str]):
 # Options whose flag is not their attribute name with dashes (see `flag_name`).
 _FLAGS = {
     "tolerances": "--tolerance",
+    "bounds": "--bound",
     "json_path": "--json-out",
     "markdown_path": "--markdown-out",
     "record": "--no-record",
@@ -207,6 +245,7 @@ def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
         help="per-metric tolerance: absolute (loss=0.02) or relative to |baseline| "
         "(perplexity=5%%); repeatable",
     )
+    _add_bound(group)
     group.add_argument(
         "--gate",
         type=_name_list,
@@ -312,7 +351,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fail-on-regression",
         action="store_true",
-        help="exit 1 when a gated metric regressed",
+        help="exit 1 when a gated metric regressed or a metric is outside its --bound",
     )
     parser.add_argument(
         "--no-record",
@@ -394,6 +433,12 @@ def _add_evaluate(sub: Subparsers) -> None:
         metavar="MODULE",
         help="module importable from the working directory defining `metrics(task) -> "
         "list[Metric]`: custom metrics",
+    )
+    _add_bound(parser)
+    parser.add_argument(
+        "--fail-on-violation",
+        action="store_true",
+        help="exit 1 when a metric is outside its --bound (or not finite)",
     )
     parser.add_argument(
         "--no-record",

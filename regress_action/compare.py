@@ -53,12 +53,12 @@ def metric_specs(task: TaskSpec, verdict: VerdictConfig) -> dict[str, Metric]:
     specs = select_metrics(task, verdict.metrics, verdict.metrics_module)
     every = metrics_for(task, verdict.metrics_module)
     named_gate = () if verdict.gate_keyword() else (verdict.gate or ())
-    for name in [*named_gate, *verdict.tolerances]:
+    for name in [*named_gate, *verdict.tolerances, *verdict.bounds]:
         if name not in every:
             raise ConfigError(unknown_metric_message(name, task.task, list(every)))
         if name not in specs:
             raise ConfigError(
-                f"metric {name!r} has a gate or tolerance but is not among the reported "
+                f"metric {name!r} has a gate, tolerance or bound but is not among the reported "
                 f"metrics ({', '.join(specs)}); add it to --metrics / metrics"
             )
     return specs
@@ -178,7 +178,9 @@ def rejudge(report: Report, verdict: VerdictConfig) -> Report:
     family, and an interval the run computed at another level than this verdict gives it is
     dropped (under `margin` the change then stays neutral). `gate: primary` means the task's primary
     metrics whether the report carries them or not: a gated metric missing from the report
-    fails. A metric the registry does not know is kept for display, neutral and never gated."""
+    fails. The verdict's bounds are checked on the candidate values (a bounded metric missing
+    from the report fails). A metric the registry does not know is kept for display, neutral
+    and never gated."""
     every = metrics_for(report.task, verdict.metrics_module)
     specs = {name: every[name] for name in report.metrics if name in every}
     keyword = verdict.gate_keyword()
@@ -197,7 +199,7 @@ def rejudge(report: Report, verdict: VerdictConfig) -> Report:
         specs,
         log_regressions=False,
     )
-    for name in gate:
+    for name in (*gate, *config.bounds):
         if name not in results:
             results[name] = _missing(name, every.get(name), config)
     hypotheses = {name: spec.hypothesis or name for name, spec in specs.items()}
@@ -216,7 +218,7 @@ def rejudge(report: Report, verdict: VerdictConfig) -> Report:
         if name not in results:
             reason = f"{name} is not a metric of the task {report.task.task}; not judged"
             results[name] = metric.model_copy(
-                update={"status": "neutral", "gated": False, "reason": reason}
+                update={"status": "neutral", "gated": False, "reason": reason, "bound": None}
             )
     stats_info = report.stats.model_copy(
         update={
@@ -251,4 +253,5 @@ def _missing(name: str, spec: Metric | None, config: VerdictConfig) -> MetricRes
         tolerance=config.tolerance_for(name, 0.0),
         status="failed",
         reason=f"{name} is gated but missing from the report",
+        bound=config.bounds.get(name),
     )

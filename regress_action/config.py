@@ -244,6 +244,7 @@ def evaluate_request(
         dataset=options.dataset or "",
         metrics=verdict.metrics,
         metrics_module=verdict.metrics_module,
+        bounds=dict(verdict.bounds),
         batch_size=options.batch_size,
         max_examples=options.max_examples,
         device=options.device,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +38,9 @@ from .compare import metric_specs
 from .errors import ConfigError
 from .render import render_evaluation
 from .report import EvaluationReport, MetricValue, RunInfo
-from .spec import DataOptions, EvalConfig, Precision, TaskSpec, VerdictConfig
+from .spec import DataOptions, EvalConfig, MetricBound, Precision, TaskSpec, VerdictConfig
+
+log = logging.getLogger("regress_action")
 
 if TYPE_CHECKING:
     import torch
@@ -55,6 +59,8 @@ class EvaluateRequest:
     dataset: str
     metrics: tuple[str, ...] | None = None  # None: the task's default set
     metrics_module: str | None = None
+    # Floors / ceilings on the metric values: a value outside its bound fails the evaluation.
+    bounds: dict[str, MetricBound] = field(default_factory=dict)
     batch_size: int = 64
     max_examples: int | None = None
     device: str = "auto"
@@ -97,7 +103,9 @@ def run_evaluate(request: EvaluateRequest, db: ExperimentDB) -> EvaluateOutcome:
         workers=request.workers,
         **request.data.model_dump(),
     )
-    verdict = VerdictConfig(metrics=request.metrics, metrics_module=request.metrics_module)
+    verdict = VerdictConfig(
+        metrics=request.metrics, metrics_module=request.metrics_module, bounds=request.bounds
+    )
     report, records = evaluate_model(
         model, eval_cfg, run.task, verdict, run_info(run), model_dir=run_folder(run)
     )
@@ -155,11 +163,14 @@ def evaluate_model(
         )
         for name, spec in specs.items()
     }
+    failed = judge_bounds(metrics, verdict)
     report = EvaluationReport(
         task=task,
         dataset=dataset_info(eval_set),
         run=run,
         metrics=metrics,
+        status=("failed" if failed else "passed") if verdict.bounds else None,
+        failed_metrics=failed,
         engine_version=__version__,
         device=device,
         world_size=world_size,
@@ -167,6 +178,31 @@ def evaluate_model(
         duration_s=duration_s,
     )
     return report, records
+
+
+def judge_bounds(metrics: dict[str, MetricValue], verdict: VerdictConfig) -> list[str]:
+    """Check each bounded metric's value against its floor / ceiling (the point value, no
+    statistics); set its bound, status and reason; return the metrics that fail: outside their
+    bound, or not finite."""
+    failed: list[str] = []
+    for name, bound in verdict.bounds.items():
+        metric = metrics.get(name)
+        if metric is None:  # not computed (metric_specs checked the names): cannot pass
+            raise ConfigError(f"metric {name!r} has a bound but was not evaluated")
+        metric.bound = bound
+        if not math.isfinite(metric.value):
+            metric.status = "failed"
+            metric.reason = f"{name} is {metric.value}, not finite: it fails its bound"
+        elif (violation := bound.violation(metric.value)) is not None:
+            metric.status = "failed_bound"
+            metric.reason = f"{name} is outside its bound: {violation}"
+        else:
+            metric.status = "passed"
+            metric.reason = f"{name} {metric.value:.6g} is within its bound {bound.describe()}"
+        if metric.status != "passed":
+            log.warning("%s", metric.reason)
+            failed.append(name)
+    return failed
 
 
 def _one_pass(

@@ -27,6 +27,7 @@ import jinja2
 
 from .report import EvaluationReport, FlipExample, MetricResult, Report, TrendPoint
 from .tasks import TASKS
+from .verdict import fails_job
 
 MAX_COMMENT_CHARS = 65_536
 FLIP_ROWS = 10
@@ -34,7 +35,14 @@ PER_CLASS_ROWS = 100
 TREND_POINTS = 10
 TEXT_CHARS = 120  # user text (names, reasons) is clipped to this many characters
 
-STATUS_MARKS = {"improved": "🟢", "regressed": "🔴", "neutral": "⚪", "new": "🆕", "failed": "⚠️"}
+STATUS_MARKS = {
+    "improved": "🟢",
+    "regressed": "🔴",
+    "neutral": "⚪",
+    "new": "🆕",
+    "failed": "⚠️",
+    "failed_bound": "⛔",
+}
 OVERALL_MARKS = {"regressed": "❌", "improved": "✅", "neutral": "➖"}
 
 
@@ -208,9 +216,64 @@ def status_cell(metric: MetricResult) -> str:
     text = f"{STATUS_MARKS.get(metric.status, '')} {metric.status}"
     if metric.significant is False:  # beyond the tolerance, not significantly (gate: neutral)
         text += " (n.s.)"
-    if not metric.gated and metric.status != "new":
-        text += " (not gated)"
+    if not metric.gated and metric.status not in ("new", "failed_bound"):
+        text += " (bound only)" if metric.bound is not None else " (not gated)"
     return text
+
+
+def _crosses(delta: float, tolerance: float) -> bool:
+    """|Δ| beyond the tolerance, as the verdict decides it (equal up to rounding is within)."""
+    return abs(delta) > tolerance and not math.isclose(
+        abs(delta), tolerance, rel_tol=1e-9, abs_tol=1e-12
+    )
+
+
+def _bound_text(metric: MetricResult) -> str:
+    """`0.8700 < floor 0.9` for a violated bound, `≥ 0.9 met` for a met one."""
+    bound, value = metric.bound, metric.candidate
+    if bound is None or value is None or not math.isfinite(value):
+        return ""
+    if bound.min is not None and value < bound.min:
+        return f"{fmt_value(value)} < floor {fmt_plain(bound.min)}"
+    if bound.max is not None and value > bound.max:
+        return f"{fmt_value(value)} > ceiling {fmt_plain(bound.max)}"
+    return f"{bound.describe()} met"
+
+
+def why_cell(metric: MetricResult, significance: str = "report") -> str:
+    """The rule that decided the metric's status, in a few words for the table: the bound
+    (`0.8700 < floor 0.9`), the change against its tolerance (`Δ −0.0310 beyond ±0.01`) and
+    its test (`significant, p=0.003` / `n.s.: p=0.21`), or why it was not compared."""
+    bound = _bound_text(metric)
+    if metric.status == "failed_bound":
+        return md_escape(bound)
+    parts: list[str] = []
+    if metric.status == "failed":
+        if metric.candidate is None and metric.baseline is None:
+            parts.append("missing from the report")
+        elif metric.candidate is None:
+            parts.append("missing on the candidate")
+        else:
+            parts.append("not finite")
+    elif metric.status == "new" or metric.delta is None:
+        parts.append("no baseline")
+    else:
+        tolerance = f"±{fmt_plain(metric.tolerance)}"
+        crosses = _crosses(metric.delta, metric.tolerance)
+        where = "beyond" if crosses else "within"
+        parts.append(f"Δ {fmt_delta(metric.delta)} {where} {tolerance}")
+        p = metric.p_adjusted if metric.p_adjusted is not None else metric.p_value
+        shown = "" if p is None or not math.isfinite(p) else "p" + f"={fmt_p(p)}".replace("=<", "<")
+        if crosses and metric.status == "neutral" and significance in ("gate", "margin"):
+            if metric.test is None:
+                parts.append("no paired test")
+            elif significance == "margin" and metric.significant is not False:
+                parts.append(f"CI reaches within {tolerance}")
+        if crosses and shown and metric.significant is not None:
+            parts.append(f"significant, {shown}" if metric.significant else f"n.s.: {shown}")
+    if bound:
+        parts.append(bound)
+    return md_escape("; ".join(parts))
 
 
 RULES = {
@@ -246,17 +309,16 @@ def _stats_note(report: Report) -> str:
 
 
 def _summary(metrics: list[MetricResult]) -> str:
-    gated = [m for m in metrics if m.gated]
-    bad = [m for m in gated if m.status in ("regressed", "failed")]
+    gated = [m for m in metrics if m.gated or m.bound is not None]
+    bad = [m for m in metrics if fails_job(m)]
     improved = [m for m in metrics if m.status == "improved"]
+    marks = {"failed": " (failed)", "failed_bound": " (outside its bound)"}
 
     def names(items: list[MetricResult]) -> str:
-        return ", ".join(
-            md_escape(m.name) + (" (failed)" if m.status == "failed" else "") for m in items
-        )
+        return ", ".join(md_escape(m.name) + marks.get(m.status, "") for m in items)
 
     if bad:
-        verb = "regressed or failed" if any(m.status == "failed" for m in bad) else "regressed"
+        verb = "regressed or failed" if any(m.status != "regressed" for m in bad) else "regressed"
         return f"{len(bad)} of {len(gated)} gated metrics {verb}: {names(bad)}."
     if improved:
         count = f"{len(improved)} of {len(metrics)}"
@@ -394,6 +456,7 @@ def environment() -> jinja2.Environment:
         short=short,
         mermaid_label=mermaid_label,
         status_cell=status_cell,
+        why=why_cell,
         class_name=_class_name,
     )
     env.globals.update(STATUS_MARKS=STATUS_MARKS, OVERALL_MARKS=OVERALL_MARKS)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 
 from .errors import ConfigError
 from .spec import (
+    MetricBound,
     OverallStatus,
     Precision,
     SignificanceMode,
@@ -59,6 +60,9 @@ class MetricResult(_Model):
     status: Status
     gated: bool = True
     reason: str = ""
+    # The floor / ceiling on the candidate's value this verdict checked (`failed_bound` when
+    # outside it); None: the metric has no bound.
+    bound: MetricBound | None = None
     # Paired statistics (absent when significance is "off").
     ci_low: Real | None = None
     ci_high: Real | None = None
@@ -253,13 +257,18 @@ class Report(_Model):
 
 
 class MetricValue(_Model):
-    """One metric of one model (an evaluation): its value over the eval set and its direction."""
+    """One metric of one model (an evaluation): its value over the eval set and its direction,
+    and, when the metric has a floor / ceiling, the bound and whether the value is within it
+    (`passed`), outside it (`failed_bound`) or not finite (`failed`)."""
 
     name: str
     value: Real
     higher_is_better: bool
     kind: str
     description: str = ""
+    bound: MetricBound | None = None
+    status: Literal["passed", "failed_bound", "failed"] | None = None  # None: no bound
+    reason: str = ""
 
 
 class EvaluationReport(_Model):
@@ -275,6 +284,10 @@ class EvaluationReport(_Model):
     dataset: DatasetInfo
     run: RunInfo
     metrics: dict[str, MetricValue]
+    # The bounds' verdict: `failed` when a metric is outside its bound or not finite (listed in
+    # `failed_metrics`), `passed` when every bounded metric is within its bound; None: no bound.
+    status: Literal["passed", "failed"] | None = None
+    failed_metrics: list[str] = Field(default_factory=list)
     cache_key: str = ""
     engine_version: str = ""
     records_stored: bool = False  # the per-example records are in the ExperimentDB

@@ -28,11 +28,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
 from .spec import (
+    MetricBound,
     MetricTolerance,
     Precision,
     SignificanceMode,
     check_device,
     check_report_name,
+    parse_bounds,
     parse_json_object,
     parse_tolerances,
 )
@@ -105,6 +107,7 @@ class ActionInputs(BaseSettings):
     metrics: tuple[str, ...] | None = _input("metrics", default=None)
     gate: tuple[str, ...] | None = _input("gate", default=None)
     tolerances: dict[str, MetricTolerance] = _input("metric-tolerances", default_factory=dict)
+    bounds: dict[str, MetricBound] = _input("metric-bounds", default_factory=dict)
     metrics_module: str | None = _input("metrics-module", default=None)
     significance: SignificanceMode = _input("significance", default="gate")
     alpha: float = _input("alpha", default=0.05, gt=0, lt=1)
@@ -135,6 +138,11 @@ class ActionInputs(BaseSettings):
     @classmethod
     def _tolerances(cls, value: Any) -> Any:
         return parse_tolerances(value) if isinstance(value, str) else value
+
+    @field_validator("bounds", mode="before")
+    @classmethod
+    def _bounds(cls, value: Any) -> Any:
+        return parse_bounds(value) if isinstance(value, str) else value
 
     @field_validator(
         "factory_kwargs",
@@ -281,6 +289,7 @@ def input_label(field_name: str) -> str:
 _CLI_FLAGS = {
     "db_url": "--db",
     "tolerances": "--tolerance",
+    "bounds": "--bound",
     "json_path": "--json-out",
     "markdown_path": "--markdown-out",
 }

@@ -30,7 +30,9 @@ from pydantic import (
 IGNORE_INDEX = -100
 
 SignificanceMode = Literal["report", "gate", "margin", "off"]
-Status = Literal["improved", "neutral", "regressed", "new", "failed"]
+# `failed_bound`: the candidate's value is outside the metric's floor / ceiling (`MetricBound`);
+# it fails the job like a regression, whatever the baseline.
+Status = Literal["improved", "neutral", "regressed", "new", "failed", "failed_bound"]
 OverallStatus = Literal["improved", "neutral", "regressed"]
 # The dtype every model forward runs in: fp32 as the model is, or under torch.autocast with
 # bfloat16 / float16 (fp16 only on CUDA). Record columns are float64 either way.
@@ -215,6 +217,41 @@ class MetricTolerance(BaseModel):
         return max(absolute, relative)
 
 
+class MetricBound(BaseModel):
+    """An absolute floor (`min`) and / or ceiling (`max`) on the candidate's value of a metric,
+    whatever the baseline: `accuracy>=0.9`, `ece<=0.05`. It is checked on the point value (no
+    statistics); a value outside it is `failed_bound`, which fails the job like a regression."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min: float | None = Field(default=None, allow_inf_nan=False)
+    max: float | None = Field(default=None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min is None and self.max is None:
+            raise ValueError("give a floor (min) or a ceiling (max)")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"floor {self.min:g} is above ceiling {self.max:g}")
+        return self
+
+    def violation(self, value: float) -> str | None:
+        """`"0.87 < floor 0.9"` when the finite `value` is outside the bound, else None."""
+        if self.min is not None and value < self.min:
+            return f"{value:.6g} < floor {self.min:.6g}"
+        if self.max is not None and value > self.max:
+            return f"{value:.6g} > ceiling {self.max:.6g}"
+        return None
+
+    def describe(self) -> str:
+        """`≥ 0.9`, `≤ 0.05` or `in [0.9, 0.99]`."""
+        if self.min is not None and self.max is not None:
+            return f"in [{self.min:.6g}, {self.max:.6g}]"
+        if self.min is not None:
+            return f"≥ {self.min:.6g}"
+        return f"≤ {self.max:.6g}"
+
+
 # `gate` keywords: the task's primary metric(s), or every reported metric.
 GATE_PRIMARY, GATE_ALL = "primary", "all"
 
@@ -230,12 +267,17 @@ class VerdictConfig(BaseModel):
 
     `gate`: metric names, or ("primary",) / ("all",); None: "primary" under `gate` and
     `margin`, "all" otherwise.
+
+    `bounds`: absolute floors / ceilings on the candidate's values (`MetricBound`). A metric
+    with a bound is gated by it even when it is not in `gate`: a value outside it fails the
+    job; its change is judged (and gated) as `gate` says.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     threshold: float = Field(default=0.01, ge=0, allow_inf_nan=False)
     tolerances: dict[str, MetricTolerance] = Field(default_factory=dict)
+    bounds: dict[str, MetricBound] = Field(default_factory=dict)
     metrics: tuple[str, ...] | None = None  # None: every metric of the task
     gate: tuple[str, ...] | None = None  # metric names or a keyword; None: see above
     significance: SignificanceMode = "report"
@@ -384,6 +426,67 @@ def _tolerance(metric: str, spec: Any) -> MetricTolerance:
             raise ValueError(f"{metric}: give at most one absolute and one % value, both ≥ 0")
         parts[key] = number / 100 if key == "rel" else number
     return MetricTolerance(**parts)
+
+
+_BOUND_ITEM = re.compile(r"(?P<metric>[^<>=]+?)\s*(?P<op>>=|<=|≥|≤)\s*(?P<value>[^<>=]+)")
+
+
+def parse_bounds(value: str) -> dict[str, MetricBound]:
+    """Per-metric floors and ceilings, as `metric>=VALUE` / `metric<=VALUE` items or a JSON
+    object.
+
+    Items are separated by commas, semicolons or newlines; a metric given a floor and a
+    ceiling (`accuracy>=0.9, accuracy<=0.99`) is bounded on both sides.
+    JSON: `{"accuracy": {"min": 0.9}, "ece": {"max": 0.05}}`. Raises ValueError naming the item.
+    """
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            raw: Any = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg} at char {exc.pos})") from None
+        if not isinstance(raw, dict):
+            raise ValueError('the JSON must be an object of metric -> {"min": .., "max": ..}')
+        return {str(k): _bound(str(k), v) for k, v in raw.items()}
+    parts: dict[str, dict[str, float]] = {}
+    for item in re.split(r"[,;\n]", text):
+        item = item.strip()
+        if not item:
+            continue
+        match = _BOUND_ITEM.fullmatch(item)
+        if match is None:
+            raise ValueError(f"{item!r} is not metric>=value or metric<=value (e.g. accuracy>=0.9)")
+        metric, op, number = match["metric"].strip(), match["op"], match["value"].strip()
+        try:
+            parsed = float(number)
+        except ValueError:
+            raise ValueError(f"{metric}: {number!r} is not a number") from None
+        if not math.isfinite(parsed):
+            raise ValueError(f"{metric}: {number!r} is not a finite number")
+        key = "min" if op in (">=", "≥") else "max"
+        merged = parts.setdefault(metric, {})
+        if key in merged:
+            kind = "a floor (>=)" if key == "min" else "a ceiling (<=)"
+            raise ValueError(f"{metric} is given {kind} twice; keep one")
+        merged[key] = parsed
+    return {metric: _bound(metric, values) for metric, values in parts.items()}
+
+
+def _bound(metric: str, spec: Any) -> MetricBound:
+    if isinstance(spec, MetricBound):
+        return spec
+    if not isinstance(spec, dict):
+        raise ValueError(f'{metric}: give {{"min": ..}} and / or {{"max": ..}}, not {spec!r}')
+    try:
+        return MetricBound.model_validate(spec)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ValueError(
+            f"{metric}: {where + ' ' if where else ''}{message[:1].lower() + message[1:]} "
+            '(e.g. {"min": 0.9} or {"max": 0.05})'
+        ) from None
 
 
 _REPORT_NAME = re.compile(r"[A-Za-z0-9_.:/()+@ -]{1,100}")

@@ -9,8 +9,12 @@ tolerance, else the threshold):
   A difference equal to the tolerance up to float rounding (0.71 - 0.70 vs 0.01) is not beyond it;
 - missing on the baseline side: `new` (not gated); missing on the candidate side, or a NaN/inf
   on either side: `failed`, which gates like a regression;
-- overall: `regressed` if a gated metric regressed or failed, else `improved` if any metric
-  improved, else `neutral`.
+- a bound (`VerdictConfig.bounds`: a floor and / or a ceiling on the candidate's point value,
+  whatever the baseline): a finite candidate outside it is `failed_bound`, which wins over the
+  change's status and fails the job even when the metric is not in `gate`; a missing or
+  non-finite candidate of a bounded metric is `failed` and fails the job too;
+- overall: `regressed` if a metric fails the job (`fails_job`: a gated metric regressed or
+  failed, or a bound was violated), else `improved` if any metric improved, else `neutral`.
 
 Then the significance mode (`apply_significance`): the gated, tested metrics form one family,
 corrected by Bonferroni over its hypotheses; under `gate` a change beyond the tolerance must
@@ -141,7 +145,37 @@ def judge_metric(
             result.reason = f"{name} is within the tolerance {tolerance:.6g}: {change}"
         else:
             result.reason = f"{name} {result.status} beyond the tolerance {tolerance:.6g}: {change}"
+    return _apply_bound(result, config)
+
+
+def _apply_bound(result: MetricResult, config: VerdictConfig) -> MetricResult:
+    """The metric's floor / ceiling on the candidate's point value, when it has one."""
+    bound = config.bounds.get(result.name)
+    if bound is None:
+        return result
+    result.bound = bound
+    candidate = result.candidate
+    if candidate is None or not math.isfinite(candidate):
+        result.reason += f"; the bound {bound.describe()} cannot be checked"
+        return result
+    violation = bound.violation(candidate)
+    if violation is None:
+        result.reason += f"; within its bound {bound.describe()}"
+        return result
+    change = f"; {result.reason}" if result.reason else ""
+    result.status = "failed_bound"
+    result.reason = f"{result.name} is outside its bound: {violation}{change}"
     return result
+
+
+def fails_job(result: MetricResult) -> bool:
+    """Whether the metric fails the job: a gated metric that regressed or failed, a violated
+    bound, or a bounded metric whose value is missing or not finite (gated by its bound)."""
+    if result.status == "failed_bound":
+        return True
+    if result.status == "failed" and result.bound is not None:
+        return True
+    return result.gated and result.status in ("regressed", "failed")
 
 
 def judge(
@@ -170,7 +204,7 @@ def judge(
 def warn_regressions(results: Iterable[MetricResult]) -> None:
     """Log one warning per regressed or failed metric, with its readable reason."""
     for result in results:
-        if result.status in ("regressed", "failed"):
+        if result.status in ("regressed", "failed", "failed_bound"):
             log.warning("%s", result.reason)
 
 
@@ -309,7 +343,7 @@ def _real(value: float) -> float | None:
 
 def overall_status(results: Iterable[MetricResult]) -> OverallStatus:
     results = list(results)
-    if any(r.gated and r.status in ("regressed", "failed") for r in results):
+    if any(fails_job(r) for r in results):
         return "regressed"
     if any(r.status == "improved" for r in results):
         return "improved"
@@ -317,7 +351,8 @@ def overall_status(results: Iterable[MetricResult]) -> OverallStatus:
 
 
 def regressed_metrics(results: Iterable[MetricResult]) -> list[str]:
-    return [r.name for r in results if r.gated and r.status in ("regressed", "failed")]
+    """The metrics that fail the job (`fails_job`): regressed, failed or outside their bound."""
+    return [r.name for r in results if fails_job(r)]
 
 
 def notes(results: Iterable[MetricResult]) -> str:

@@ -50,8 +50,8 @@ from tests.report_factory import (
 
 GOLDEN = Path(__file__).parent / "golden"
 HOSTILE = "<img src=x onerror=alert(1)>|**bold**"
-TABLE_HEADER = ["Metric", "", "Baseline", "Candidate", "Δ", "Δ %", "Status"]
-STATS_HEADER = [*TABLE_HEADER[:6], "CI", "p (adj.)", "Status"]  # levels in the footnote
+TABLE_HEADER = ["Metric", "", "Baseline", "Candidate", "Δ", "Δ %", "Status", "Why"]
+STATS_HEADER = [*TABLE_HEADER[:6], "CI", "p (adj.)", "Status", "Why"]  # levels in the footnote
 
 
 def _regressed_with_failed_and_new() -> Report:
@@ -209,7 +209,8 @@ def test_a_change_gate_mode_found_not_significant_is_named_not_hidden() -> None:
         "not significantly." in text
     )
     row = _tables(text)[0][1]
-    assert _cell_text(row[-1]) == "⚪ neutral (n.s.)"
+    assert _cell_text(row[-2]) == "⚪ neutral (n.s.)"
+    assert _cell_text(row[-1]) == "Δ −0.0170 beyond ±0.01; n.s.: p=0.43"
 
 
 def test_failed_metric_is_named_in_the_summary() -> None:
@@ -220,9 +221,9 @@ def test_failed_metric_is_named_in_the_summary() -> None:
 def test_statistics_columns_and_not_significant_mark() -> None:
     table = _tables(render_markdown(make_report(stats=True)))[0]
     rows = {_cell_text(row[0]): [_cell_text(c) for c in row] for row in table[1:]}
-    assert rows["accuracy"][6:] == ["[−0.112, −0.0479]", "<0.0001", "🔴 regressed"]
+    assert rows["accuracy"][6:9] == ["[−0.112, −0.0479]", "<0.0001", "🔴 regressed"]
     assert rows["macro_f1"][8] == "🔴 regressed (n.s.)"
-    assert rows["ece"][6:] == ["—", "—", "⚪ neutral (not gated)"]  # no valid test
+    assert rows["ece"][6:9] == ["—", "—", "⚪ neutral (not gated)"]  # no valid test
 
 
 def test_confidence_level_labels_the_ci_column() -> None:
