@@ -236,11 +236,31 @@ def _unknown_dataset(text: str) -> DataError:
     return DataError(f"unknown dataset {text!r}{hint} {_sources_hint()}")
 
 
+# What a model of each modality takes, for the message of a modality mismatch.
+_INPUTS = {
+    "vision": "images (batch, channels, height, width)",
+    "text": "token ids (batch, tokens)",
+    "tabular": "feature vectors (batch, features)",
+}
+
+
+def _inputs(modality: str) -> str:
+    return _INPUTS.get(modality, f"{modality} inputs")
+
+
 def _reconcile(inferred: TaskSpec, given: TaskSpec | None, where: str) -> TaskSpec:
     """The caller's task when it is compatible with what the data shows, else a DataError."""
     if given is None:
         return inferred
-    if (given.modality, given.task) != (inferred.modality, inferred.task):
+    if given.modality != inferred.modality:
+        raise DataError(
+            f"{where} is a {inferred.modality} eval set ({inferred.task}: "
+            f"{_inputs(inferred.modality)}), but the models are {given.modality} "
+            f"{given.task} models, which take {_inputs(given.modality)}; compare them on a "
+            f"{given.modality} eval set, or compare models made for {inferred.modality} "
+            f"{inferred.task} (registered with that task and modality)"
+        )
+    if given.task != inferred.task:
         raise DataError(
             f"{where} holds a {inferred.modality}/{inferred.task} eval set but the task says "
             f"{given.modality}/{given.task}; fix the task or the dataset"

@@ -525,3 +525,39 @@ def test_publish_runs_with_only_what_the_fork_comment_workflow_installs(
     assert "No module named" not in result.stdout + result.stderr
     (body,) = test_action_e2e.bodies(runner.server)
     assert "<!-- regress-action:lm -->" in body
+
+
+# --- a modality mismatch says which input each side is -----------------------------------------
+
+MISMATCHES = [
+    ("lm_tiny", "vision", "classification", "text eval set", "images (batch, channels"),
+    ("vision_tiny", "text", "lm", "vision eval set", "token ids (batch, tokens)"),
+    ("text.jsonl", "vision", "classification", "text eval set", "images (batch, channels"),
+]
+
+
+@pytest.mark.parametrize(("dataset", "modality", "task", "data_is", "models_take"), MISMATCHES)
+def test_a_modality_mismatch_names_both_inputs_and_the_fix(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dataset: str,
+    modality: str,
+    task: str,
+    data_is: str,
+    models_take: str,
+) -> None:
+    from regress_action.data import load_eval_set
+    from regress_action.errors import DataError
+    from regress_action.spec import TaskSpec
+
+    monkeypatch.chdir(tmp_path)
+    lines = [f'{{"text": "review {i}", "label": {i % 3}}}' for i in range(12)]
+    (tmp_path / "text.jsonl").write_text("\n".join(lines) + "\n")
+    sizes = {"num_classes": 10} if task == "classification" else {"vocab_size": 256}
+    spec = TaskSpec(modality=modality, task=task, **sizes)
+    with pytest.raises(DataError) as caught:
+        load_eval_set(dataset, task=spec)
+    message = str(caught.value)
+    assert f"{dataset} is a {data_is}" in message and models_take in message
+    assert f"compare them on a {modality} eval set" in message
+    assert "num_classes" not in message and "num-classes" not in message

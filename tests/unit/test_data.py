@@ -149,7 +149,8 @@ def test_missing_file_and_unsupported_file(tmp_path: Path) -> None:
 def test_task_must_fit_the_data() -> None:
     with pytest.raises(DataError) as exc:
         load_eval_set("vision_tiny", task=TaskSpec(modality="text", task="lm", vocab_size=256))
-    assert "vision/classification eval set but the task says text/lm" in _one_line(exc)
+    assert "vision_tiny is a vision eval set" in _one_line(exc)
+    assert "text lm models, which take token ids" in _one_line(exc)
     with pytest.raises(DataError, match="num_classes >= 10"):
         load_eval_set("vision_tiny", task=VISION)
     wider = TaskSpec(modality="vision", task="classification", num_classes=12)
