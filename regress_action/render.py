@@ -25,7 +25,14 @@ from importlib.resources import files
 
 import jinja2
 
-from .report import EvaluationReport, FlipExample, MetricResult, Report, TrendPoint
+from .report import (
+    EvaluationReport,
+    FlipExample,
+    MetricResult,
+    MetricValue,
+    Report,
+    TrendPoint,
+)
 from .tasks import TASKS
 from .verdict import fails_job
 
@@ -238,6 +245,21 @@ def _bound_text(metric: MetricResult) -> str:
     if bound.max is not None and value > bound.max:
         return f"{fmt_value(value)} > ceiling {fmt_plain(bound.max)}"
     return f"{bound.describe()} met"
+
+
+def bound_verdict(metric: MetricValue) -> str:
+    """An evaluated metric against its bound: `✅ passed`, `⛔ 0.8700 < floor 0.9`, `⚠️ not
+    finite`, or `—` without a bound."""
+    bound, value = metric.bound, metric.value
+    if bound is None or metric.status is None:
+        return "—"
+    if metric.status == "failed":
+        return "⚠️ not finite"
+    if metric.status == "passed":
+        return "✅ passed"
+    if bound.min is not None and value < bound.min:
+        return md_escape(f"⛔ {fmt_value(value)} < floor {fmt_plain(bound.min)}")
+    return md_escape(f"⛔ {fmt_value(value)} > ceiling {fmt_plain(bound.max or 0.0)}")
 
 
 def why_cell(metric: MetricResult, significance: str = "report") -> str:
@@ -457,6 +479,7 @@ def environment() -> jinja2.Environment:
         mermaid_label=mermaid_label,
         status_cell=status_cell,
         why=why_cell,
+        bound_verdict=bound_verdict,
         class_name=_class_name,
     )
     env.globals.update(STATUS_MARKS=STATUS_MARKS, OVERALL_MARKS=OVERALL_MARKS)
