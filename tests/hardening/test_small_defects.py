@@ -452,6 +452,7 @@ IMPORT_NAMES = {
     "safetensors": "safetensors",
     "tqdm": "tqdm",
     "pillow": "PIL",
+    "PyYAML": "yaml",
 }
 EXTRA_MODULES = ["transformers", "tokenizers", "pyarrow"]
 
