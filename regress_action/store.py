@@ -40,7 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from .errors import StoreError
 from .report import EvaluationReport, MetricResult, Report, TrendPoint
-from .spec import ModelSource, RunCreate, RunRecord, TaskSpec
+from .spec import MetricBound, ModelSource, RunCreate, RunRecord, TaskSpec
 from .store_schema import (
     DEFAULT_SOURCE,
     FLOAT_METRIC_COLUMNS,
@@ -99,8 +99,13 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# MetricResult fields that have no column: a metric's bound is in the stored report (its row's
+# status, `failed_bound`, and reason say when it was violated), read back by `_with_bounds`.
+_NOT_COLUMNS = {"bound"}
+
+
 def _encode_metric(metric: MetricResult, comparison_id: int, position: int) -> dict[str, Any]:
-    row = metric.model_dump()
+    row = metric.model_dump(exclude=_NOT_COLUMNS)
     nonfinite: dict[str, str] = {}
     for column in FLOAT_METRIC_COLUMNS:
         value = row[column]
@@ -116,7 +121,7 @@ def _encode_metric(metric: MetricResult, comparison_id: int, position: int) -> d
 
 
 def _decode_metric(row: RowMapping) -> MetricResult:
-    values = {key: row[key] for key in MetricResult.model_fields}
+    values = {key: row[key] for key in MetricResult.model_fields if key not in _NOT_COLUMNS}
     values["underpowered"] = bool(values["underpowered"])  # NULL before schema version 3
     for column, value in json.loads(row["nonfinite"] or "{}").items():
         values[column] = float(value)  # float() reads "NaN", "Infinity", "-Infinity"
@@ -686,8 +691,27 @@ def _comparison_record(
     row: RowMapping, metrics: list[MetricResult], report: dict[str, Any] | None
 ) -> ComparisonRecord:
     values = {key: row[key] for key in ComparisonRecord.model_fields if key in row}
-    values.update(created_at=_utc(row["created_at"]), report=report, metrics=metrics)
+    values.update(
+        created_at=_utc(row["created_at"]), report=report, metrics=_with_bounds(metrics, report)
+    )
     return ComparisonRecord.model_validate(values)
+
+
+def _with_bounds(metrics: list[MetricResult], report: dict[str, Any] | None) -> list[MetricResult]:
+    """The metrics with the bounds their stored report gives them (a bound the report does not
+    hold in a valid form is left out: the row's status and reason still say what it decided)."""
+    stored = report.get("metrics") if report is not None else None
+    if not isinstance(stored, dict):
+        return metrics
+    result = []
+    for metric in metrics:
+        entry = stored.get(metric.name)
+        bound = entry.get("bound") if isinstance(entry, dict) else None
+        if bound is not None:
+            with suppress(ValidationError):
+                metric = metric.model_copy(update={"bound": MetricBound.model_validate(bound)})
+        result.append(metric)
+    return result
 
 
 def _is_id(value: int) -> bool:
