@@ -423,7 +423,9 @@ def _tolerance(metric: str, spec: Any) -> MetricTolerance:
                 f"{metric}: {token!r} is neither a number (0.02) nor a percentage (5%)"
             ) from None
         if not number >= 0 or not math.isfinite(number) or key in parts:
-            raise ValueError(f"{metric}: give at most one absolute and one % value, both ≥ 0")
+            raise ValueError(
+                f"{metric}: give at most one absolute and one % value, both finite numbers ≥ 0"
+            )
         parts[key] = number / 100 if key == "rel" else number
     return MetricTolerance(**parts)
 

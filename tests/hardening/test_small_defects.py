@@ -71,7 +71,7 @@ def test_per_metric_tolerances_must_be_finite(
 ) -> None:
     args = ["publish", "--report", "r.json", f"--tolerance=loss={value}"]
     code, _, err = cli(args, tmp_path, monkeypatch)
-    assert code == 2 and "--tolerance" in err
+    assert code == 2 and "--tolerance" in err and "finite numbers ≥ 0" in err
     monkeypatch.setenv("INPUT_BASELINE-RUN-ID", "1")
     monkeypatch.setenv("INPUT_CANDIDATE-RUN-ID", "2")
     monkeypatch.setenv("INPUT_DATASET", "lm_tiny")
