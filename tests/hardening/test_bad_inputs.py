@@ -356,6 +356,16 @@ CLI_CASES = [
          ("publish", "--report", "missing.json", "--comment", "off")),
     Case("cli-publish-report-not-json", ("badmodels.py",),
          ("publish", "--report", "badmodels.py", "--comment", "off")),
+    # floors and ceilings
+    Case("cli-bound-unknown-metric", ("acuracy", "token_accuracy"),
+         compare("1", "2", "lm_tiny", "--bound", "acuracy>=0.9")),
+    Case("cli-bound-floor-above-ceiling", ("--bound", "floor 0.9 is above ceiling 0.1"),
+         compare("1", "2", "lm_tiny", "--bound", "loss>=0.9,loss<=0.1")),
+    Case("cli-bound-not-finite", ("--bound", "not a finite number"),
+         compare("1", "2", "lm_tiny", "--bound", "loss<=inf")),
+    Case("cli-evaluate-bound-unknown-metric", ("accuracy", "token_accuracy"),
+         ("evaluate", "--run-id", "1", "--dataset", "lm_tiny", "--device", "cpu",
+          "--bound", "accuracy>=0.5")),
 ]  # fmt: skip
 
 ACTION_INPUTS = {
@@ -445,6 +455,11 @@ ACTION_CASES = [
          inputs={**CHECKPOINTS, "candidate-checkpoint": "corrupt.safetensors"}),
     Case("action-missing-checkpoint", ("candidate-checkpoint", "gone.safetensors"),
          inputs={**CHECKPOINTS, "candidate-checkpoint": "gone.safetensors"}),
+    # floors and ceilings
+    Case("action-bound-floor-above-ceiling", ("input metric-bounds", "floor 2 is above ceiling 1"),
+         inputs={"metric-bounds": "loss<=1, loss>=2"}),
+    Case("action-bound-unknown-metric", ("acuracy", "token_accuracy"),
+         inputs={"metric-bounds": "acuracy>=0.9"}),
 ]  # fmt: skip
 
 
