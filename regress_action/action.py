@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import checkpoint_request, compare_request, task_from
+from .config_file import load_action_inputs
 from .errors import ConfigError, GitHubError, StoreError, UserError
 from .gha import Commands, EventContext, check_runner_file, event_context, guarded, read_event
 from .preflight import check_inputs
 from .publish import TITLE, OpenCommenter, Publication, open_github_commenter, publish_report
-from .settings import ActionInputs, RunnerEnv, input_label, load, load_inputs, name_inputs
+from .settings import ActionInputs, RunnerEnv, input_label, load, name_inputs
 
 if TYPE_CHECKING:
     from .app import CheckpointRequest, CompareOutcome, CompareRequest
@@ -83,7 +84,7 @@ def _naming_inputs(services: Services, commands: Commands) -> int:
 
 def run_action(services: Services, commands: Commands) -> int:
     runner = load(RunnerEnv)
-    inputs = load_inputs()
+    inputs, config = load_action_inputs(runner)  # the inputs set, over the config file's values
     token = inputs.github_token.get_secret_value() if inputs.github_token else None
     if token:
         commands.add_mask(token)
@@ -105,6 +106,7 @@ def run_action(services: Services, commands: Commands) -> int:
                 baseline_run_id=baseline_id,
                 candidate_run_id=candidate_id,
                 commit=commit,
+                config_source=config.source,
             )
             with commands.group(f"Evaluate run {baseline_id} vs run {candidate_id}"):
                 outcome = services.compare(request, db)

@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .files import StagedFile, check_distinct, check_writable
 from .records_file import check_records_path
 from .render import TREND_POINTS, render_markdown
-from .report import DatasetInfo, Report, RunInfo
+from .report import ConfigInfo, DatasetInfo, Report, RunInfo
 from .spec import (
     CheckpointFormat,
     DataOptions,
@@ -61,6 +61,7 @@ class CompareRequest:
     json_path: Path | None = None
     markdown_path: Path | None = None
     records_path: Path | None = None  # every example's records (.parquet / .npz)
+    config_source: str = "defaults"  # the config file the options were read with
     commit: str | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False  # run code shipped in a Hugging Face folder (auto_map)
@@ -647,6 +648,7 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
     compared = evaluate_models(
         baseline, candidate, eval_cfg, baseline_run.task, context, model_dirs=folders
     )
+    compared.report.config = ConfigInfo(source=request.config_source, verdict=request.verdict)
     outputs = Outputs(
         db=db if request.record else None,
         json_path=request.json_path,

@@ -18,10 +18,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from .cli_args import build_parser, flag_name, one_line
+from .cli_args import build_parser, explicit_options, flag_name, one_line
 from .config import (
+    Names,
+    check_precision,
     checkpoint_request,
     compare_request,
+    data_options,
     evaluate_request,
     task_from,
     verdict_config,
@@ -69,11 +72,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     request = compare_request(
         args,
-        flag_name,
+        _names(args),
         baseline_run_id=args.baseline_run_id,
         candidate_run_id=args.candidate_run_id,
         commit=args.commit,
         record=args.record,
+        config_source=args.config_source,
     )
     # A comparison needs registered runs: a missing SQLite file is a mistyped --db. One that
     # is not recorded only reads the database.
@@ -92,7 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .store import open_db
     from .tasks import MetricsModuleError
 
-    request = evaluate_request(args, flag_name, run_id=args.run_id, commit=args.commit)
+    request = evaluate_request(args, _names(args), run_id=args.run_id, commit=args.commit)
     with open_db(args.db, create=False, readonly=not args.record) as db:
         try:
             outcome = run_evaluate(request, db)
@@ -211,11 +215,66 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return publish(
         args.report,
         report_name=args.report_name,
-        verdict=verdict_config(args, flag_name),
+        verdict=verdict_config(args, _names(args)),
         comment=args.comment,
         fail_on_regression=args.fail_on_regression,
         pr_number=args.pr_number,
     )
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """The configuration `compare` would use, as JSON: the file's values over the defaults,
+    under the flags given."""
+    from .spec import check_device
+
+    names = _names(args)
+    verdict = verdict_config(args, names)
+    data = data_options(args, names)
+    try:
+        device = check_device(args.device)
+    except ValueError as exc:
+        raise ConfigError(f"{names('device')}: {exc}") from None
+    check_precision(args, names)
+    effective = {
+        "config": args.config_source,
+        "verdict": verdict.model_dump(mode="json"),
+        "data": data.model_dump(mode="json"),
+        "dataset": args.dataset,
+        "batch_size": args.batch_size,
+        "max_examples": args.max_examples,
+        "workers": args.workers,
+        "device": device,
+        "precision": args.precision,
+        "report_name": args.report_name,
+        "fail_on_regression": args.fail_on_regression,
+    }
+    _emit(json.dumps(effective, indent=2))
+    print(f"regress-action: {one_line(args.config_source)}: valid", file=sys.stderr)
+    return EXIT_OK
+
+
+def _names(args: argparse.Namespace) -> Names:
+    """Spell an option as the user gave it: a config file's key as `FILE: key`, else the flag."""
+    from_file: set[str] = getattr(args, "config_keys", set())
+    source = getattr(args, "config_source", "")
+
+    def name(attribute: str) -> str:
+        return f"{source}: {attribute}" if attribute in from_file else flag_name(attribute)
+
+    return name
+
+
+def _configured(handler: Handler, argv: Sequence[str] | None) -> Handler:
+    """`handler` run with the config file's values under the flags given explicitly."""
+
+    def run(args: argparse.Namespace) -> int:
+        from .config_file import apply_to_namespace, find_config, read_config
+
+        loaded = read_config(find_config(args.config), "--config")
+        apply_to_namespace(args, loaded, explicit_options(argv))
+        return handler(args)
+
+    return run
 
 
 # ---------------------------------------------------------------- entry point
@@ -230,7 +289,10 @@ HANDLERS: dict[str, Handler] = {
     "demo": cmd_demo,
     "action": cmd_action,
     "publish": cmd_publish,
+    "config_check": cmd_config_check,
 }
+# Commands that read the config file (`--config`, or ./.regress-action.yml).
+CONFIGURED = {"compare", "evaluate", "publish", "config_check"}
 SHARDED = {"compare", "evaluate"}  # under torchrun, every rank evaluates a shard
 
 
@@ -248,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stream.setFormatter(_OneLineFormatter("regress-action: %(levelname)s: %(message)s"))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[stream])
     handler = HANDLERS[args.handler]
+    if args.handler in CONFIGURED:
+        handler = _configured(handler, argv)
     if not _under_torchrun():
         return _run(handler, args, None)
     if args.handler not in SHARDED:  # nothing to shard: rank 0 does it once

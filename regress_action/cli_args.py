@@ -222,6 +222,16 @@ def _add_db(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="the repository's config file (default: ./.regress-action.yml when it exists); "
+        "flags given here win over it",
+    )
+
+
 def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("verdict")
     group.add_argument(
@@ -342,6 +352,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidate-run-id", type=_positive_int, required=True)
     _add_pass_arguments(parser, "report")
     _add_verdict_options(parser)
+    _add_config(parser)
     parser.add_argument(
         "--report-name",
         type=_report_name,
@@ -446,6 +457,7 @@ def _add_evaluate(sub: Subparsers) -> None:
         action="store_false",
         help="do not record the evaluation in the DB",
     )
+    _add_config(parser)
     parser.set_defaults(handler="evaluate")
 
 
@@ -550,7 +562,52 @@ def _add_action(sub: Subparsers) -> None:
         help="exit 1 when the report regressed (default true)",
     )
     publish.add_argument("--pr-number", type=_positive_int, help="default: from the event")
+    _add_config(publish)
     publish.set_defaults(handler="publish")
+
+
+def _add_config_commands(sub: Subparsers) -> None:
+    config = sub.add_parser("config", help="check the repository's config file")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="{check}")
+    check = config_sub.add_parser(
+        "check",
+        help="validate .regress-action.yml and print the effective configuration",
+        description="Validate the config file and print, as JSON, the configuration `compare` "
+        "would use: the file's values over the defaults, under the flags given here.",
+    )
+    _add_config(check)
+    check.add_argument("--dataset")
+    _add_data_options(check)
+    _add_verdict_options(check)
+    check.add_argument("--report-name", type=_report_name, default="default")
+    check.add_argument("--device", default="auto")
+    check.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    check.add_argument("--batch-size", type=_positive_int, default=64)
+    check.add_argument("--max-examples", type=_positive_int)
+    check.add_argument("--workers", type=_int_between(0), metavar="N")
+    check.add_argument("--fail-on-regression", action="store_true")
+    check.set_defaults(handler="config_check")
+
+
+def explicit_options(argv: Sequence[str] | None) -> set[str]:
+    """The options `argv` gives explicitly (their attribute names), so that a config file
+    fills only the others: argparse's defaults are not "given". The command line is parsed
+    again with every default suppressed; the repeatable per-metric options (our own Action
+    classes, which add to their default) count as given when they gathered an entry."""
+    parser = build_parser()
+    gathering: set[str] = set()
+    stack = [parser]
+    while stack:
+        current = stack.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif type(action).__module__ == __name__:
+                gathering.add(action.dest)
+            elif action.dest not in ("help", "version"):
+                action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    return {dest for dest, value in given.items() if dest not in gathering or value}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -568,4 +625,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_comparisons(sub)
     _add_demo(sub)
     _add_action(sub)
+    _add_config_commands(sub)
     return parser

@@ -197,8 +197,10 @@ def compare_request(
     candidate_run_id: int,
     commit: str | None,
     record: bool = True,
+    config_source: str = "defaults",
 ) -> CompareRequest:
-    """One comparison of two registered runs, as the options ask for it."""
+    """One comparison of two registered runs, as the options ask for it; `config_source` is
+    the config file the options were read with (or "defaults"), recorded in the report."""
     from .app import CompareRequest
 
     check_precision(options, names)
@@ -220,6 +222,7 @@ def compare_request(
         json_path=options.json_path,
         markdown_path=options.markdown_path,
         records_path=getattr(options, "records_path", None),
+        config_source=config_source,
         commit=commit,
         allow_pickle=options.allow_pickle,
         trust_remote_code=options.trust_remote_code,

@@ -63,6 +63,7 @@ def check_confined(inputs: ActionInputs, roots: tuple[Path, ...]) -> None:
         "json_path": inputs.json_path,
         "markdown_path": inputs.markdown_path,
         "records_path": inputs.records_path,
+        "config": inputs.config,
         "baseline_checkpoint": inputs.baseline_checkpoint,
         "candidate_checkpoint": inputs.candidate_checkpoint,
         "dataset": None if inputs.dataset in builtin_datasets() else inputs.dataset,

@@ -21,6 +21,7 @@ from .spec import (
     SignificanceMode,
     Status,
     TaskSpec,
+    VerdictConfig,
     check_report_name,
 )
 
@@ -180,6 +181,15 @@ class TrendPoint(_Model):
     metrics: dict[str, Real | None] = Field(default_factory=dict)
 
 
+class ConfigInfo(_Model):
+    """The verdict configuration a comparison was judged under, and where it came from: the
+    config file read (`.regress-action.yml`, as its path was given) or "defaults" (flags and
+    inputs alone)."""
+
+    source: str = "defaults"
+    verdict: VerdictConfig
+
+
 class Report(_Model):
     schema_version: int = REPORT_SCHEMA_VERSION
     tool_version: str = ""
@@ -206,6 +216,9 @@ class Report(_Model):
     # the option existed ran in fp32.
     precision: Precision = "fp32"
     duration_s: Real | None = None
+    # The verdict configuration and its source (a config file or the defaults); None in
+    # reports written before it was recorded, and in those of `compare_models`.
+    config: ConfigInfo | None = None
 
     @field_validator("report_name")
     @classmethod

@@ -111,6 +111,11 @@ class ActionInputs(BaseSettings):
     metrics_module: str | None = _input("metrics-module", default=None)
     significance: SignificanceMode = _input("significance", default="gate")
     alpha: float = _input("alpha", default=0.05, gt=0, lt=1)
+    resamples: int = _input("resamples", default=2000, ge=100, le=100_000)
+    seed: int = _input("seed", default=0, ge=0, le=2**32 - 1)
+    # The repository's config file (default: .regress-action.yml in the workspace, if any);
+    # read by `config_file.load_action_inputs` before these settings are validated.
+    config: Path | None = _input("config", default=None)
     db_url: str = _input("db-url", default=DEFAULT_DB_URL, min_length=1)
     github_token: SecretStr | None = _input("github-token", default=None)
     comment: CommentMode = _input("comment", default="update")
@@ -334,10 +339,11 @@ def name_inputs(message: str) -> str:
 _S = TypeVar("_S", bound=BaseSettings)
 
 
-def load(cls: type[_S]) -> _S:
-    """Read settings from the environment; a bad value is one ConfigError naming the input."""
+def load(cls: type[_S], **values: Any) -> _S:
+    """Read settings from the environment (under `values`, keyed by their variables: a config
+    file's); a bad value is one ConfigError naming the input."""
     try:
-        return cls()
+        return cls(**values)
     except ValidationError as exc:
         raise ConfigError(_describe(cls, exc)) from None
     except SettingsError as exc:  # raised before validation, e.g. an undecodable value

@@ -40,6 +40,7 @@ TORCH_FREE |= {"tasks.custom"}
 # The debiased calibration error: numpy only.
 TORCH_FREE |= {"tasks.calibration"}
 TORCH_FREE |= {"records_file"}  # the per-example records file (numpy; pyarrow when asked)
+TORCH_FREE |= {"config_file"}  # the repository's .regress-action.yml (pydantic, PyYAML)
 ONLY_IN = {"github": {"github"}, "sqlalchemy": {"store", "store_schema"}, "jinja2": {"render"}}
 ENGINE_MUST_NOT = {
     ".store", ".store_schema", ".render", ".github", ".gha", ".settings", ".action", ".app",
