@@ -193,12 +193,14 @@ def report_outputs(pub: Publication) -> dict[str, str]:
 
 
 def annotate(report: Report, fail_on_regression: bool, commands: Commands) -> None:
-    """One annotation per regressed metric: an error when it fails the job, else a warning."""
+    """One annotation per regressed metric (or one outside its bound): an error when it fails
+    the job, else a warning."""
     emit = commands.error if fail_on_regression else commands.warning
     for name in report.regressed_metrics:
         metric = report.metrics.get(name)
         text = _describe_metric(metric) if metric is not None else f"{name} regressed"
-        emit(text, title=f"{TITLE}: {name} regressed ({report.report_name})")
+        what = "outside its bound" if metric and metric.status == "failed_bound" else "regressed"
+        emit(text, title=f"{TITLE}: {name} {what} ({report.report_name})")
 
 
 def _describe_metric(metric: MetricResult) -> str:

@@ -145,7 +145,8 @@ def test_the_action_input_fails_the_job_on_a_violated_floor(runner: Runner, ws: 
     assert result.outputs["status"] == "regressed"
     assert result.outputs["regressed-metrics"] == "token_accuracy"
     (error,) = result.lines("::error")
-    assert "token_accuracy is outside its bound" in error
+    assert "token_accuracy outside its bound" in error  # the title
+    assert "token_accuracy is outside its bound: " in error and "< floor 0.9" in error
     (body,) = bodies(runner.server)
     assert "⛔ failed_bound" in body and "floor 0.9" in body
     bad = runner.run("action", inputs={**inputs, "metric-bounds": "token_accuracy>=x"})
