@@ -327,6 +327,30 @@ def find_config(given: Path | str | None, folder: Path | None = None) -> Path | 
     return default if default.is_file() else None
 
 
+# A config file is a few keys: a larger one is refused before it is parsed.
+MAX_BYTES = 1 << 20
+
+
+def _loader() -> type[Any]:
+    """PyYAML's SafeLoader, refusing aliases (`*name`): a few lines of anchors can expand to
+    billions of values once validated."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    "anchors and aliases (*name) are not supported: write the value out",
+                    event.start_mark,
+                )
+            return super().compose_node(parent, index)
+
+    return Loader
+
+
 def read_config(path: Path | None, label: str = "--config") -> LoadedConfig:
     """The file at `path` read and validated (no file: the defaults). Raises ConfigError,
     one line naming the file (with line:column for a YAML error), the key path and the fix;
@@ -337,7 +361,11 @@ def read_config(path: Path | None, label: str = "--config") -> LoadedConfig:
 
     shown = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.exists() and not path.is_file() and not path.is_dir():
+            raise ConfigError(f"{label}: {shown!r} is not a regular file; give the config file")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_BYTES + 1)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(
             f"{label}: no config file {shown!r} (relative to {Path.cwd()}); check the path"
@@ -348,13 +376,17 @@ def read_config(path: Path | None, label: str = "--config") -> LoadedConfig:
         raise ConfigError(f"{shown}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{label}: cannot read {shown!r} ({exc.strerror})") from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError(f"{shown}: over {MAX_BYTES // 1024} KiB; a config file is a few keys")
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_loader())  # a SafeLoader, without aliases
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark is not None else shown
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: not valid YAML ({problem}); fix the syntax there") from None
+    except RecursionError:
+        raise ConfigError(f"{shown}: nested too deeply to read; flatten the file") from None
     if raw is None:  # an empty file (or only comments): every default
         raw = {}
     if not isinstance(raw, dict):

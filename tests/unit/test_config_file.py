@@ -146,6 +146,24 @@ def test_a_yaml_syntax_error_names_the_line_and_column(tmp_path: Path) -> None:
     assert re.match(rf"{re.escape(str(tmp_path / 'bad.yml'))}:\d+:\d+: not valid YAML", message)
 
 
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("dataset_kwargs:\n  a: &a [1, 2]\n  b: [*a, *a]\n", "aliases (*name) are not supported"),
+        ("threshold: 0.02\n" + "#" * (1 << 20), "over 1024 KiB"),
+        ("threshold: \udcff\n", "not UTF-8"),
+    ],
+)
+def test_a_file_that_would_exhaust_the_reader_is_refused(
+    tmp_path: Path, text: str, needle: str
+) -> None:
+    path = tmp_path / "bad.yml"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        read_config(path)
+
+
 def test_a_missing_file_names_the_option_that_chose_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^--config: no config file 'nope.yml'"):
         read_config(Path("nope.yml"))
