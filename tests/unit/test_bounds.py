@@ -359,3 +359,22 @@ def test_a_violated_bound_is_a_row_of_the_main_table_and_the_summary() -> None:
     assert "1 of 5 gated metrics regressed or failed: ece (outside its bound)." in text
     (ece,) = [row for row in _rows(text) if row[0] == "ece"]
     assert ece[-2:] == ["⛔ failed_bound", "0.04122 > ceiling 0.04"]
+
+
+# ---------------------------------------------------------------- the Python API
+
+
+def test_compare_models_takes_bounds_in_its_verdict() -> None:
+    from tests.unit.test_compare_models import Scripted, _compare
+
+    verdict = VerdictConfig(
+        metrics=("accuracy", "loss"), gate=("loss",), bounds={"accuracy": {"min": 0.9}}
+    )
+    result = _compare(Scripted(80), Scripted(84), verdict=verdict)
+    accuracy = result["metrics"]["accuracy"]  # type: ignore[index]
+    assert accuracy["status"] == "failed_bound" and accuracy["bound"] == {"min": 0.9, "max": None}
+    assert result["status"] == "regressed" and result["regressed_metrics"] == ["accuracy"]
+    met = _compare(Scripted(92), Scripted(92), verdict=verdict)
+    assert met["status"] == "neutral"
+    with pytest.raises(ConfigError, match="acuracy"):
+        _compare(Scripted(80), Scripted(84), verdict=VerdictConfig(bounds={"acuracy": {"min": 1}}))
