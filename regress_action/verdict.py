@@ -356,13 +356,15 @@ def regressed_metrics(results: Iterable[MetricResult]) -> list[str]:
 
 
 def notes(results: Iterable[MetricResult]) -> str:
-    """The DB row's notes, e.g. "accuracy: +0.04, loss: -0.02" (deltas to 2 significant places)."""
+    """The DB row's notes, e.g. "accuracy: +0.04, loss: -0.02" (deltas to 2 significant places;
+    a metric outside its bound is marked "(failed_bound)")."""
     parts = []
     for r in results:
         if r.delta is None:
             parts.append(f"{r.name}: {r.status}")
         else:
-            parts.append(f"{r.name}: {_signed(r.delta)}")
+            outside = " (failed_bound)" if r.status == "failed_bound" else ""
+            parts.append(f"{r.name}: {_signed(r.delta)}{outside}")
     return ", ".join(parts)
 
 

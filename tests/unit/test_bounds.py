@@ -23,6 +23,7 @@ from regress_action.verdict import (
     fails_job,
     judge,
     judge_metric,
+    notes,
     overall_status,
     regressed_metrics,
 )
@@ -378,3 +379,12 @@ def test_compare_models_takes_bounds_in_its_verdict() -> None:
     assert met["status"] == "neutral"
     with pytest.raises(ConfigError, match="acuracy"):
         _compare(Scripted(80), Scripted(84), verdict=VerdictConfig(bounds={"acuracy": {"min": 1}}))
+
+
+def test_the_comparison_notes_mark_a_metric_outside_its_bound() -> None:
+    config = VerdictConfig(bounds={"accuracy": MetricBound(min=0.9)})
+    results = judge(
+        {"accuracy": 0.88, "loss": 0.5}, {"accuracy": 0.87, "loss": 0.5}, config,
+        log_regressions=False,
+    )  # fmt: skip
+    assert notes(results.values()) == "accuracy: -0.01 (failed_bound), loss: +0"
