@@ -214,14 +214,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         shutil.copy(world.ws / "lm_b.safetensors", world.ws / f"{name}.safetensors")
     torch.save(tiny_lm().eval(), world.ws / "pickled.pt")
     (world.ws / "corrupt.safetensors").write_bytes(b"\x00garbage" * 10)
-    (world.ws / "badmodels.py").write_text(BAD_MODELS)
+    (world.ws / "bad_input_models.py").write_text(BAD_MODELS)
     _data_files(world.ws / "data")
     lm = ("--task", "lm", "--factory")
     for checkpoint, factory in (
         ("lm_a", "regress_action.zoo:tiny_lm"),
         ("lm_b", "regress_action.zoo:tiny_lm"),
-        ("raises", "badmodels:raises"),
-        ("short", "badmodels:drops_a_row"),
+        ("raises", "bad_input_models:raises"),
+        ("short", "bad_input_models:drops_a_row"),
     ):
         code, _, err = _cli(world, "runs", "add", f"{checkpoint}.safetensors", *lm, factory)
         assert code == 0, err
@@ -354,8 +354,8 @@ CLI_CASES = [
          ("runs", "add", "lm_a.safetensors", "--task", "classification")),
     Case("cli-publish-missing-report", ("missing.json",),
          ("publish", "--report", "missing.json", "--comment", "off")),
-    Case("cli-publish-report-not-json", ("badmodels.py",),
-         ("publish", "--report", "badmodels.py", "--comment", "off")),
+    Case("cli-publish-report-not-json", ("bad_input_models.py",),
+         ("publish", "--report", "bad_input_models.py", "--comment", "off")),
     # floors and ceilings
     Case("cli-bound-unknown-metric", ("acuracy", "token_accuracy"),
          compare("1", "2", "lm_tiny", "--bound", "acuracy>=0.9")),
@@ -421,7 +421,7 @@ ACTION_CASES = [
     # models and data
     Case("action-forward-raises-keyerror", ("KeyError", "hidden_states", "raises.safetensors"),
          inputs={**CHECKPOINTS, "candidate-checkpoint": "raises.safetensors",
-                 "candidate-model-factory": "badmodels:raises"}),
+                 "candidate-model-factory": "bad_input_models:raises"}),
     Case("action-output-batch-size", ("short.safetensors", "batch of 16", "15"),
          inputs={"candidate-run-id": "4"}),
     Case("action-npz-8-tib-header", ("huge.npz", "8 TiB"), inputs={"dataset": "data/huge.npz"}),
@@ -631,6 +631,27 @@ API_CASES = [
     Case("api-run-id-2^63", (HUGE, "unknown run id"), api=api_huge_run_id, error=StoreError),
     Case("api-json-path-is-a-folder", ("json_path", "outdir"), api=api_json_path_is_a_folder,
          error=ConfigError),
+]  # fmt: skip
+
+# The repository's config file (`--config`, input config).
+CLI_CASES += [
+    Case("cli-config-missing", ("--config", "nope.yml"), compare("1", "2", "lm_tiny", "--config",
+         "nope.yml")),
+    Case("cli-config-not-yaml", ("invalid-event.json:", "not valid YAML"),
+         compare("1", "2", "lm_tiny", "--config", "data/invalid-event.json")),
+    Case("cli-config-nested-too-deeply", ("deep-event.json", "nested too deeply"),
+         compare("1", "2", "lm_tiny", "--config", "data/deep-event.json")),
+    Case("cli-config-is-a-folder", ("--config", "outdir", "folder"),
+         compare("1", "2", "lm_tiny", "--config", "data/outdir")),
+    Case("cli-config-check-not-yaml", ("broken.jsonl:", "not valid YAML"),
+         ("config", "check", "--config", "data/broken.jsonl")),
+]  # fmt: skip
+ACTION_CASES += [
+    Case("action-config-outside", ("input config", "outside the workspace"),
+         inputs={"config": "{home}/event.json"}),
+    Case("action-config-missing", ("input config", "gone.yml"), inputs={"config": "gone.yml"}),
+    Case("action-config-not-yaml", ("broken.jsonl:", "not valid YAML"),
+         inputs={"config": "data/broken.jsonl"}),
 ]  # fmt: skip
 
 CASES = [*CLI_CASES, *ACTION_CASES, *API_CASES]
