@@ -1,5 +1,7 @@
 """The repository's config file, `.regress-action.yml`: the verdict, eval-set and run options a
-repository keeps in one place instead of repeating them in every workflow and command line.
+repository keeps in one place instead of repeating them in every workflow and command line (the
+same keys may be written in TOML: `.regress-action.toml`, or pyproject.toml's
+`[tool.regress-action]` table).
 
 `ConfigFile` is the file's model (unknown keys are errors, with the closest valid key
 suggested); `read_config` reads and validates one file, an error being one ConfigError naming
@@ -16,6 +18,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -50,6 +53,9 @@ from .spec import (
 
 # The file read when no path is given, in the current folder (the workspace in the Action).
 CONFIG_FILE = ".regress-action.yml"
+# The same keys in TOML, in a file of their own or in pyproject.toml's [tool.regress-action].
+TOML_FILE = ".regress-action.toml"
+PYPROJECT, PYPROJECT_TABLE = "pyproject.toml", "[tool.regress-action]"
 # Where a config's values came from when there is no file.
 DEFAULTS = "defaults"
 # A file's eval set is one of these; a flag or input naming either replaces both.
@@ -319,12 +325,22 @@ class LoadedConfig(BaseModel):
 
 
 def find_config(given: Path | str | None, folder: Path | None = None) -> Path | None:
-    """The config file to read: `given` (which must exist), else `.regress-action.yml` in
-    `folder` (the current folder) when there is one."""
+    """The config file to read: `given` (which must exist), else the first in `folder` (the
+    current folder) of `.regress-action.yml`, `.regress-action.toml` and a `pyproject.toml`
+    with a `[tool.regress-action]` table; None when there is none."""
     if given is not None and str(given).strip():
         return Path(str(given).strip())
-    default = (folder or Path()) / CONFIG_FILE
-    return default if default.is_file() else None
+    folder = folder or Path()
+    for name in (CONFIG_FILE, TOML_FILE):
+        if (folder / name).is_file():
+            return folder / name
+    pyproject = folder / PYPROJECT
+    try:
+        if pyproject.is_file() and PYPROJECT_TABLE in pyproject.read_text(encoding="utf-8"):
+            return pyproject
+    except (OSError, UnicodeDecodeError):
+        return None  # not a usable pyproject.toml: not a config file either
+    return None
 
 
 # A config file is a few keys: a larger one is refused before it is parsed.
@@ -357,8 +373,6 @@ def read_config(path: Path | None, label: str = "--config") -> LoadedConfig:
     `label` names the option that chose the file."""
     if path is None:
         return LoadedConfig()
-    import yaml  # PyYAML: only when there is a file
-
     shown = str(path)
     try:
         if path.exists() and not path.is_file() and not path.is_dir():
@@ -378,6 +392,10 @@ def read_config(path: Path | None, label: str = "--config") -> LoadedConfig:
         raise ConfigError(f"{label}: cannot read {shown!r} ({exc.strerror})") from None
     if len(data) > MAX_BYTES:
         raise ConfigError(f"{shown}: over {MAX_BYTES // 1024} KiB; a config file is a few keys")
+    if path.suffix == ".toml":
+        return _from_toml(path, text)
+    import yaml  # PyYAML: only when there is a YAML file
+
     try:
         raw = yaml.load(text, Loader=_loader())  # a SafeLoader, without aliases
     except yaml.YAMLError as exc:
@@ -394,10 +412,39 @@ def read_config(path: Path | None, label: str = "--config") -> LoadedConfig:
             f"{shown}: the file must be a mapping of keys (threshold: 0.02, ...), "
             f"not a {type(raw).__name__}"
         )
+    return _validated(shown, raw)
+
+
+def _validated(shown: str, raw: dict[str, Any], prefix: str = "") -> LoadedConfig:
     try:
         return LoadedConfig(source=shown, file=ConfigFile.model_validate(raw))
     except ValidationError as exc:
-        raise ConfigError(f"{shown}: {describe(exc)}") from None
+        raise ConfigError(f"{shown}: {prefix}{describe(exc)}") from None
+
+
+def _from_toml(path: Path, text: str) -> LoadedConfig:
+    """`.regress-action.toml`, or the `[tool.regress-action]` table of a pyproject.toml."""
+    import tomllib
+
+    shown = str(path)
+    try:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        found = re.search(r"\(at line (\d+), column (\d+)\)", message)
+        where = f"{shown}:{found[1]}:{found[2]}" if found else shown
+        problem = message[: found.start()].strip() if found else message
+        raise ConfigError(f"{where}: not valid TOML ({problem}); fix the syntax there") from None
+    except RecursionError:
+        raise ConfigError(f"{shown}: nested too deeply to read; flatten the file") from None
+    if path.name != PYPROJECT:
+        return _validated(shown, raw)
+    table = raw.get("tool", {}).get("regress-action")
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"{shown}: no {PYPROJECT_TABLE} table; put the settings under it, or in {CONFIG_FILE}"
+        )
+    return _validated(shown, table, "tool.regress-action.")
 
 
 def _message(error: Mapping[str, Any]) -> str:

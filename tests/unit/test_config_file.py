@@ -171,6 +171,40 @@ def test_a_missing_file_names_the_option_that_chose_it(tmp_path: Path) -> None:
         read_config(tmp_path, "input config")
 
 
+def test_the_same_keys_may_be_written_in_toml(tmp_path: Path) -> None:
+    toml = 'threshold = 0.02\ngate = ["primary"]\n[tolerances]\nloss = 0.02\nperplexity = "5%"\n'
+    _write(tmp_path, toml, ".regress-action.toml")
+    found = find_config(None, tmp_path)
+    assert found == tmp_path / ".regress-action.toml"
+    values = read_config(found).file.values()
+    assert values["tolerances"]["perplexity"] == MetricTolerance(rel=0.05)
+    assert values["threshold"] == 0.02 and values["gate"] == ("primary",)
+    _write(tmp_path, "threshold: 0.5\n")  # the YAML file comes first
+    assert find_config(None, tmp_path) == tmp_path / CONFIG_FILE
+
+
+def test_a_pyproject_table_is_a_config_file(tmp_path: Path) -> None:
+    _write(tmp_path, '[project]\nname = "x"\n', "pyproject.toml")
+    assert find_config(None, tmp_path) is None  # a pyproject.toml without the table
+    _write(tmp_path, '[project]\nname = "x"\n\n[tool.regress-action]\nthreshold = 0.03\n',
+           "pyproject.toml")  # fmt: skip
+    found = find_config(None, tmp_path)
+    assert found == tmp_path / "pyproject.toml"
+    assert read_config(found).file.values() == {"threshold": 0.03}
+    _write(tmp_path, "[tool.regress-action]\ntolerence = 1\n", "pyproject.toml")
+    with pytest.raises(ConfigError, match=r"pyproject.toml: tool.regress-action.tolerence: "):
+        read_config(tmp_path / "pyproject.toml")
+    other = _write(tmp_path, '[project]\nname = "x"\n', "pyproject.toml")
+    with pytest.raises(ConfigError, match=r"no \[tool.regress-action\] table"):
+        read_config(other)
+
+
+def test_a_toml_syntax_error_names_the_line_and_column(tmp_path: Path) -> None:
+    path = _write(tmp_path, "threshold = 0.02\ntolerances = {loss 0.02}\n", "bad.toml")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}:2:\d+: not valid TOML"):
+        read_config(path)
+
+
 # ---------------------------------------------------------------- published schema, example
 
 
