@@ -404,3 +404,10 @@ def test_a_bad_input_beside_a_file_is_still_named_as_the_input(
     monkeypatch.setenv("INPUT_METRIC-TOLERANCES", "loss=lots")
     with pytest.raises(ConfigError, match=r"^input metric-tolerances: loss: 'lots'"):
         load_action_inputs(load(RunnerEnv))
+
+
+def test_the_readmes_config_example_validates(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"^```yaml\n(# yaml-language-server.*?)^```", readme, re.M | re.S)
+    values = read_config(_write(tmp_path, block)).file.values()
+    assert values["tolerances"]["perplexity"] == MetricTolerance(rel=0.05)
