@@ -81,8 +81,12 @@ def _name_list(text: str) -> list[str]:
     return [part.strip() for part in text.replace("\n", ",").split(",") if part.strip()]
 
 
-class _Tolerances(argparse.Action):
-    """Repeatable `--tolerance METRIC=VALUE[, ...]`, gathered into one dict of tolerances."""
+class _Gathered(argparse.Action):
+    """A repeatable per-metric option (`--tolerance`, `--bound`) gathered into one dict; a
+    metric given in two occurrences is refused with how to give it in one."""
+
+    parse: Callable[[str], dict[str, Any]]
+    both: str  # how to give a metric's two parts in one, e.g. "{metric}=0.02|5%"
 
     def __call__(
         self,
@@ -93,40 +97,29 @@ class _Tolerances(argparse.Action):
     ) -> None:
         gathered = dict(getattr(namespace, self.dest) or {})
         try:
-            parsed = parse_tolerances(str(values))
+            parsed = type(self).parse(str(values))
         except ValueError as exc:
             raise argparse.ArgumentError(self, str(exc)) from None
         repeated = sorted(parsed.keys() & gathered.keys())
         if repeated:
             metric = repeated[0]
-            raise argparse.ArgumentError(
-                self, f"{metric} is given twice; give both parts in one ({metric}=0.02|5%)"
-            )
+            example = self.both.format(metric=metric)
+            raise argparse.ArgumentError(self, f"{metric} is given twice; {example}")
         setattr(namespace, self.dest, gathered | parsed)
 
 
-class _Bounds(argparse.Action):
-    """Repeatable `--bound METRIC>=VALUE[, METRIC<=VALUE ...]`, gathered into one dict."""
+class _Tolerances(_Gathered):
+    """Repeatable `--tolerance METRIC=VALUE[, ...]`."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        gathered = dict(getattr(namespace, self.dest) or {})
-        try:
-            parsed = parse_bounds(str(values))
-        except ValueError as exc:
-            raise argparse.ArgumentError(self, str(exc)) from None
-        repeated = sorted(parsed.keys() & gathered.keys())
-        if repeated:
-            metric = repeated[0]
-            raise argparse.ArgumentError(
-                self, f"{metric} is given twice; give both sides in one ({metric}>=0.9,{metric}<=1)"
-            )
-        setattr(namespace, self.dest, gathered | parsed)
+    parse = staticmethod(parse_tolerances)
+    both = "give both parts in one ({metric}=0.02|5%)"
+
+
+class _Bounds(_Gathered):
+    """Repeatable `--bound METRIC>=VALUE[, METRIC<=VALUE ...]`."""
+
+    parse = staticmethod(parse_bounds)
+    both = "give both sides in one ({metric}>=0.9,{metric}<=1)"
 
 
 def _add_bound(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

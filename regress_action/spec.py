@@ -375,12 +375,7 @@ def parse_tolerances(value: str) -> dict[str, MetricTolerance]:
     """
     text = value.strip()
     if text.startswith("{"):
-        try:
-            raw: Any = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON ({exc.msg} at char {exc.pos})") from None
-        if not isinstance(raw, dict):
-            raise ValueError("the JSON must be an object of metric -> tolerance")
+        raw = _json_object(text, "metric -> tolerance")
         return {str(k): _tolerance(str(k), v) for k, v in raw.items()}
     parts: dict[str, dict[str, float]] = {}
     for item in re.split(r"[,;\n]", text):
@@ -397,6 +392,17 @@ def parse_tolerances(value: str) -> dict[str, MetricTolerance]:
                 raise ValueError(f"{metric} is given {kind} tolerance twice; keep one")
             merged[key] = number
     return {metric: MetricTolerance(**values) for metric, values in parts.items()}
+
+
+def _json_object(text: str, shape: str) -> dict[str, Any]:
+    """A per-metric option given as JSON: an object, else a ValueError saying what it must be."""
+    try:
+        raw: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"the JSON must be an object of {shape}")
+    return raw
 
 
 def _tolerance(metric: str, spec: Any) -> MetricTolerance:
@@ -443,12 +449,7 @@ def parse_bounds(value: str) -> dict[str, MetricBound]:
     """
     text = value.strip()
     if text.startswith("{"):
-        try:
-            raw: Any = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON ({exc.msg} at char {exc.pos})") from None
-        if not isinstance(raw, dict):
-            raise ValueError('the JSON must be an object of metric -> {"min": .., "max": ..}')
+        raw = _json_object(text, 'metric -> {"min": .., "max": ..}')
         return {str(k): _bound(str(k), v) for k, v in raw.items()}
     parts: dict[str, dict[str, float]] = {}
     for item in re.split(r"[,;\n]", text):
