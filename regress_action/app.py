@@ -11,7 +11,7 @@ recorded comparison without its files.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 
     from .data import EvalSet
     from .engine import EngineResult, PassOptions
+    from .evaluation import RecordsCache
     from .records import Columns, PairedRecords
+    from .report import EvaluationReport
     from .store import ExperimentDB
     from .tasks import Adapter
 
@@ -66,6 +68,9 @@ class CompareRequest:
     allow_pickle: bool = False
     trust_remote_code: bool = False  # run code shipped in a Hugging Face folder (auto_map)
     record: bool = True
+    # Take the baseline's records from a stored evaluation with the same cache key, when there
+    # is one (`evaluation.RecordsCache`); False: evaluate both models (`--no-cache`).
+    cache: bool = True
 
 
 @dataclass
@@ -92,6 +97,8 @@ class Outputs:
     json_path: Path | None = None
     markdown_path: Path | None = None
     records_path: Path | None = None
+    # Evaluation rows (report, `.npz` records) recorded in the comparison's transaction.
+    evaluations: Sequence[tuple[EvaluationReport, bytes | None]] = ()
 
 
 def check_outputs(paths: dict[str, Path | None], db: ExperimentDB | None) -> None:
@@ -137,8 +144,10 @@ def evaluate_models(
     context: ReportContext,
     adapter: Adapter | None = None,
     model_dirs: tuple[Path | None, Path | None] = (None, None),
+    cache: RecordsCache | None = None,
 ) -> Compared:
     """Load the eval set, run both models in one pass and build the report (not yet recorded).
+    With `cache`, its pass: the baseline's records may come from a stored evaluation.
 
     `model_dirs`: the baseline's and the candidate's Hugging Face folders, when they are (an
     LM's tokenizer: `model` names the baseline's, and two folders whose tokenizers differ are
@@ -171,7 +180,7 @@ def evaluate_models(
         options=options,
     )
     verdict = lm_verdict(eval_set, task, context.verdict) if task.task == "lm" else None
-    result, world_size = _run_pass(
+    result, world_size = (_run_pass if cache is None else cache.run_pass)(
         (baseline, candidate),
         eval_set,
         adapter or adapter_for(task),
@@ -545,7 +554,7 @@ def finish(compared: Compared, outputs: Outputs) -> CompareOutcome:
     report = compared.report
 
     def record() -> tuple[str, str]:
-        _record(report, outputs.db)
+        _record(report, outputs.db, outputs.evaluations)
         return report.to_json(), render_markdown(report)
 
     records = None
@@ -590,10 +599,14 @@ def write_staged(
     return markdown
 
 
-def _record(report: Report, db: ExperimentDB | None) -> None:
+def _record(
+    report: Report,
+    db: ExperimentDB | None,
+    evaluations: Sequence[tuple[EvaluationReport, bytes | None]] = (),
+) -> None:
     if db is None:
         return
-    report.comparison_id = db.create_comparison(report)
+    report.comparison_id = db.create_comparison(report, evaluations)
     report.trend = db.trend(report.report_name, report.dataset.name, TREND_POINTS)
 
 
@@ -645,15 +658,20 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
         commit=request.commit,
     )
     folders = (run_folder(baseline_run), run_folder(candidate_run))
+    from .evaluation import RecordsCache
+
+    cache = RecordsCache(db, (baseline_run, candidate_run), request.data, lookup=request.cache)
     compared = evaluate_models(
-        baseline, candidate, eval_cfg, baseline_run.task, context, model_dirs=folders
+        baseline, candidate, eval_cfg, baseline_run.task, context, model_dirs=folders, cache=cache
     )
     compared.report.config = ConfigInfo(source=request.config_source, verdict=request.verdict)
+    compared.report.baseline_source = cache.source
     outputs = Outputs(
         db=db if request.record else None,
         json_path=request.json_path,
         markdown_path=request.markdown_path,
         records_path=request.records_path,
+        evaluations=cache.evaluations(compared.report) if request.record else (),
     )
     return finish(compared, outputs)
 

@@ -179,6 +179,7 @@ _FLAGS = {
     "json_path": "--json-out",
     "markdown_path": "--markdown-out",
     "record": "--no-record",
+    "cache": "--no-cache",
 }
 
 
@@ -362,6 +363,13 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         dest="record",
         action="store_false",
         help="do not record the comparison in the DB",
+    )
+    parser.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        help="evaluate the baseline even when the DB holds its records for this eval set "
+        "(same checkpoint, data options, engine, device type and precision)",
     )
     parser.add_argument(
         "--records-path",

@@ -227,6 +227,7 @@ def compare_request(
         allow_pickle=options.allow_pickle,
         trust_remote_code=options.trust_remote_code,
         record=record,
+        cache=bool(getattr(options, "cache", True)),
     )
 
 

@@ -96,17 +96,19 @@ def evaluate(
     options: PassOptions = PassOptions(),
     *,
     first_id: int = 0,
+    side: str = "model",
 ) -> EvalResult:
     """Run one model over `dataset`: its per-example records, keyed by example id (the
-    example's index in the eval set: `first_id` for the first item of a shard)."""
+    example's index in the eval set: `first_id` for the first item of a shard). `side` names
+    the model in errors (`baseline` / `candidate` when it is one side of a comparison)."""
     device = resolve_device(options.device)
     cast = autocast_for(options.precision, device)
     started = time.perf_counter()
     collector = _Collector(_length(dataset))
     with _evaluating(model, device), torch.inference_mode():
         for batch in _batches(dataset, options, device):
-            output = _forward(adapter, model, batch, _who("model", options), cast)
-            collector.add(adapter.records(output, batch, "model"))
+            output = _forward(adapter, model, batch, _who(side, options), cast)
+            collector.add(adapter.records(output, batch, side))
     return EvalResult(collector.records(first_id), str(device), time.perf_counter() - started)
 
 

@@ -37,8 +37,16 @@ from .app import (
 from .compare import metric_specs
 from .errors import ConfigError
 from .render import render_evaluation
-from .report import EvaluationReport, MetricValue, RunInfo
-from .spec import DataOptions, EvalConfig, MetricBound, Precision, TaskSpec, VerdictConfig
+from .report import BaselineSource, DatasetInfo, EvaluationReport, MetricValue, Report, RunInfo
+from .spec import (
+    DataOptions,
+    EvalConfig,
+    MetricBound,
+    Precision,
+    RunRecord,
+    TaskSpec,
+    VerdictConfig,
+)
 
 log = logging.getLogger("regress_action")
 
@@ -46,6 +54,7 @@ if TYPE_CHECKING:
     import torch
 
     from .data import EvalSet
+    from .engine import EngineResult, PassOptions
     from .records import Records
     from .store import ExperimentDB
     from .tasks import Adapter
@@ -232,17 +241,39 @@ def cache_key(source: dict[str, Any], report: EvaluationReport, data: DataOption
     """sha256 of everything that can change a model's records on an eval set: the checkpoint
     (bytes, format, loader), the eval set's fingerprint and size, the task, how examples become
     inputs, the engine's version, the device type and the precision."""
-    device_type = (report.device or "cpu").split(":")[0]
+    return records_key(
+        source,
+        report.task,
+        report.dataset,
+        data,
+        engine_version=report.engine_version,
+        device=report.device,
+        precision=report.precision,
+    )
+
+
+def records_key(
+    source: dict[str, Any],
+    task: TaskSpec,
+    dataset: DatasetInfo,
+    data: DataOptions,
+    *,
+    engine_version: str,
+    device: str | None,
+    precision: Precision,
+) -> str:
+    """`cache_key` from its parts (a comparison's side has no EvaluationReport yet)."""
+    device_type = (device or "cpu").split(":")[0]
     key = {
         "checkpoint": {k: source.get(k) for k in ("sha256", "format", "factory", "factory_kwargs")},
-        "dataset": {"fingerprint": report.dataset.fingerprint, "n": report.dataset.n},
-        "task": report.task.model_dump(mode="json"),
+        "dataset": {"fingerprint": dataset.fingerprint, "n": dataset.n},
+        "task": task.model_dump(mode="json"),
         "data": data.model_dump(mode="json", exclude={"dataset_factory", "dataset_kwargs"})
         | {"factory": data.dataset_factory, "factory_kwargs": data.dataset_kwargs},
-        "tokenizer": report.dataset.tokenizer,
-        "engine": report.engine_version,
+        "tokenizer": dataset.tokenizer,
+        "engine": engine_version,
         "device": device_type,
-        "precision": report.precision,
+        "precision": precision,
     }
     text = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -267,3 +298,138 @@ def finish_evaluation(
 
     markdown = write_staged(json_path, markdown_path, record)
     return EvaluateOutcome(report=report, markdown=markdown)
+
+
+SIDES = ("baseline", "candidate")
+
+
+class RecordsCache:
+    """A comparison's two sides against the evaluations stored in the ExperimentDB.
+
+    With `lookup`, the candidate is evaluated first (its pass also takes an image folder's
+    fingerprint), then the baseline's `cache_key` is looked up: a stored evaluation with its
+    records stands in for the baseline's pass (`records.pair`), and only a miss evaluates the
+    baseline. Without it (`--no-cache`, or under torchrun, where every rank makes the same
+    choice without the database) both models run in the one paired pass. Either way the records
+    computed here become evaluation rows (`evaluations`), recorded in the comparison's
+    transaction so that the next comparison against the same baseline finds them.
+    """
+
+    def __init__(
+        self, db: ExperimentDB, runs: tuple[RunRecord, RunRecord], data: DataOptions, lookup: bool
+    ) -> None:
+        self.db, self.runs, self.data, self.lookup = db, runs, data, lookup
+        self.source: BaselineSource | None = None  # set when the baseline came from the DB
+        self.fresh: dict[str, Records] = {}  # each side evaluated here: its own records
+        self.keys: dict[str, str] = {}
+
+    def _key(
+        self, side: str, eval_set: EvalSet, task: TaskSpec, device: str, precision: Precision
+    ) -> str:
+        from .app import dataset_info
+
+        run = self.runs[SIDES.index(side)]
+        return records_key(
+            run.source.model_dump(),
+            task,
+            dataset_info(eval_set),
+            self.data,
+            engine_version=__version__,
+            device=device,
+            precision=precision,
+        )
+
+    def run_pass(
+        self,
+        models: tuple[torch.nn.Module, torch.nn.Module],
+        eval_set: EvalSet,
+        adapter: Adapter,
+        options: PassOptions,
+        task: TaskSpec,
+    ) -> tuple[EngineResult, int]:
+        """`app`'s paired pass, or the candidate's pass paired with the baseline's stored
+        records (the baseline's own pass only on a miss)."""
+        from .app import _run_pass
+        from .distributed import current
+        from .engine import EngineResult, evaluate
+        from .records import Records, pair, records_from_npz
+
+        if not self.lookup or current() is not None:
+            result, world_size = _run_pass(models, eval_set, adapter, options, task)
+            both = result.records
+            for side in SIDES:
+                self.fresh[side] = Records(both.example_ids, dict(both.side(side)))
+                self.keys[side] = self._key(side, eval_set, task, result.device, options.precision)
+            return result, world_size
+        candidate = evaluate(models[1], eval_set.dataset, adapter, options, side="candidate")
+        self.fresh["candidate"] = candidate.records
+        duration = candidate.duration_s
+        for side in SIDES:  # the candidate's pass made the fingerprint known
+            self.keys[side] = self._key(side, eval_set, task, candidate.device, options.precision)
+        stored = self.db.cached_evaluation(self.keys["baseline"])
+        if stored is not None:
+            evaluation, data = stored
+            baseline = records_from_npz(data)
+            assert evaluation.evaluation_id is not None
+            self.source = BaselineSource(
+                evaluation_id=evaluation.evaluation_id,
+                created_at=evaluation.created_at,
+                device=evaluation.device,
+                precision=evaluation.precision,
+            )
+            log.info("baseline records from evaluation #%d", evaluation.evaluation_id)
+        else:
+            # The fingerprint is known: the baseline's pass need not feed it again.
+            own = evaluate(
+                models[0],
+                eval_set.dataset,
+                adapter,
+                replace(options, observe=None),
+                side="baseline",
+            )
+            baseline, duration = own.records, duration + own.duration_s
+            self.fresh["baseline"] = baseline
+        paired = pair(
+            baseline,
+            candidate.records,
+            task=adapter.task,
+            shared=adapter.shared,
+            num_classes=task.num_classes,
+        )
+        return EngineResult(paired, candidate.device, duration), 1
+
+    def evaluations(self, report: Report) -> list[tuple[EvaluationReport, bytes | None]]:
+        """An evaluation row for each side evaluated here, its metric values the report's, to
+        record with the comparison; a side whose key already has stored records is left out
+        (unless the cache is off: `--no-cache` records its fresh passes)."""
+        from .records import records_to_npz
+
+        rows: list[tuple[EvaluationReport, bytes | None]] = []
+        for side, records in self.fresh.items():
+            key = self.keys[side]
+            if self.lookup and self.db.cached_evaluation(key) is not None:
+                continue
+            metrics = {
+                name: MetricValue(
+                    name=name,
+                    value=value,
+                    higher_is_better=metric.higher_is_better,
+                    kind=metric.kind,
+                )
+                for name, metric in report.metrics.items()
+                if (value := getattr(metric, side)) is not None
+            }
+            evaluation = EvaluationReport(
+                task=report.task,
+                dataset=report.dataset,
+                run=report.baseline if side == "baseline" else report.candidate,
+                metrics=metrics,
+                cache_key=key,
+                engine_version=__version__,
+                commit=report.commit,
+                device=report.device,
+                world_size=report.world_size,
+                precision=report.precision,
+            )
+            rows.append((evaluation, records_to_npz(records)))
+        return rows

@@ -104,6 +104,16 @@ class RunInfo(_Model):
     git_sha: str | None = None
 
 
+class BaselineSource(_Model):
+    """Where a comparison's baseline records came from when they were not computed by this
+    comparison's pass: a stored evaluation with the same cache key (`evaluation.cache_key`)."""
+
+    evaluation_id: int
+    created_at: datetime
+    device: str | None = None
+    precision: Precision = "fp32"
+
+
 class DatasetInfo(_Model):
     name: str
     fingerprint: str
@@ -219,6 +229,8 @@ class Report(_Model):
     # The verdict configuration and its source (a config file or the defaults); None in
     # reports written before it was recorded, and in those of `compare_models`.
     config: ConfigInfo | None = None
+    # The stored evaluation the baseline's records were read from; None: evaluated here.
+    baseline_source: BaselineSource | None = None
 
     @field_validator("report_name")
     @classmethod

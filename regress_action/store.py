@@ -437,9 +437,15 @@ class ExperimentDB:
 
     # --- comparisons -----------------------------------------------------------------------
 
-    def create_comparison(self, report: Report) -> int:
+    def create_comparison(
+        self,
+        report: Report,
+        evaluations: Sequence[tuple[EvaluationReport, bytes | None]] = (),
+    ) -> int:
         """Record a finished report (the comparison row, one row per metric and the report as
-        JSON with `comparison_id` set) in one transaction; returns the comparison's id.
+        JSON with `comparison_id` set) in one transaction, with the evaluations of its sides
+        (each model's records, for a later comparison's cache) in the same one; returns the
+        comparison's id.
 
         Both runs must be registered: a report without run ids, or with unknown ones, is a
         StoreError and nothing is written.
@@ -467,6 +473,8 @@ class ExperimentDB:
         }
         with self._write() as conn:
             self._check_runs_exist(conn, (baseline_run_id, candidate_run_id))
+            for evaluation, records in evaluations:
+                evaluation.evaluation_id = self._insert_evaluation(conn, evaluation, records)
             comparison_id: int = conn.execute(
                 comparisons.insert().values(values).returning(comparisons.c.id)
             ).scalar_one()
@@ -599,9 +607,17 @@ class ExperimentDB:
                 "an evaluation is recorded for a registered run; this report has no run id "
                 "(register the checkpoint with `regress-action runs add`)"
             )
+        with self._write() as conn:
+            self._check_runs_exist(conn, (run_id,))
+            return self._insert_evaluation(conn, report, records)
+
+    @staticmethod
+    def _insert_evaluation(
+        conn: Connection, report: EvaluationReport, records: bytes | None
+    ) -> int:
         values: dict[str, Any] = {
             "created_at": report.created_at,
-            "run_id": run_id,
+            "run_id": report.run.run_id,
             "dataset": report.dataset.name,
             "fingerprint": report.dataset.fingerprint,
             "n_examples": report.dataset.n,
@@ -613,19 +629,17 @@ class ExperimentDB:
             "report_json": "",
             "records": records,
         }
-        with self._write() as conn:
-            self._check_runs_exist(conn, (run_id,))
-            evaluation_id: int = conn.execute(
-                evaluations.insert().values(values).returning(evaluations.c.id)
-            ).scalar_one()
-            stored = report.model_copy(
-                update={"evaluation_id": evaluation_id, "records_stored": records is not None}
-            )
-            conn.execute(
-                evaluations.update()
-                .where(evaluations.c.id == evaluation_id)
-                .values(report_json=stored.model_dump_json())
-            )
+        evaluation_id: int = conn.execute(
+            evaluations.insert().values(values).returning(evaluations.c.id)
+        ).scalar_one()
+        stored = report.model_copy(
+            update={"evaluation_id": evaluation_id, "records_stored": records is not None}
+        )
+        conn.execute(
+            evaluations.update()
+            .where(evaluations.c.id == evaluation_id)
+            .values(report_json=stored.model_dump_json())
+        )
         return evaluation_id
 
     def get_evaluation(self, evaluation_id: int) -> EvaluationReport:
@@ -656,6 +670,21 @@ class ExperimentDB:
         with self._read() as conn:
             texts = conn.execute(query).scalars().all()
         return [EvaluationReport.model_validate_json(text) for text in texts]
+
+    def cached_evaluation(self, cache_key: str) -> tuple[EvaluationReport, bytes] | None:
+        """The newest evaluation stored under `cache_key` with its records (`.npz` bytes), or
+        None when no evaluation under that key kept them."""
+        query = (
+            select(evaluations.c.report_json, evaluations.c.records)
+            .where(evaluations.c.cache_key == cache_key, evaluations.c.records.is_not(None))
+            .order_by(evaluations.c.id.desc())
+            .limit(1)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return EvaluationReport.model_validate_json(row[0]), bytes(row[1])
 
     def evaluation_records(self, evaluation_id: int) -> bytes | None:
         """The stored per-example records of an evaluation (`.npz` bytes), or None."""

@@ -85,7 +85,9 @@ def test_evaluate_gives_the_values_a_comparison_reports_and_stores_the_records(
     assert evaluation["dataset"] == comparison["dataset"]
     text = md.read_text()
     assert f"run #{runs[1]}" in text and "| Metric | Value | Better |" in text
-    assert _evaluations(workspace) == before + 1
+    # The evaluation, and the baseline's row the comparison stored (the candidate's records
+    # were already stored under its key).
+    assert _evaluations(workspace) == before + 2
     with ExperimentDB(workspace / "regress.db") as db:
         stored = db.get_evaluation(evaluation["evaluation_id"])
         assert stored.model_dump(mode="json") == evaluation
