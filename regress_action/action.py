@@ -20,16 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import checkpoint_request, compare_request, task_from
+from .config import checkpoint_request, compare_request, evaluate_request, task_from
 from .config_file import load_action_inputs
-from .errors import ConfigError, GitHubError, StoreError, UserError
-from .gha import Commands, EventContext, check_runner_file, event_context, guarded, read_event
+from .errors import EXIT_OK, EXIT_REGRESSION, ConfigError, GitHubError, StoreError, UserError
+from .gha import (
+    Commands,
+    EventContext,
+    append_summary,
+    check_runner_file,
+    event_context,
+    guarded,
+    read_event,
+    write_outputs,
+)
 from .preflight import check_inputs
 from .publish import TITLE, OpenCommenter, Publication, open_github_commenter, publish_report
 from .settings import ActionInputs, RunnerEnv, input_label, load, name_inputs
 
 if TYPE_CHECKING:
     from .app import CheckpointRequest, CompareOutcome, CompareRequest
+    from .evaluation import EvaluateOutcome, EvaluateRequest
     from .spec import RunRecord, TaskSpec
     from .store import ExperimentDB
 
@@ -40,6 +50,12 @@ def _run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
     from .app import run_compare
 
     return run_compare(request, db)
+
+
+def _run_evaluate(request: EvaluateRequest, db: ExperimentDB) -> EvaluateOutcome:
+    from .evaluation import run_evaluate
+
+    return run_evaluate(request, db)
 
 
 def _register_checkpoint(db: ExperimentDB, request: CheckpointRequest) -> RunRecord:
@@ -62,6 +78,7 @@ class Services:
     register: Callable[[ExperimentDB, CheckpointRequest], RunRecord] = _register_checkpoint
     open_db: Callable[[str], AbstractContextManager[ExperimentDB]] = _open_store
     open_commenter: OpenCommenter = open_github_commenter
+    evaluate: Callable[[EvaluateRequest, ExperimentDB], EvaluateOutcome] = _run_evaluate
 
 
 def main() -> int:
@@ -97,6 +114,8 @@ def run_action(services: Services, commands: Commands) -> int:
     task = task_from(inputs, input_label)
     with services.open_db(inputs.db_url) as db:
         check_inputs(inputs, task, db)  # before anything is registered, evaluated or written
+        if inputs.mode == "evaluate":
+            return _evaluate_baseline(inputs, task, db, services, commands, commit, runner)
         with db.provisional_runs():  # a failure below removes the runs registered here
             ids = _run_ids(inputs, task, db, services, commands, commit)
             baseline_id, candidate_id = ids
@@ -122,6 +141,61 @@ def run_action(services: Services, commands: Commands) -> int:
         records_path=request.records_path,
     )
     return publish_report(pub, runner, services.open_commenter, commands, event=event)
+
+
+# The step outputs of `mode: evaluate`.
+EVALUATION_OUTPUTS = ("evaluation-id", "evaluation-status")
+
+
+def _evaluate_baseline(
+    inputs: ActionInputs,
+    task: TaskSpec | None,
+    db: ExperimentDB,
+    services: Services,
+    commands: Commands,
+    commit: str | None,
+    runner: RunnerEnv,
+) -> int:
+    """`mode: evaluate`: evaluate the baseline-run-id / baseline-checkpoint model and store its
+    evaluation (a job on the default branch, so that pull requests against it evaluate only
+    their candidate); step outputs and the job summary, no PR comment. Exit 1 when a metric
+    is outside its bound and fail-on-regression is set."""
+    with db.provisional_runs():  # a failure below removes the run registered here
+        run_id = inputs.baseline_run_id
+        if run_id is None:
+            checkpoint = str(inputs.baseline_checkpoint)
+            if task is None:  # check_inputs has said so; this keeps the types honest
+                raise ConfigError("input task is required with baseline-checkpoint")
+            request = checkpoint_request(
+                inputs, checkpoint=checkpoint, task=task, git_sha=commit, side="baseline"
+            )
+            with commands.group(f"Register checkpoint {checkpoint}"):
+                run_id = _register(services, db, request, "baseline")
+                commands.info(f"registered checkpoint {checkpoint} as run {run_id}")
+        evaluate = evaluate_request(inputs, input_label, run_id=run_id, commit=commit)
+        with commands.group(f"Evaluate run {run_id}"):
+            outcome = services.evaluate(evaluate, db)
+    report = outcome.report
+    write_outputs(
+        runner.github_output,
+        {
+            "evaluation-id": "" if report.evaluation_id is None else str(report.evaluation_id),
+            "evaluation-status": report.status or "",
+            "report-json": "" if evaluate.json_path is None else str(evaluate.json_path),
+            "report-markdown": ""
+            if evaluate.markdown_path is None
+            else str(evaluate.markdown_path),
+        },
+    )
+    try:
+        append_summary(runner.github_step_summary, outcome.markdown)
+    except GitHubError as exc:
+        commands.warning(f"job summary not written: {exc}", title=TITLE)
+    for name in report.failed_metrics:
+        commands.error(report.metrics[name].reason, title=TITLE)
+    commands.info(f"regress-action: evaluation {report.evaluation_id} stored")
+    failed = report.status == "failed" and inputs.fail_on_regression
+    return EXIT_REGRESSION if failed else EXIT_OK
 
 
 def _run_ids(

@@ -101,7 +101,7 @@ def _runs_task(inputs: ActionInputs, given: TaskSpec | None, db: ExperimentDB) -
     """The runs' task: a registered run's, or the task inputs' (`given`) for checkpoints;
     checks that each run id exists and each checkpoint (a file, or an hf folder) is there."""
     task: TaskSpec | None = None
-    for side in ("baseline", "candidate"):
+    for side in inputs.sides():
         run_id: int | None = getattr(inputs, f"{side}_run_id")
         if run_id is not None:
             run = _get_run(db, run_id, f"{side}-run-id")

@@ -40,6 +40,7 @@ from .spec import (
 )
 
 CommentMode = Literal["update", "create", "off"]
+ActionMode = Literal["compare", "evaluate"]
 DEFAULT_DB_URL = "sqlite:///regress-action.db"
 
 
@@ -76,6 +77,9 @@ class ActionInputs(BaseSettings):
         enable_decoding=False,
     )
 
+    # compare: the baseline against the candidate; evaluate: the baseline alone, stored for
+    # later comparisons (a job on the default branch).
+    mode: ActionMode = _input("mode", default="compare")
     baseline_run_id: int | None = _input("baseline-run-id", default=None, ge=1)
     candidate_run_id: int | None = _input("candidate-run-id", default=None, ge=1)
     baseline_checkpoint: str | None = _input("baseline-checkpoint", default=None)
@@ -131,6 +135,8 @@ class ActionInputs(BaseSettings):
     batch_size: int = _input("batch-size", default=64, ge=1)
     max_examples: int | None = _input("max-examples", default=None, ge=1)
     workers: int | None = _input("workers", default=None, ge=0)
+    # Read the baseline's records from a stored evaluation with the same cache key.
+    cache: bool = _input("cache", default=True)
 
     @field_validator("metrics", "gate", mode="before")
     @classmethod
@@ -167,7 +173,7 @@ class ActionInputs(BaseSettings):
         return value.strip() if isinstance(value, str) else value
 
     @field_validator(
-        "comment", "significance", "task", "modality", "device", "precision", mode="before"
+        "comment", "significance", "task", "modality", "device", "precision", "mode", mode="before"
     )
     @classmethod
     def _lower(cls, value: Any) -> Any:
@@ -185,7 +191,14 @@ class ActionInputs(BaseSettings):
 
     @model_validator(mode="after")
     def _runs_given(self) -> Self:
-        for side in ("baseline", "candidate"):
+        candidate = (self.candidate_run_id, self.candidate_checkpoint)
+        if self.mode == "evaluate" and candidate != (None, None):
+            raise ValueError(
+                "inputs candidate-run-id / candidate-checkpoint: mode evaluate evaluates one "
+                "model, set by baseline-run-id or baseline-checkpoint; leave the candidate "
+                "unset, or use mode compare"
+            )
+        for side in self.sides():
             run_id = getattr(self, f"{side}_run_id")
             checkpoint = getattr(self, f"{side}_checkpoint")
             if (run_id is None) == (checkpoint is None):
@@ -194,6 +207,10 @@ class ActionInputs(BaseSettings):
                     f"(a run id from the ExperimentDB, or a checkpoint path to register)"
                 )
         return self
+
+    def sides(self) -> tuple[str, ...]:
+        """The models this mode runs: both, or the baseline alone (`mode: evaluate`)."""
+        return ("baseline",) if self.mode == "evaluate" else ("baseline", "candidate")
 
     @model_validator(mode="after")
     def _eval_set_given(self) -> Self:
