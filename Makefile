@@ -52,6 +52,7 @@ bench: install
 	$(PY) benchmarks/bench_stats.py
 	$(PY) benchmarks/bench_report.py
 	$(PY) benchmarks/bench_pipeline.py
+	$(PY) benchmarks/bench_cache.py
 
 # The statistics' error rates (A/A false alarms, power, coverage): docs/statistics.md.
 simulate: install
