@@ -333,8 +333,9 @@ def _add_compare(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "compare",
         help="compare two registered runs on an eval set",
-        description="Evaluate a baseline and a candidate run on the same eval set in one pass, "
-        "record the comparison and print the JSON report on stdout.",
+        description="Evaluate a candidate and a baseline run on the same eval set (the "
+        "baseline's records read from the DB when stored: see --no-cache), record the "
+        "comparison and print the JSON report on stdout.",
     )
     add_compare_arguments(parser)
     parser.set_defaults(handler="compare")
