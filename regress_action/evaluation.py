@@ -6,7 +6,8 @@ per-example records (a compressed `.npz`) under `cache_key`: the hash of everyth
 change those records (the checkpoint's bytes and loader, the eval set's fingerprint, the task
 and the data options, the engine's version, the device type and the precision). A job on the
 default branch evaluates its model once; the stored records are what a later comparison needs
-of that side.
+of that side: `RecordsCache` is how `app.run_compare` reads them (and stores the sides it
+evaluated, with the comparison).
 
 Like `app`, receives the ExperimentDB as a parameter and imports the torch layer only inside
 its functions. Order: output paths checked → evaluation → one transaction → JSON → Markdown.
