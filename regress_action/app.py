@@ -22,6 +22,7 @@ from .files import StagedFile, check_distinct, check_writable
 from .records_file import check_records_path
 from .render import TREND_POINTS, render_markdown
 from .report import ConfigInfo, DatasetInfo, Report, RunInfo
+from .slices import SLICE_COLUMN
 from .spec import (
     CheckpointFormat,
     DataOptions,
@@ -352,7 +353,8 @@ def join_data_columns(records: PairedRecords, eval_set: EvalSet) -> None:
     """Add the eval set's per-example data columns (`data_columns`) to both sides' records. A
     `group` column (the user's: a text-classification line's "group") or else a `doc` column
     (the document a text window came from) becomes the records' clusters: examples of one are
-    not independent, so the statistics resample whole clusters."""
+    not independent, so the statistics resample whole clusters. A `slice` column becomes the
+    records' slices, each judged on its own (`regress_action.slices`)."""
     if eval_set.columns is None:
         return
     records.baseline = data_columns(records.baseline, records.example_ids, eval_set)
@@ -361,17 +363,19 @@ def join_data_columns(records: PairedRecords, eval_set: EvalSet) -> None:
         if name in eval_set.columns:
             records.groups = eval_set.columns[name][records.example_ids]
             break
+    if SLICE_COLUMN in eval_set.columns:
+        records.slices = eval_set.columns[SLICE_COLUMN][records.example_ids]
 
 
 def data_columns(columns: Columns, example_ids: Any, eval_set: EvalSet) -> dict[str, Any]:
     """One side's columns with the eval set's per-example data columns (e.g. the `bytes` a text
     window's tokens cover) joined by example id; a source with data columns replaces what an
-    adapter assumed (bytes = tokens). Cluster columns are not records."""
+    adapter assumed (bytes = tokens). Cluster and slice columns are not records."""
     joined = dict(columns)
     if eval_set.columns is not None:
         joined.pop("bytes", None)
         for name, values in eval_set.columns.items():
-            if name not in CLUSTER_COLUMNS:
+            if name not in CLUSTER_COLUMNS and name != SLICE_COLUMN:
                 joined[name] = values[example_ids]
     return joined
 

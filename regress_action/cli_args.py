@@ -285,6 +285,22 @@ def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--seed", type=_int_between(0, 2**32 - 1), default=0, help="seed of the resampling"
     )
+    group.add_argument(
+        "--gate-slices",
+        type=_name_list,
+        default=[],
+        metavar="all|none|SLICE,...",
+        help="slices of the eval set (its `slice` key) whose regressions fail the job: all, "
+        "none (default: slices are reported, not gated) or slice names; Bonferroni-corrected "
+        "over gated slices × gated metrics",
+    )
+    group.add_argument(
+        "--min-slice-size",
+        type=_int_between(1, 2**31 - 1),
+        default=200,
+        metavar="N",
+        help="a slice with fewer examples is reported but not gated (default 200)",
+    )
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:

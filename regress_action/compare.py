@@ -8,17 +8,20 @@ the same way whatever its task. Imports numpy and the torch-free modules (`tasks
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import __version__
 from .errors import ConfigError
 from .metrics import Metric, TestName
 from .records import PairedRecords
-from .report import DatasetInfo, MetricResult, Report, RunInfo, StatsInfo
+from .report import DatasetInfo, MetricResult, Report, RunInfo, SliceResult, StatsInfo
+from .slices import gating, judge_slice, judge_slices, slice_failures, slices_family_size
 from .spec import GATE_PRIMARY, Precision, TaskSpec, VerdictConfig
 from .stats import paired_statistics
 from .tasks import get_task, metrics_for, select_metrics, unknown_metric_message
 from .verdict import (
+    PairedStats,
     apply_significance,
     family,
     family_alphas,
@@ -98,12 +101,14 @@ def build_report(records: PairedRecords, context: ReportContext, duration_s: flo
         )
         apply_significance(results, stats, verdict, members)
     warn_regressions(results.values())
+    slices = judge_slices(records, specs, verdict, members)
+    failures = slice_failures(slices)
     analysis = get_task(context.task.task).analyse(records, context.dataset.class_names)
     return Report(
         tool_version=__version__,
         report_name=context.report_name,
-        status=overall_status(results.values()),
-        regressed_metrics=regressed_metrics(results.values()),
+        status="regressed" if failures else overall_status(results.values()),
+        regressed_metrics=regressed_metrics(results.values()) + failures,
         notes=notes(results.values()),
         task=context.task,
         dataset=context.dataset,
@@ -126,6 +131,7 @@ def build_report(records: PairedRecords, context: ReportContext, duration_s: flo
         world_size=context.world_size,
         precision=context.precision,
         duration_s=duration_s,
+        slices=slices,
     )
 
 
@@ -204,6 +210,8 @@ def rejudge(report: Report, verdict: VerdictConfig) -> Report:
             results[name] = _missing(name, every.get(name), config)
     hypotheses = {name: spec.hypothesis or name for name, spec in specs.items()}
     members = family(results, specs, hypotheses)
+    slices = _rejudge_slices(report, config, specs, members)
+    failures = slice_failures(slices)
     if config.significance != "off":
         alphas = family_alphas(members, specs, config.alpha)
         given = {
@@ -231,13 +239,64 @@ def rejudge(report: Report, verdict: VerdictConfig) -> Report:
     return report.model_copy(
         update={
             "metrics": results,
-            "status": overall_status(results.values()),
-            "regressed_metrics": regressed_metrics(results.values()),
+            "status": "regressed" if failures else overall_status(results.values()),
+            "regressed_metrics": regressed_metrics(results.values()) + failures,
             "notes": notes(results.values()),
             "threshold": config.threshold,
             "stats": stats_info,
+            "slices": slices,
         }
     )
+
+
+def _rejudge_slices(
+    report: Report, config: VerdictConfig, specs: dict[str, Metric], members: dict[str, str]
+) -> list[SliceResult]:
+    """The report's slices judged again from their values, sizes and recorded statistics under
+    `config` (which slices gate, the family size, every status): nothing is taken from the
+    report's verdicts. A gated metric missing from a gated slice fails it."""
+    if not report.slices:
+        return []
+    why = gating({item.name: item.n for item in report.slices}, config, strict=False)
+    size = slices_family_size(sum(reason is None for reason in why.values()), members)
+    out = []
+    for item in report.slices:
+        values = {name: item.metrics[name] for name in specs if name in item.metrics}
+
+        def stats_of(
+            _: str, alphas: Mapping[str, float], values: dict[str, MetricResult] = values
+        ) -> dict[str, PairedStats]:
+            given = {
+                name: _Given.of(m, 1 - alphas[name])
+                for name, m in values.items()
+                if specs[name].tested
+            }
+            return {name: g for name, g in given.items() if g is not None}
+
+        judged = judge_slice(
+            item.name,
+            item.n,
+            (
+                {name: m.baseline for name, m in values.items()},
+                {name: m.candidate for name, m in values.items()},
+            ),
+            config,
+            {name: specs[name] for name in values},
+            members,
+            why[item.name],
+            size,
+            stats_of,
+        )
+        for name in (*(config.gate or ()), *config.bounds):
+            if name not in judged.metrics and name in specs and judged.gated:
+                judged.metrics[name] = _missing(name, specs[name], config)
+        for metric in judged.metrics.values():
+            if metric.ci_low is not None and math.isnan(metric.ci_low):  # another level's
+                metric.ci_low = metric.ci_high = None
+        if judged.gated:
+            judged.status = overall_status(judged.metrics.values())
+        out.append(judged)
+    return out
 
 
 def _missing(name: str, spec: Metric | None, config: VerdictConfig) -> MetricResult:

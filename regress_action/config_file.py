@@ -243,6 +243,10 @@ class ConfigFile(BaseModel):
     """Seed of the resampling (default 0)."""
     metrics_module: str | None = None
     """Module importable from the repository root defining metrics(task) -> list[Metric]."""
+    gate_slices: Names | None = None
+    """Slices of the eval set whose regressions fail the job: all, none (default) or names."""
+    min_slice_size: int | None = Field(default=None, ge=1)
+    """A slice with fewer examples is reported but not gated (default 200)."""
 
     # ---- the eval set (DataOptions)
     dataset: str | None = None
@@ -298,7 +302,7 @@ class ConfigFile(BaseModel):
     def values(self) -> dict[str, Any]:
         """The keys the file sets, as the options' attributes carry them."""
         values = self.model_dump(exclude_none=True)
-        for name in ("metrics", "gate"):
+        for name in ("metrics", "gate", "gate_slices"):
             if name in values:
                 values[name] = tuple(values[name])
         for name in _PER_METRIC:

@@ -51,10 +51,26 @@ class PairedRecords:
     # `example_ids`; None: every example is its own cluster. Examples of one cluster are not
     # independent, so the statistics resample whole clusters.
     groups: NDArray[np.int64] | None = None
+    # A slice name per example (the data's `slice` key), aligned with `example_ids`; None: the
+    # eval set has no slices. Each slice is judged on its own (see `regress_action.slices`).
+    slices: NDArray[np.str_] | None = None
 
     @property
     def n(self) -> int:
         return int(self.example_ids.shape[0])
+
+    def subset(self, mask: NDArray[np.bool_]) -> PairedRecords:
+        """The records of the examples where `mask` is true: every column of both sides, the
+        clusters and the slices, masked the same way (no model is run again)."""
+        return PairedRecords(
+            self.task,
+            self.example_ids[mask],
+            {name: values[mask] for name, values in self.baseline.items()},
+            {name: values[mask] for name, values in self.candidate.items()},
+            self.num_classes,
+            None if self.groups is None else self.groups[mask],
+            None if self.slices is None else self.slices[mask],
+        )
 
     def side(self, which: str) -> dict[str, NDArray[np.float64] | NDArray[np.int64]]:
         return self.baseline if which == "baseline" else self.candidate

@@ -200,6 +200,21 @@ class ConfigInfo(_Model):
     verdict: VerdictConfig
 
 
+class SliceResult(_Model):
+    """One slice of the eval set (the examples sharing a `slice` key) judged on its own from the
+    same paired records: every metric's values, change, statistics and bound, its status, and
+    whether it gates the job (`why_not`: why not, when it does not)."""
+
+    name: str
+    n: int
+    status: OverallStatus
+    gated: bool = False
+    why_not: str | None = None
+    # m of the slices' Bonferroni family: gated slices × gated hypotheses (1 when not gated).
+    family_size: int = 1
+    metrics: dict[str, MetricResult]
+
+
 class Report(_Model):
     schema_version: int = REPORT_SCHEMA_VERSION
     tool_version: str = ""
@@ -231,6 +246,8 @@ class Report(_Model):
     config: ConfigInfo | None = None
     # The stored evaluation the baseline's records were read from; None: evaluated here.
     baseline_source: BaselineSource | None = None
+    # Each slice of the eval set judged on its own; empty when the data has no slice key.
+    slices: list[SliceResult] = Field(default_factory=list)
 
     @field_validator("report_name")
     @classmethod

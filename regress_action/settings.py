@@ -117,6 +117,8 @@ class ActionInputs(BaseSettings):
     alpha: float = _input("alpha", default=0.05, gt=0, lt=1)
     resamples: int = _input("resamples", default=2000, ge=100, le=100_000)
     seed: int = _input("seed", default=0, ge=0, le=2**32 - 1)
+    gate_slices: tuple[str, ...] = _input("gate-slices", default=())
+    min_slice_size: int = _input("min-slice-size", default=200, ge=1)
     # The repository's config file (default: .regress-action.yml in the workspace, if any);
     # read by `config_file.load_action_inputs` before these settings are validated.
     config: Path | None = _input("config", default=None)
@@ -144,6 +146,11 @@ class ActionInputs(BaseSettings):
         if isinstance(value, str):
             return split_list(value) or None
         return value
+
+    @field_validator("gate_slices", mode="before")
+    @classmethod
+    def _split_slices(cls, value: Any) -> Any:
+        return split_list(value) if isinstance(value, str) else value
 
     @field_validator("tolerances", mode="before")
     @classmethod

@@ -26,7 +26,8 @@ Details per source:
   (nanoGPT style), memory-mapped and read in chunks, windowed as one document; the task's
   vocab_size must exceed the largest id; keys `tokens A–B`; no bytes (no bits per byte).
 - `npz`: the task whose arrays the file holds (`images` + `labels` for classification, `inputs`
-  + `targets` for regression; see each task's `read_npz`), or the task the caller names.
+  + `targets` for regression; see each task's `read_npz`), or the task the caller names; an
+  optional `slices` array (one name per example) is the data column `slice`.
   Classification: `images` (N, C, H, W) or (N, H, W) (channels-last (N, H, W, C) with C in
   1/3/4 is transposed); uint8 is scaled to [0, 1], floats are kept; `labels` (N,) non-negative
   ints; num_classes = len(class_names) when the file has a `class_names` array, else max label
@@ -441,7 +442,18 @@ def _load_npz(path: Path, max_examples: int | None, options: DataOptions) -> Loa
         inputs = torch.cat([finish_images(inputs[i : i + 256], options) for i in parts])
     dataset = TensorDataset(inputs, torch.from_numpy(read.targets[:end]))
     spec = TaskSpec.model_validate(read.spec)
-    return Loaded(dataset, spec, read.class_names, lambda i: ExampleRef(f"row {i}"))
+    loaded = Loaded(dataset, spec, read.class_names, lambda i: ExampleRef(f"row {i}"))
+    if "slices" in arrays:
+        from .slices import slice_labels
+
+        slices = arrays["slices"]
+        if slices.ndim != 1 or slices.shape[0] != read.targets.shape[0]:
+            raise DataError(
+                f"{path}: slices has shape {slices.shape} but there are "
+                f"{read.targets.shape[0]} examples; give one slice name per example"
+            )
+        loaded.columns = {"slice": slice_labels(slices[: len(dataset)], f"{path} slices")}
+    return loaded
 
 
 # Deflate's largest compression ratio is about 1032:1: a member claiming more is forged.

@@ -271,6 +271,10 @@ class VerdictConfig(BaseModel):
     `bounds`: absolute floors / ceilings on the candidate's values (`MetricBound`). A metric
     with a bound is gated by it even when it is not in `gate`: a value outside it fails the
     job; its change is judged (and gated) as `gate` says.
+
+    `gate_slices`: the slices of the eval set (its `slice` key) whose verdicts fail the job:
+    () none (reported only, the default), ("all",) every slice, else slice names.
+    `min_slice_size`: a slice with fewer examples is reported but never gated.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -287,11 +291,23 @@ class VerdictConfig(BaseModel):
     # A module importable from the working directory whose `metrics(task) -> list[Metric]` adds
     # custom metrics (see `regress_action.tasks.custom`).
     metrics_module: str | None = None
+    gate_slices: tuple[str, ...] = ()
+    min_slice_size: int = Field(default=200, ge=1)
 
     @field_validator("metrics_module")
     @classmethod
     def _module_name(cls, value: str | None) -> str | None:
         return None if value is None else check_module_name(value)
+
+    @field_validator("gate_slices")
+    @classmethod
+    def _slice_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(name.strip() for name in value if name.strip()))
+        if names == ("none",):
+            return ()
+        if GATE_ALL in names and len(names) > 1:
+            raise ValueError("gate_slices is 'all', 'none' or slice names, not a mix")
+        return names
 
     def tolerance_for(self, metric: str, baseline: float) -> float:
         spec = self.tolerances.get(metric)

@@ -14,7 +14,8 @@ The columns decide the task:
   `image_size` and `normalize` (`sources.finish_images`).
 `label` holds ints or strings (names → sorted ids); the folder's `dataset_info.json`
 `features.label.names` (a ClassLabel) gives the names and their order when present. Other
-columns are ignored, except `id`, which names the examples (else `row i`).
+columns are ignored, except `id`, which names the examples (else `row i`), and `slice`, the
+example's slice name (an LM window takes its document's row's).
 
 Reading is lazy: the table is opened by its metadata; a column is read one row group (Parquet)
 or record batch (Arrow, memory-mapped) at a time; the labels are read whole (one small array).
@@ -196,7 +197,8 @@ def load_table(path: Path, max_examples: int | None, options: DataOptions) -> Lo
         from .textcls import text_classification
 
         ids, names = _labels(table, path)
-        return text_classification(_Texts(table, rows), ids, names, keys, options, where)
+        loaded = text_classification(_Texts(table, rows), ids, names, keys, options, where)
+        return _with_slices(loaded, table, None)
     if "text" in columns:
         try:
             from .textlm import lm_documents
@@ -206,14 +208,32 @@ def load_table(path: Path, max_examples: int | None, options: DataOptions) -> Lo
                 "cannot read from a table; add a label column or use a .jsonl"
             ) from None
         documents = _Texts(table, table.num_rows)  # max_examples counts windows
-        return lm_documents(documents, _key_of(table), options, max_examples, where)
+        loaded = lm_documents(documents, _key_of(table), options, max_examples, where)
+        return _with_slices(loaded, table, (loaded.columns or {}).get("doc"))
     if "image" in columns and "label" in columns:
-        return _image_table(table, rows, keys, options)
+        return _with_slices(_image_table(table, rows, keys, options), table, None)
     found = ", ".join(table.columns) or "none"
     raise DataError(
         f"{where} has no text / image column with a label (found: {found}); give it columns "
         "text + label (text classification), text (language modelling) or image + label"
     )
+
+
+def _with_slices(loaded: Loaded, table: Table, rows: NDArray[np.int64] | None) -> Loaded:
+    """The loaded set with the table's `slice` column as its data column `slice`, when it has
+    one: example i's slice is row i's, or row `rows[i]`'s (an LM window's document)."""
+    if "slice" not in table.columns:
+        return loaded
+    from .slices import slice_labels
+
+    n = len(loaded.dataset)  # type: ignore[arg-type]
+    last = n if rows is None else int(rows.max(initial=-1)) + 1
+    values: list[Any] = []
+    for chunk in table.chunks("slice", last):
+        values.extend(chunk.to_pylist())
+    labels = slice_labels(values, f"{table.path} column slice")
+    loaded.columns = {**(loaded.columns or {}), "slice": labels if rows is None else labels[rows]}
+    return loaded
 
 
 def _key_of(table: Table) -> Any:

@@ -48,7 +48,8 @@ def load_jsonl(path: Path, max_examples: int | None, options: DataOptions) -> Lo
 
     An optional `"group"` (a string or an int: the conversation, document or user an example
     came from) makes examples of one group one cluster for the statistics, which then resample
-    groups. Blank lines are skipped; the first `max_examples` lines are used, but every line is
+    groups. An optional `"slice"` names the example's slice (each slice is judged on its own).
+    Blank lines are skipped; the first `max_examples` lines are used, but every line is
     parsed, so the label ids and class count are the same whatever the cut. A line without
     a string `text` or without a `label`, or a label that is neither an int nor a string, is a
     DataError naming `file:line`."""
@@ -57,6 +58,7 @@ def load_jsonl(path: Path, max_examples: int | None, options: DataOptions) -> Lo
     labels: list[Any] = []
     lines: list[int] = []
     groups: list[Any] = []
+    slices: list[Any] = []
     try:
         with path.open("rb") as handle:
             for lineno, raw in enumerate(handle, start=1):
@@ -68,6 +70,7 @@ def load_jsonl(path: Path, max_examples: int | None, options: DataOptions) -> Lo
                     texts.append(row[0])
                     lines.append(lineno)
                     groups.append(row[2])
+                    slices.append(row[3])
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not texts:
@@ -86,10 +89,20 @@ def load_jsonl(path: Path, max_examples: int | None, options: DataOptions) -> Lo
             )
         _, cluster = np.unique(np.array([str(group) for group in groups]), return_inverse=True)
         loaded.columns = {"group": cluster.reshape(-1).astype(np.int64)}
+    if any(value is not None for value in slices):
+        from .slices import slice_labels
+
+        if any(value is None for value in slices):
+            missing = lines[slices.index(None)]
+            raise DataError(
+                f'{path}:{missing}: no "slice", but other lines have one; give every line a '
+                "slice or none"
+            )
+        loaded.columns = {**(loaded.columns or {}), "slice": slice_labels(slices, str(path))}
     return loaded
 
 
-def _row(path: Path, lineno: int, raw: bytes) -> tuple[str, Any, Any] | None:
+def _row(path: Path, lineno: int, raw: bytes) -> tuple[str, Any, Any, Any] | None:
     if not raw.strip():
         return None
     where = f"{path}:{lineno}"
@@ -115,7 +128,10 @@ def _row(path: Path, lineno: int, raw: bytes) -> tuple[str, Any, Any] | None:
     group = record.get("group")
     if group is not None and (isinstance(group, bool) or not isinstance(group, str | int)):
         raise DataError(f'{where}: "group" is {group!r}; use a string or an integer id')
-    return record["text"], record["label"], group
+    value = record.get("slice")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
+        raise DataError(f'{where}: "slice" is {value!r}; use a string slice name')
+    return record["text"], record["label"], group, value
 
 
 def class_ids(

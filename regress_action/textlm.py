@@ -259,24 +259,44 @@ class _TextRefs:
 
 def load_jsonl(path: Path, max_examples: int | None, options: DataOptions) -> Loaded:
     """`{"text": ...}` lines as LM documents (keys `line L`); blank lines and texts under 2
-    tokens are skipped; a malformed line is a DataError naming file:line."""
+    tokens are skipped; a malformed line is a DataError naming file:line. A line's optional
+    `"slice"` is the slice of every window cut from it (data column `slice`)."""
+    slices: list[Any] = []
     try:
         with path.open("rb") as handle:
-            return lm_documents(
-                _jsonl_texts(path, handle), lambda i: f"line {i + 1}", options, max_examples,
-                str(path),
+            loaded = lm_documents(
+                _jsonl_texts(path, handle, slices), lambda i: f"line {i + 1}", options,
+                max_examples, str(path),
             )  # fmt: skip
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    assert loaded.columns is not None
+    docs = loaded.columns["doc"]
+    used = sorted(set(docs.tolist()))
+    if any(slices[i] is not None for i in used):
+        from .slices import slice_labels
+
+        missing = next((i for i in used if slices[i] is None), None)
+        if missing is not None:
+            raise DataError(
+                f'{path}:{missing + 1}: no "slice", but other lines have one; give every line a '
+                "slice or none"
+            )
+        labels = slice_labels([slices[i] for i in used], str(path))
+        by_doc = dict(zip(used, labels.tolist(), strict=True))
+        loaded.columns["slice"] = np.asarray([by_doc[d] for d in docs.tolist()], dtype=np.str_)
+    return loaded
 
 
-def _jsonl_texts(path: Path, handle: Any) -> Iterator[str]:
-    """Each line's text in order ("" for a blank line: index + 1 is the line number)."""
+def _jsonl_texts(path: Path, handle: Any, slices: list[Any]) -> Iterator[str]:
+    """Each line's text in order ("" for a blank line: index + 1 is the line number); each
+    line's `"slice"` (None without one) is appended to `slices`."""
     for lineno, raw in enumerate(handle, start=1):
-        yield _jsonl_row(path, lineno, raw) or ""
+        slices.append(None)
+        yield _jsonl_row(path, lineno, raw, slices) or ""
 
 
-def _jsonl_row(path: Path, lineno: int, raw: bytes) -> str | None:
+def _jsonl_row(path: Path, lineno: int, raw: bytes, slices: list[Any] | None = None) -> str | None:
     """The line's text, None for a blank line; a DataError naming file:line if bad."""
     if not raw.strip():
         return None
@@ -298,6 +318,8 @@ def _jsonl_row(path: Path, lineno: int, raw: bytes) -> str | None:
     text = record.get("text") if isinstance(record, dict) else None
     if not isinstance(text, str):
         raise DataError(f'{where}: expected an object with a string "text" field')
+    if slices is not None:
+        slices[-1] = record.get("slice")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -261,13 +261,16 @@ def apply_significance(
     stats: Mapping[str, PairedStats],
     config: VerdictConfig,
     members: Mapping[str, str] | None = None,
+    *,
+    size: int | None = None,
 ) -> None:
     """Attach paired statistics, adjust across the gated family, and apply the mode.
 
     `members` maps each metric of the gated family to its hypothesis (`family`); the family
     size m is its number of hypotheses, a member's p_adjusted is Bonferroni's min(1, m·p) and
     its interval (computed by `stats` at level 1 - α/m) excludes 0 exactly when p_adjusted < α.
-    A metric outside the family is judged on its own p at α.
+    A metric outside the family is judged on its own p at α. `size` overrides m (a slice's
+    family counts every gated slice's hypotheses, see `regress_action.slices`).
 
     - `report`: statuses stay as the threshold rule says; a change whose p is not below α is
       marked not significant.
@@ -278,7 +281,7 @@ def apply_significance(
     Each gated metric whose minimum detectable effect exceeds its tolerance is `underpowered`.
     """
     members = members or {}
-    size = family_size(members)
+    size = family_size(members) if size is None else size
     for name, stat in stats.items():
         result = results.get(name)
         if result is None:
