@@ -61,6 +61,9 @@ class EvalSet:
 
     # Whether every target was checked when loaded (`check_targets`); else each batch is.
     targets_checked: bool = False
+    # Whether the fingerprint was computed when loaded (not by the pass: a source that decodes
+    # on read), so reading it before the pass costs nothing.
+    fingerprint_known: bool = False
 
     def observe(self, batch: Any) -> None:
         """Check one collated batch of the pass (in dataset order) and feed it to the
@@ -133,6 +136,7 @@ def load_eval_set(
         loaded.columns,
         loaded.tokenizer,
         targets_checked=whole,
+        fingerprint_known=not entry.decodes_on_read,
     )
 
 

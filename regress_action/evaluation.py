@@ -352,16 +352,26 @@ class RecordsCache:
         records (the baseline's own pass only on a miss)."""
         from .app import _run_pass
         from .distributed import current
-        from .engine import EngineResult, evaluate
+        from .engine import EngineResult, evaluate, resolve_device
         from .records import Records, pair, records_from_npz
 
-        if not self.lookup or current() is not None:
+        def paired_pass() -> tuple[EngineResult, int]:
             result, world_size = _run_pass(models, eval_set, adapter, options, task)
             both = result.records
             for side in SIDES:
                 self.fresh[side] = Records(both.example_ids, dict(both.side(side)))
                 self.keys[side] = self._key(side, eval_set, task, result.device, options.precision)
             return result, world_size
+
+        if not self.lookup or current() is not None:
+            return paired_pass()
+        if eval_set.fingerprint_known:
+            # The key is known before any pass: a miss runs the one paired pass (each example
+            # read once for both models), a hit only the candidate's.
+            device = str(resolve_device(options.device))
+            key = self._key("baseline", eval_set, task, device, options.precision)
+            if self.db.cached_evaluation(key) is None:
+                return paired_pass()
         candidate = evaluate(models[1], eval_set.dataset, adapter, options, side="candidate")
         self.fresh["candidate"] = candidate.records
         duration = candidate.duration_s
