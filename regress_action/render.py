@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib.resources import files
+from typing import Any
 
 import jinja2
 
@@ -31,8 +32,10 @@ from .report import (
     MetricResult,
     MetricValue,
     Report,
+    SliceResult,
     TrendPoint,
 )
+from .slices import worst_slices
 from .tasks import TASKS
 from .verdict import fails_job
 
@@ -163,13 +166,14 @@ class Detail:
     flip_rows: int = FLIP_ROWS
     reasons: bool = True
     chart: bool = True
+    slice_details: bool = True  # every slice × metric (the worst slices always stay)
 
 
 # Truncation order: trend, per-class (shrunk, then dropped), flips (shrunk, then dropped),
 # reasons and statistics notes, the chart. The heading, table and run lines always stay.
 TRUNCATION_STEPS = (
     Detail(),
-    Detail(trend=False),
+    Detail(trend=False, slice_details=False),
     Detail(trend=False, per_class_rows=20),
     Detail(trend=False, per_class_rows=0),
     Detail(trend=False, per_class_rows=0, flip_rows=3),
@@ -217,6 +221,11 @@ class View:
     fragments: tuple[str, ...]  # the task's templates for its analysis, in report order
     example_loss: str  # what a flip's per-example loss measures ("loss", "squared error")
     notice: str | None = None
+    worst: list[SliceResult] = field(default_factory=list)  # the slices shown first
+    slice_metric: str = ""  # the metric the worst slices are ranked by
+    slice_metrics: dict[str, str] = field(default_factory=dict)  # slice → the metric shown
+    slices_gated: bool = False
+    slice_note: str = ""
 
 
 def status_cell(metric: MetricResult) -> str:
@@ -354,6 +363,14 @@ def _summary(metrics: list[MetricResult]) -> str:
     return f"No gated metric changed beyond its tolerance ({len(gated)} gated)."
 
 
+def _slice_summary(report: Report) -> str:
+    """What the gated slices add to the summary: the ones that fail the job."""
+    failing = [name for name in report.regressed_metrics if name.endswith("]") and "[" in name]
+    if not failing:
+        return ""
+    return f" Gated slices failed: {', '.join(md_escape(name) for name in failing)}."
+
+
 def _has_stats(metric: MetricResult) -> bool:
     return any(v is not None for v in (metric.test, metric.p_value, metric.ci_low, metric.ci_high))
 
@@ -426,7 +443,7 @@ def build_view(report: Report, detail: Detail = TRUNCATION_STEPS[0]) -> View:
     return View(
         report=report,
         metrics=metrics,
-        summary=_summary(metrics),
+        summary=_summary(metrics) + _slice_summary(report),
         has_stats=has_stats,
         ci_label=_ci_label(report) if report.stats.family_size <= 1 else "CI",
         stats_note=_stats_note(report),
@@ -439,7 +456,41 @@ def build_view(report: Report, detail: Detail = TRUNCATION_STEPS[0]) -> View:
         detail=detail,
         fragments=_fragments(report.task.task),
         example_loss=TASKS[report.task.task].example_loss if report.task.task in TASKS else "loss",
+        **_slice_view(report, metrics),
     )
+
+
+def _slice_view(report: Report, metrics: list[MetricResult]) -> dict[str, Any]:
+    """The worst slices and what their table says (nothing without slices)."""
+    if not report.slices:
+        return {}
+    headline = next((m.name for m in metrics if m.gated), metrics[0].name if metrics else "")
+    worst = worst_slices(report.slices, headline)
+    shown = {}
+    for item in worst:
+        failing = [m.name for m in item.metrics.values() if item.gated and fails_job(m)]
+        shown[item.name] = failing[0] if failing else headline
+    gated = [item for item in report.slices if item.gated]
+    if gated:
+        size = gated[0].family_size
+        note = (
+            f"{len(gated)} gated slice(s): a regression in one fails the job; p adjusted by "
+            f"Bonferroni over gated slices × gated metrics (m = {size})"
+        )
+    else:
+        note = "slices are reported, not gated (--gate-slices / gate-slices to gate them)"
+    return {
+        "worst": [item for item in worst if shown[item.name] in item.metrics],
+        "slice_metric": headline,
+        "slice_metrics": shown,
+        "slices_gated": bool(gated),
+        "slice_note": note,
+    }
+
+
+def slice_gate(item: SliceResult) -> str:
+    """The Gated cell: yes, or no with why."""
+    return "yes" if item.gated else f"no ({md_escape(item.why_not or 'not gated')})"
 
 
 def _load_template(name: str) -> str:
@@ -481,6 +532,7 @@ def environment() -> jinja2.Environment:
         why=why_cell,
         bound_verdict=bound_verdict,
         class_name=_class_name,
+        slice_gate=slice_gate,
     )
     env.globals.update(STATUS_MARKS=STATUS_MARKS, OVERALL_MARKS=OVERALL_MARKS)
     return env
