@@ -39,7 +39,7 @@ from sqlalchemy import Connection, Insert, RowMapping, delete, make_url, or_, se
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .errors import StoreError
-from .report import EvaluationReport, MetricResult, Report, TrendPoint
+from .report import EvaluationReport, MetricResult, Report, SliceResult, TrendPoint
 from .spec import MetricBound, ModelSource, RunCreate, RunRecord, TaskSpec
 from .store_schema import (
     DEFAULT_SOURCE,
@@ -49,6 +49,7 @@ from .store_schema import (
     check_schema,
     check_sqlite_file,
     comparison_metrics,
+    comparison_slice_metrics,
     comparisons,
     ensure_schema,
     evaluations,
@@ -116,6 +117,22 @@ def _encode_metric(metric: MetricResult, comparison_id: int, position: int) -> d
         comparison_id=comparison_id,
         position=position,
         nonfinite=json.dumps(nonfinite) if nonfinite else None,
+    )
+    return row
+
+
+def _encode_slice_metric(
+    item: SliceResult, slice_position: int, metric: MetricResult, comparison_id: int, position: int
+) -> dict[str, Any]:
+    row = _encode_metric(metric, comparison_id, position)
+    row.update(
+        slice=item.name,
+        slice_position=slice_position,
+        slice_n=item.n,
+        slice_status=item.status,
+        slice_gated=item.gated,
+        slice_why_not=item.why_not,
+        slice_family_size=item.family_size,
     )
     return row
 
@@ -488,7 +505,41 @@ class ExperimentDB:
             if metrics:
                 rows = [_encode_metric(m, comparison_id, i) for i, m in enumerate(metrics)]
                 conn.execute(comparison_metrics.insert(), rows)
+            slice_rows = [
+                _encode_slice_metric(item, position, metric, comparison_id, i)
+                for position, item in enumerate(report.slices)
+                for i, metric in enumerate(item.metrics.values())
+            ]
+            if slice_rows:
+                conn.execute(comparison_slice_metrics.insert(), slice_rows)
         return comparison_id
+
+    def comparison_slices(self, comparison_id: int) -> list[SliceResult]:
+        """The comparison's slices from their rows (one per slice × metric), in the report's
+        order; [] for a comparison without slices."""
+        table = comparison_slice_metrics
+        query = (
+            select(table)
+            .where(table.c.comparison_id == comparison_id)
+            .order_by(table.c.slice_position, table.c.position)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+        slices: dict[str, SliceResult] = {}
+        for row in rows:
+            item = slices.get(row["slice"])
+            if item is None:
+                item = slices[row["slice"]] = SliceResult(
+                    name=row["slice"],
+                    n=row["slice_n"],
+                    status=row["slice_status"],
+                    gated=bool(row["slice_gated"]),
+                    why_not=row["slice_why_not"],
+                    family_size=row["slice_family_size"],
+                    metrics={},
+                )
+            item.metrics[row["name"]] = _decode_metric(row)
+        return list(slices.values())
 
     def _check_runs_exist(self, conn: Connection, run_ids: Sequence[int]) -> None:
         valid = [run_id for run_id in run_ids if _is_id(run_id)]

@@ -31,6 +31,9 @@ Versions:
    working folder, as registration always resolved it. Also adds `runs.provisional`: the
    token of the Action step that created the run and removes it again if the step fails
    (`ExperimentDB.provisional_runs`); NULL once the run is confirmed or used by anyone else.
+6. adds `comparison_slice_metrics`: one row per slice × metric of a comparison whose eval set
+   has slices (the columns of `comparison_metrics`, plus the slice's name, size, status and
+   whether it gated the job); the whole set's rows stay in `comparison_metrics`.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ from sqlalchemy import exc as sa_exc
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DEFAULT_URL = "sqlite:///regress.db"
 SQLITE_BUSY_TIMEOUT_S = 30
 DEFAULT_SOURCE = "--db / REGRESS_DB"  # where the URL came from, named in messages
@@ -397,6 +400,26 @@ comparison_metrics = Table(
     Column("clusters", Integer),
 )
 
+# One row per slice × metric: the metric columns of `comparison_metrics` (version 6).
+comparison_slice_metrics = Table(
+    "comparison_slice_metrics",
+    metadata,
+    Column("comparison_id", Integer, ForeignKey("comparisons.id"), primary_key=True),
+    Column("slice", Text, primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("slice_position", Integer, nullable=False),  # the report's slice order
+    Column("slice_n", Integer, nullable=False),
+    Column("slice_status", String(16), nullable=False),
+    Column("slice_gated", Boolean, nullable=False),
+    Column("slice_why_not", Text),
+    Column("slice_family_size", Integer, nullable=False),
+    *(
+        column._copy()
+        for column in comparison_metrics.columns
+        if column.name not in ("comparison_id", "name")
+    ),
+)
+
 evaluations = Table(
     "evaluations",
     metadata,
@@ -495,12 +518,17 @@ def _upgrade_to_5(conn: Connection) -> None:
         index.create(conn)
 
 
+def _upgrade_to_6(conn: Connection) -> None:
+    comparison_slice_metrics.create(conn)
+
+
 # UPGRADES[v] takes a database at version v - 1 to version v.
 UPGRADES: dict[int, Callable[[Connection], None]] = {
     2: _upgrade_to_2,
     3: _upgrade_to_3,
     4: _upgrade_to_4,
     5: _upgrade_to_5,
+    6: _upgrade_to_6,
 }
 
 

@@ -114,10 +114,12 @@ def test_add_run_is_insert_or_get(
 
 
 def _downgrade_to_4(url: str) -> None:
-    """A version-4 database: the same tables without the run identity and provisional columns."""
+    """A version-4 database: the same tables without the run identity and provisional columns
+    (nor the slices' table of version 6)."""
     engine = sqlalchemy.create_engine(url)
     try:
         with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE comparison_slice_metrics")
             conn.exec_driver_sql("DROP INDEX ux_runs_identity")
             conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN identity")
             conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN provisional")
