@@ -22,7 +22,7 @@ from .files import StagedFile, check_distinct, check_writable
 from .records_file import check_records_path
 from .render import TREND_POINTS, render_markdown
 from .report import ConfigInfo, DatasetInfo, Report, RunInfo
-from .slices import SLICE_COLUMN
+from .slices import SLICE_COLUMN, gating
 from .spec import (
     CheckpointFormat,
     DataOptions,
@@ -180,6 +180,7 @@ def evaluate_models(
         name=eval_cfg.dataset_name,
         options=options,
     )
+    check_gated_slices(eval_set, context.verdict)  # a wrong name fails before the models run
     verdict = lm_verdict(eval_set, task, context.verdict) if task.task == "lm" else None
     result, world_size = (_run_pass if cache is None else cache.run_pass)(
         (baseline, candidate),
@@ -347,6 +348,15 @@ def lm_verdict(eval_set: EvalSet, task: TaskSpec, verdict: VerdictConfig) -> Ver
 
 
 CLUSTER_COLUMNS = ("group", "doc")  # data columns naming an example's cluster, first wins
+
+
+def check_gated_slices(eval_set: EvalSet, verdict: VerdictConfig) -> None:
+    """A ConfigError naming --gate-slices when it names a slice the eval set does not have."""
+    if not verdict.gate_slices or verdict.gate_slices == ("all",):
+        return
+    labels = (eval_set.columns or {}).get(SLICE_COLUMN)
+    names = [] if labels is None else sorted(set(labels.tolist()))
+    gating(dict.fromkeys(names, 0), verdict)
 
 
 def join_data_columns(records: PairedRecords, eval_set: EvalSet) -> None:

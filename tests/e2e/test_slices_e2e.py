@@ -109,7 +109,7 @@ def test_min_slice_size_and_named_slices(ws: Workspace) -> None:
     assert only_a.returncode == 0, only_a.stderr
     unknown = ws.run(*_args(ws), "--gate-slices", "c", "--no-record")
     assert unknown.returncode == 2
-    line = unknown.stderr.strip().splitlines()[-1]
+    (line,) = unknown.stderr.strip().splitlines()  # before the models ran: no other log
     assert "gate-slices" in line and "'c'" in line and "a, b" in line
 
 
