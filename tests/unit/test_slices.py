@@ -189,3 +189,33 @@ def test_rejudge_derives_slice_verdicts_from_the_numbers() -> None:
     assert gamma.gated and gamma.metrics["accuracy"].status == "regressed"
     # Under the trusted side's own flags: slices not gated, the job passes.
     assert rejudge(forged, VerdictConfig(significance="gate", threshold=0.03)).status == "neutral"
+
+
+def test_gate_slices_options_from_flags_inputs_and_the_verdict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from regress_action.cli_args import build_parser
+    from regress_action.config import verdict_config
+    from regress_action.settings import ActionInputs, load
+
+    assert VerdictConfig(gate_slices=("none",)).gate_slices == ()
+    assert VerdictConfig(gate_slices=(" a ", "b", "a")).gate_slices == ("a", "b")
+    with pytest.raises(ValueError, match="not a mix"):
+        VerdictConfig(gate_slices=("all", "night"))
+    args = build_parser().parse_args(
+        ["compare", "--baseline-run-id", "1", "--candidate-run-id", "2", "--dataset", "x.npz",
+         "--gate-slices", "night, rain", "--min-slice-size", "50"]
+    )  # fmt: skip
+    verdict = verdict_config(args, {})
+    assert (verdict.gate_slices, verdict.min_slice_size) == (("night", "rain"), 50)
+    monkeypatch.setenv("INPUT_BASELINE-RUN-ID", "1")
+    monkeypatch.setenv("INPUT_CANDIDATE-RUN-ID", "2")
+    monkeypatch.setenv("INPUT_DATASET", "vision_tiny")
+    monkeypatch.setenv("INPUT_GATE-SLICES", "all")
+    monkeypatch.setenv("INPUT_MIN-SLICE-SIZE", "500")
+    inputs = load(ActionInputs)
+    verdict = verdict_config(inputs, {})
+    assert (verdict.gate_slices, verdict.min_slice_size) == (("all",), 500)
+    monkeypatch.setenv("INPUT_MIN-SLICE-SIZE", "0")
+    with pytest.raises(ConfigError, match="input min-slice-size"):
+        load(ActionInputs)
