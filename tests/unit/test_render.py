@@ -36,6 +36,7 @@ from regress_action.report import (
     Flips,
     Report,
     RunInfo,
+    SliceResult,
     StatsInfo,
     TrendPoint,
 )
@@ -73,7 +74,43 @@ def _regressed_with_failed_and_new() -> Report:
     )
 
 
+def _with_slices() -> Report:
+    """Three gated slices, one regressed (failing the job), one too small to gate, and a
+    hostile slice name."""
+
+    def one(name: str, n: int, base: float, cand: float, status: str, **slice_fields: object):  # type: ignore[no-untyped-def]
+        gated = slice_fields.get("gated", True)
+        metrics = {
+            "accuracy": metric(
+                "accuracy", base, cand, status, gated=gated, p_value=0.0004, p_adjusted=0.0024
+            ),
+            "loss": metric("loss", 0.6, 0.6 + (base - cand), "neutral", gated=False, p_value=0.3),
+        }
+        return SliceResult(
+            name=name,
+            n=n,
+            status="regressed" if status == "regressed" else "neutral",
+            metrics=metrics,
+            **({"gated": True, "family_size": 3} | slice_fields),  # type: ignore[arg-type]
+        )
+
+    slices = [
+        one("day", 4000, 0.84, 0.845, "neutral"),
+        one("night", 900, 0.80, 0.74, "regressed"),
+        one(HOSTILE, 1000, 0.81, 0.80, "neutral"),
+        one("fog", 120, 0.7, 0.6, "regressed", gated=False, family_size=1,
+            why_not="120 examples, under min-slice-size 200"),
+    ]  # fmt: skip
+    return make_report(
+        stats=True,
+        status="regressed",
+        regressed_metrics=["accuracy[night]"],
+        slices=slices,
+    )
+
+
 CASES: dict[str, Callable[[], Report]] = {
+    "classification_slices": _with_slices,
     "classification_full": lambda: make_report(stats=True, flips=True, per_class=True, trend=5),
     "lm_plain": lambda: make_report("lm", flips=True),
     "regressed_failed_new": _regressed_with_failed_and_new,
