@@ -164,7 +164,7 @@ def test_golden(case: str) -> None:
 def test_delta_table_parses_with_one_row_per_metric(case: str) -> None:
     report = CASES[case]()
     table = _tables(render_markdown(report))[0]
-    has_stats = case == "classification_full"
+    has_stats = case in ("classification_full", "classification_slices")
     assert [_cell_text(c) for c in table[0]] == (STATS_HEADER if has_stats else TABLE_HEADER)
     assert [_cell_text(row[0]) for row in table[1:]] == list(report.metrics)
     assert all(len(row) == len(table[0]) for row in table)
