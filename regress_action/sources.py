@@ -27,7 +27,8 @@ Details per source:
   vocab_size must exceed the largest id; keys `tokens A–B`; no bytes (no bits per byte).
 - `npz`: the task whose arrays the file holds (`images` + `labels` for classification, `inputs`
   + `targets` for regression; see each task's `read_npz`), or the task the caller names; an
-  optional `slices` array (one name per example) is the data column `slice`.
+  optional `slices` array (one name per example) is the data column `slice`; so is an image
+  folder's `slices.csv` (`path,slice` rows, paths relative to the folder).
   Classification: `images` (N, C, H, W) or (N, H, W) (channels-last (N, H, W, C) with C in
   1/3/4 is transposed); uint8 is scaled to [0, 1], floats are kept; `labels` (N,) non-negative
   ints; num_classes = len(class_names) when the file has a `class_names` array, else max label
@@ -595,7 +596,38 @@ def _load_image_folder(root: Path, max_examples: int | None, options: DataOption
     dataset = ImageFiles(root, files, labels, channels, size, options)
     task = TaskSpec(modality="vision", task="classification", num_classes=len(classes))
     keys = [file.relative_to(root).as_posix() for file in files]
-    return Loaded(dataset, task, classes, lambda i: ExampleRef(keys[i]))
+    loaded = Loaded(dataset, task, classes, lambda i: ExampleRef(keys[i]))
+    if (root / SLICES_CSV).is_file():
+        loaded.columns = {"slice": _folder_slices(root / SLICES_CSV, keys)}
+    return loaded
+
+
+# An image folder's slices: `path,slice` rows, the path relative to the folder (`cat/001.png`).
+SLICES_CSV = "slices.csv"
+
+
+def _folder_slices(path: Path, keys: list[str]) -> NDArray[np.str_]:
+    """Each image's slice from the folder's slices.csv; a DataError naming the file when it is
+    unreadable, lacks the `path` / `slice` columns or misses an image."""
+    import csv
+
+    from .slices import slice_labels
+
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if not {"path", "slice"} <= set(reader.fieldnames or ()):
+                raise DataError(
+                    f"{path}: expected a header row `path,slice`, found "
+                    f"{','.join(reader.fieldnames or ()) or 'none'}; add it"
+                )
+            mapping = {row["path"].strip(): row["slice"] for row in reader if row.get("path")}
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {path} ({exc}); save it as UTF-8 CSV") from None
+    missing = next((key for key in keys if key not in mapping), None)
+    if missing is not None:
+        raise DataError(f"{path} has no row for {missing!r}; give every image a slice")
+    return slice_labels([mapping[key] for key in keys], str(path))
 
 
 def _class_files(folder: Path) -> list[Path]:

@@ -108,3 +108,27 @@ def test_the_slice_column_becomes_the_records_slices_not_a_column(tmp_path: Path
     join_data_columns(records, eval_set)
     assert records.slices is not None and records.slices.tolist() == ["x", "y", "z", "x"]
     assert "slice" not in records.baseline and "slice" not in records.candidate
+
+
+def test_an_image_folder_s_slices_csv(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = tmp_path / "images"
+    rows = ["path,slice"]
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (4, 4), (i * 60, 0, 0)).save(root / label / f"{i}.png")
+            rows.append(f"{label}/{i}.png,{'night' if i else 'day'}")
+    (root / "slices.csv").write_text("\n".join(rows) + "\n")
+    eval_set = load_eval_set(root)
+    assert eval_set.columns is not None
+    by_key = {eval_set.describe(i).key: eval_set.columns["slice"][i] for i in range(eval_set.n)}
+    assert by_key == {"cat/0.png": "day", "cat/1.png": "night", "dog/0.png": "day",
+                      "dog/1.png": "night"}  # fmt: skip
+    (root / "slices.csv").write_text("\n".join(rows[:-1]) + "\n")
+    with pytest.raises(DataError, match=r"slices.csv has no row for 'dog/1.png'"):
+        load_eval_set(root)
+    (root / "slices.csv").write_text("file,name\n")
+    with pytest.raises(DataError, match="expected a header row `path,slice`"):
+        load_eval_set(root)
