@@ -197,10 +197,20 @@ def annotate(report: Report, fail_on_regression: bool, commands: Commands) -> No
     the job, else a warning."""
     emit = commands.error if fail_on_regression else commands.warning
     for name in report.regressed_metrics:
-        metric = report.metrics.get(name)
+        metric = report.metrics.get(name) or _slice_metric(report, name)
         text = _describe_metric(metric) if metric is not None else f"{name} regressed"
         what = "outside its bound" if metric and metric.status == "failed_bound" else "regressed"
         emit(text, title=f"{TITLE}: {name} {what} ({report.report_name})")
+
+
+def _slice_metric(report: Report, name: str) -> MetricResult | None:
+    """The metric a `metric[slice]` entry names, its reason prefixed by the slice."""
+    metric_name, _, rest = name.partition("[")
+    item = next((s for s in report.slices if f"{s.name}]" == rest), None)
+    metric = item.metrics.get(metric_name) if item is not None else None
+    if metric is None:
+        return None
+    return metric.model_copy(update={"reason": f"slice {item.name}: {metric.reason}"})  # type: ignore[union-attr]
 
 
 def _describe_metric(metric: MetricResult) -> str:

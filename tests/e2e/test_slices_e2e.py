@@ -140,6 +140,9 @@ def test_the_action_s_gate_slices_input_fails_the_job(runner: Runner, ws: Worksp
     assert result.rc == 1, result.stdout + result.stderr
     assert result.outputs["status"] == "regressed"
     assert result.outputs["regressed-metrics"] == "accuracy[b]"
+    (error,) = result.lines("::error")
+    assert "accuracy[b] regressed" in error  # the title
+    assert "slice b: accuracy regressed beyond the tolerance 0.1" in error
     body = bodies(runner.server)[-1]
     assert "**Worst slices**" in body and "Gated slices failed: accuracy\\[b\\]" in body
 
