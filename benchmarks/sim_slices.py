@@ -18,7 +18,7 @@ Scenarios (one JSON object each, printed as one JSON document):
   accuracy alone, m = 8), and how often the whole set's accuracy alone (slices not gated)
   would have caught it.
 
-Deterministic given `--seed`. Measured on 2 cores: about 2 minutes for 200 simulations.
+Deterministic given `--seed`. Measured on 2 cores (`--processes 2`): 65 s for 200 simulations.
 """
 
 from __future__ import annotations
