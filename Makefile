@@ -57,6 +57,7 @@ bench: install
 # The statistics' error rates (A/A false alarms, power, coverage): docs/statistics.md.
 simulate: install
 	$(PY) benchmarks/sim_stats.py
+	$(PY) benchmarks/sim_slices.py
 
 schema: install
 	$(PY) -m regress_action.schema
