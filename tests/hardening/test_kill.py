@@ -557,10 +557,13 @@ def register_both(zygote: Zygote, url: str, work: Path, checkpoints: Path) -> li
 
 
 def compare_argv(url: str, baseline: int, candidate: int, out: str = "out/r") -> list[str]:
+    # --no-cache: every run takes the same steps (a later run would read the baseline from the
+    # evaluations an earlier one stored), so the census of the first run holds for all; both
+    # sides are still stored, in the comparison's transaction.
     return [
         "compare", "--baseline-run-id", str(baseline), "--candidate-run-id", str(candidate),
         "--dataset", "lm_tiny", "--max-examples", "8", "--device", "cpu", "--workers", "0",
-        "--resamples", "200", "--db", url,
+        "--resamples", "200", "--db", url, "--no-cache",
         "--json-out", f"{out}.json", "--markdown-out", f"{out}.md",
     ]  # fmt: skip
 
