@@ -9,6 +9,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/regress-action
 
+# git reads the baseline checkpoint from the pull request's base commit (baseline-checkpoint-ref).
+# Not pinned: Debian replaces a package version with its security fix, so a pin stops building.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/*
+
 # CPU-only torch first, in its own layer: it is the largest and changes least. With torch
 # already installed, the package's "torch>=2.3" requirement needs no CUDA download. Its version
 # is pinned in requirements-torch.txt, which the Makefile reads too.

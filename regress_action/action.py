@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ from .gha import (
     read_event,
     write_outputs,
 )
+from .gitref import AtRef, baseline_ref, read_at_ref
 from .preflight import check_inputs
 from .publish import TITLE, OpenCommenter, Publication, open_github_commenter, publish_report
 from .settings import ActionInputs, RunnerEnv, input_label, load, name_inputs
@@ -112,12 +113,18 @@ def run_action(services: Services, commands: Commands) -> int:
     )
     commit = tested_commit(inputs.commit, event, runner, token, services, commands)
     task = task_from(inputs, input_label)
+    # A pull request controls its checkout: its baseline checkpoint is read from the base commit.
+    ref = None
+    if inputs.baseline_checkpoint is not None:
+        ref = baseline_ref(inputs.baseline_checkpoint_ref, event.base_sha)
     with services.open_db(inputs.db_url) as db:
-        check_inputs(inputs, task, db)  # before anything is registered, evaluated or written
+        # before anything is registered, evaluated or written
+        check_inputs(inputs, task, db, baseline_at_ref=ref is not None)
+        at_ref = None if ref is None else _read_baseline(inputs, ref, runner, commands)
         if inputs.mode == "evaluate":
-            return _evaluate_baseline(inputs, task, db, services, commands, commit, runner)
+            return _evaluate_baseline(inputs, task, db, services, commands, commit, runner, at_ref)
         with db.provisional_runs():  # a failure below removes the runs registered here
-            ids = _run_ids(inputs, task, db, services, commands, commit)
+            ids = _run_ids(inputs, task, db, services, commands, commit, at_ref)
             baseline_id, candidate_id = ids
             request = compare_request(
                 inputs,
@@ -127,6 +134,8 @@ def run_action(services: Services, commands: Commands) -> int:
                 commit=commit,
                 config_source=config.source,
             )
+            if at_ref is not None:
+                request = replace(request, baseline_ref=at_ref.sha)
             with commands.group(f"Evaluate run {baseline_id} vs run {candidate_id}"):
                 outcome = services.compare(request, db)
     pub = Publication(
@@ -155,6 +164,7 @@ def _evaluate_baseline(
     commands: Commands,
     commit: str | None,
     runner: RunnerEnv,
+    at_ref: AtRef | None = None,
 ) -> int:
     """`mode: evaluate`: evaluate the baseline-run-id / baseline-checkpoint model and store its
     evaluation (a job on the default branch, so that pull requests against it evaluate only
@@ -163,11 +173,12 @@ def _evaluate_baseline(
     with db.provisional_runs():  # a failure below removes the run registered here
         run_id = inputs.baseline_run_id
         if run_id is None:
-            checkpoint = str(inputs.baseline_checkpoint)
+            checkpoint = str(inputs.baseline_checkpoint if at_ref is None else at_ref.path)
             if task is None:  # check_inputs has said so; this keeps the types honest
                 raise ConfigError("input task is required with baseline-checkpoint")
+            sha = commit if at_ref is None else at_ref.sha
             request = checkpoint_request(
-                inputs, checkpoint=checkpoint, task=task, git_sha=commit, side="baseline"
+                inputs, checkpoint=checkpoint, task=task, git_sha=sha, side="baseline"
             )
             with commands.group(f"Register checkpoint {checkpoint}"):
                 run_id = _register(services, db, request, "baseline")
@@ -205,20 +216,25 @@ def _run_ids(
     services: Services,
     commands: Commands,
     commit: str | None,
+    at_ref: AtRef | None = None,
 ) -> tuple[int, int]:
-    """The two run ids, registering `*-checkpoint` inputs as runs first."""
+    """The two run ids, registering `*-checkpoint` inputs as runs first (the baseline's from
+    its copy read at `at_ref`, with that commit as its git sha, when there is one)."""
     ids: list[int] = []
     for side in ("baseline", "candidate"):
         run_id: int | None = getattr(inputs, f"{side}_run_id")
         if run_id is None:
             checkpoint: str = getattr(inputs, f"{side}_checkpoint")
+            git_sha = commit if side == "candidate" else None
+            if side == "baseline" and at_ref is not None:
+                checkpoint, git_sha = str(at_ref.path), at_ref.sha
             if task is None:  # check_inputs has said so; this keeps the types honest
                 raise ConfigError(f"input task is required with {side}-checkpoint")
             request = checkpoint_request(
                 inputs,
                 checkpoint=checkpoint,
                 task=task,
-                git_sha=commit if side == "candidate" else None,
+                git_sha=git_sha,
                 side=side,
             )
             with commands.group(f"Register {side} checkpoint {checkpoint}"):
@@ -226,6 +242,18 @@ def _run_ids(
                 commands.info(f"registered {side} checkpoint {checkpoint} as run {run_id}")
         ids.append(run_id)
     return ids[0], ids[1]
+
+
+def _read_baseline(inputs: ActionInputs, ref: str, runner: RunnerEnv, commands: Commands) -> AtRef:
+    """The baseline checkpoint as it is at `ref`, copied out of the workspace's git objects."""
+    checkpoint = str(inputs.baseline_checkpoint)
+    workspace = runner.github_workspace or Path.cwd()
+    with commands.group(f"Read baseline checkpoint {checkpoint} at {ref}"):
+        at_ref = read_at_ref(workspace, checkpoint, ref, runner.runner_temp)
+        commands.info(
+            f"baseline checkpoint {checkpoint} read from commit {at_ref.sha} into {at_ref.path}"
+        )
+    return at_ref
 
 
 def _register(services: Services, db: ExperimentDB, request: CheckpointRequest, side: str) -> int:

@@ -72,6 +72,8 @@ class CompareRequest:
     # Take the baseline's records from a stored evaluation with the same cache key, when there
     # is one (`evaluation.RecordsCache`); False: evaluate both models (`--no-cache`).
     cache: bool = True
+    # The commit the baseline's checkpoint was read from (the Action's baseline-checkpoint-ref).
+    baseline_ref: str | None = None
 
 
 @dataclass
@@ -110,7 +112,8 @@ def check_outputs(paths: dict[str, Path | None], db: ExperimentDB | None) -> Non
     check_distinct(paths, db.local_files() if db is not None else {})
 
 
-def run_info(run: RunRecord) -> RunInfo:
+def run_info(run: RunRecord, ref: str | None = None) -> RunInfo:
+    """A run as the report shows it; `ref`: the commit its checkpoint was read from."""
     return RunInfo(
         run_id=run.id,
         name=run.name,
@@ -118,6 +121,7 @@ def run_info(run: RunRecord) -> RunInfo:
         sha256=run.source.sha256,
         format=run.source.format,
         git_sha=run.git_sha,
+        checkpoint_ref=ref,
     )
 
 
@@ -666,7 +670,7 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
         task=baseline_run.task,
         dataset=DatasetInfo(name=request.dataset, fingerprint="", n=0),
         verdict=request.verdict,
-        baseline=run_info(baseline_run),
+        baseline=run_info(baseline_run, request.baseline_ref),
         candidate=run_info(candidate_run),
         report_name=request.report_name,
         commit=request.commit,

@@ -248,6 +248,7 @@ class EventContext:
     pr_number: int | None  # None: not a PR event, or a workflow_run that needs a search
     head_sha: str | None
     needs_search: bool = False  # workflow_run without pull_requests[]: search by head sha
+    base_sha: str | None = None  # a PR event's base commit: where its baseline is read from
 
 
 PR_EVENTS = frozenset({"pull_request", "pull_request_target", "pull_request_review"})
@@ -271,10 +272,12 @@ def event_context(
         read.object("pull_request.head")
         head = read.text("pull_request.head.sha")
         number = read.number("pull_request.number")
+        read.object("pull_request.base")
+        base = read.text("pull_request.base.sha")
         if name == "pull_request_target":
-            return EventContext(name, number, sha)
+            return EventContext(name, number, sha, base_sha=base)
         # On PR events GITHUB_SHA is the merge commit; the tested head is pull_request.head.sha.
-        return EventContext(name, number, head or sha)
+        return EventContext(name, number, head or sha, base_sha=base)
     if name == "issue_comment":
         issue = read.object("issue") or {}
         # issue_comment fires for issues and PRs alike; only a PR has issue.pull_request.

@@ -31,16 +31,19 @@ if TYPE_CHECKING:
     from .store import ExperimentDB
 
 
-def check_inputs(inputs: ActionInputs, given: TaskSpec | None, db: ExperimentDB) -> None:
+def check_inputs(
+    inputs: ActionInputs, given: TaskSpec | None, db: ExperimentDB, *, baseline_at_ref: bool = False
+) -> None:
     """Raise a ConfigError naming the first bad input; touch nothing. `given` is the task the
-    task inputs describe (None when they are not set)."""
+    task inputs describe (None when they are not set); `baseline_at_ref`: the baseline
+    checkpoint is read from a commit (`gitref`), which says whether it is there."""
     check_confined(inputs, load(RunnerEnv).workspace_roots())
     if inputs.dataset is not None:  # else a dataset factory, imported when the eval set loads
         _check_dataset(inputs.dataset)
     data_options(inputs, input_label)
     check_precision(inputs, input_label)
     check_records_path(inputs.records_path, input_label("records_path"))
-    task = _runs_task(inputs, given, db)
+    task = _runs_task(inputs, given, db, baseline_at_ref)
     if task is not None:
         _check_metric_names(verdict_config(inputs, input_label), task)
     paths: dict[str, Path | None] = {
@@ -97,7 +100,9 @@ def _check_dataset(dataset: str) -> None:
     )
 
 
-def _runs_task(inputs: ActionInputs, given: TaskSpec | None, db: ExperimentDB) -> TaskSpec | None:
+def _runs_task(
+    inputs: ActionInputs, given: TaskSpec | None, db: ExperimentDB, baseline_at_ref: bool
+) -> TaskSpec | None:
     """The runs' task: a registered run's, or the task inputs' (`given`) for checkpoints;
     checks that each run id exists and each checkpoint (a file, or an hf folder) is there."""
     task: TaskSpec | None = None
@@ -108,7 +113,8 @@ def _runs_task(inputs: ActionInputs, given: TaskSpec | None, db: ExperimentDB) -
             task = task or run.task
             continue
         checkpoint = Path(getattr(inputs, f"{side}_checkpoint"))
-        if not checkpoint.is_file() and not checkpoint.is_dir():  # a file, or an hf folder
+        at_ref = baseline_at_ref and side == "baseline"
+        if not at_ref and not checkpoint.is_file() and not checkpoint.is_dir():  # or hf folder
             raise ConfigError(
                 f"input {side}-checkpoint: no file or folder {str(checkpoint)!r} in the workspace "
                 f"({Path.cwd()}); check the path (relative to the repository root)"

@@ -102,6 +102,9 @@ class RunInfo(_Model):
     sha256: str | None = None
     format: str | None = None
     git_sha: str | None = None
+    # The commit the checkpoint's bytes were read from (the Action's baseline-checkpoint-ref),
+    # not the pull request's checkout; None: read from the working tree.
+    checkpoint_ref: str | None = None
 
 
 class BaselineSource(_Model):

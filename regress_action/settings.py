@@ -84,6 +84,11 @@ class ActionInputs(BaseSettings):
     candidate_run_id: int | None = _input("candidate-run-id", default=None, ge=1)
     baseline_checkpoint: str | None = _input("baseline-checkpoint", default=None)
     candidate_checkpoint: str | None = _input("candidate-checkpoint", default=None)
+    # The commit baseline-checkpoint is read from (default: a PR event's base commit), so a
+    # pull request cannot replace its own baseline; `worktree` reads the checkout's file.
+    baseline_checkpoint_ref: str | None = _input(
+        "baseline-checkpoint-ref", default=None, max_length=255
+    )
     factory: str | None = _input("model-factory", default=None)
     factory_kwargs: dict[str, Any] = _input("model-kwargs", default_factory=dict)
     baseline_factory: str | None = _input("baseline-model-factory", default=None)

@@ -42,6 +42,7 @@ TORCH_FREE |= {"tasks.calibration"}
 TORCH_FREE |= {"records_file"}  # the per-example records file (numpy; pyarrow when asked)
 TORCH_FREE |= {"config_file"}  # the repository's .regress-action.yml (pydantic, PyYAML)
 TORCH_FREE |= {"slices"}  # each slice of the eval set judged from the masked paired records
+TORCH_FREE |= {"gitref"}  # the Action's baseline checkpoint read from a commit with git
 ONLY_IN = {"github": {"github"}, "sqlalchemy": {"store", "store_schema"}, "jinja2": {"render"}}
 ENGINE_MUST_NOT = {
     ".store", ".store_schema", ".render", ".github", ".gha", ".settings", ".action", ".app",
