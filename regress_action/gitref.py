@@ -11,12 +11,14 @@ submodule in the tree at that commit is refused. Imports nothing from the engine
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from .errors import ConfigError
 
@@ -101,7 +103,7 @@ def read_at_ref(workspace: Path, checkpoint: str, ref: str, dest_root: Path | No
                 f"input baseline-checkpoint: {path!r} is {what} in commit {sha[:7]}; the "
                 "baseline is read from regular files only"
             )
-        _write(folder, path, _git(root, "cat-file", "blob", obj))
+        _write(root, folder, path, obj, sha)
     return AtRef(ref, sha, target)
 
 
@@ -145,14 +147,15 @@ def _tree(root: Path, sha: str, rel: str, recursive: bool) -> list[tuple[str, st
     return entries
 
 
-def _git(root: Path, *args: str) -> bytes:
+def _git(root: Path, *args: str, stdout: BinaryIO | None = None) -> bytes:
     # The container's user does not own the runner's checkout: git would refuse the folder
     # as of dubious ownership. Only objects are read here, never the working tree.
     command = ["git", "-c", f"safe.directory={root}", "-c", "core.fsmonitor=false"]
     try:
         proc = subprocess.run(
             [*command, "-C", str(root), *args],
-            capture_output=True,
+            stdout=subprocess.PIPE if stdout is None else stdout,
+            stderr=subprocess.PIPE,
             env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"},
             check=False,
         )
@@ -167,7 +170,7 @@ def _git(root: Path, *args: str) -> bytes:
             f"{INPUT}: git {args[0]} failed in {root} ({detail[-1] if detail else proc.returncode}"
             f"); the workspace must be a git checkout: {_FETCH}"
         )
-    return proc.stdout
+    return proc.stdout or b""
 
 
 def _private_folder(dest_root: Path | None, sha: str) -> Path:
@@ -184,7 +187,9 @@ def _private_folder(dest_root: Path | None, sha: str) -> Path:
     return folder
 
 
-def _write(folder: Path, rel: str, data: bytes) -> None:
+def _write(root: Path, folder: Path, rel: str, obj: str, sha: str) -> None:
+    """Blob `obj` into `folder/rel`, streamed (checkpoints are large); a Git LFS pointer is
+    replaced by the object it names, from the checkout's LFS store, its sha256 checked."""
     parts = PurePosixPath(rel).parts
     if any(part in {"", ".", ".."} for part in parts):
         raise ConfigError(f"input baseline-checkpoint: {rel!r} is not a plain path in the tree")
@@ -194,7 +199,55 @@ def _write(folder: Path, rel: str, data: bytes) -> None:
         # Made by an earlier file of this folder, if there: this process made every entry.
         with contextlib.suppress(FileExistsError):
             os.mkdir(parent, 0o700)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(parent / parts[-1], flags, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
+    with os.fdopen(fd, "w+b") as file:
+        _git(root, "cat-file", "blob", obj, stdout=file)
+        file.seek(0)
+        head = file.read(_LFS_MAX_POINTER + 1)
+        pointer = _lfs_pointer(head)
+        if pointer is not None:
+            file.seek(0)
+            file.truncate()
+            _copy_lfs_object(root, rel, sha, pointer, file)
+
+
+_LFS_MAX_POINTER = 1024
+_LFS_POINTER = re.compile(
+    rb"version https://git-lfs\.github\.com/spec/v1\n(?:[a-z0-9.-]+ [^\n]*\n)*?"
+    rb"oid sha256:(?P<oid>[0-9a-f]{64})\n(?:[a-z0-9.-]+ [^\n]*\n)*?size (?P<size>\d+)\n"
+)
+
+
+def _lfs_pointer(head: bytes) -> tuple[str, int] | None:
+    """The (sha256, size) a Git LFS pointer file names; None for any other content."""
+    if len(head) > _LFS_MAX_POINTER:
+        return None
+    match = _LFS_POINTER.fullmatch(head)
+    return None if match is None else (match["oid"].decode(), int(match["size"]))
+
+
+def _copy_lfs_object(
+    root: Path, rel: str, sha: str, pointer: tuple[str, int], out: BinaryIO
+) -> None:
+    oid, size = pointer
+    git_dir = Path(_git(root, "rev-parse", "--git-common-dir").decode().strip())
+    store = (root / git_dir if not git_dir.is_absolute() else git_dir) / "lfs" / "objects"
+    digest = hashlib.sha256()
+    try:
+        with open(store / oid[:2] / oid[2:4] / oid, "rb") as source:
+            while chunk := source.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+    except OSError:
+        raise ConfigError(
+            f"input baseline-checkpoint: {rel!r} is a Git LFS file in commit {sha[:7]} and its "
+            f"object is not in the checkout; fetch it before this step (git lfs fetch origin "
+            f"{sha}), or set {INPUT}: {WORKTREE}"
+        ) from None
+    if digest.hexdigest() != oid or out.tell() != size:
+        raise ConfigError(
+            f"input baseline-checkpoint: the Git LFS object of {rel!r} in commit {sha[:7]} does "
+            f"not match its pointer (sha256 {oid[:12]}); fetch it again (git lfs fetch origin "
+            f"{sha})"
+        )

@@ -277,3 +277,35 @@ def test_shas_and_ref_names_pass(good: str) -> None:
 def test_other_values_are_refused(bad: str) -> None:
     with pytest.raises(ConfigError, match="input baseline-checkpoint-ref"):
         check_ref(bad)
+
+
+def lfs_pointer(path: Path) -> bytes:
+    digest, size = sha256(path), path.stat().st_size
+    text = f"version https://git-lfs.github.com/spec/v1\noid sha256:{digest}\nsize {size}\n"
+    return text.encode()
+
+
+def test_a_git_lfs_baseline_is_read_from_the_lfs_store(
+    gh_server: FakeGitHub, tmp_path: Path, weights: Weights
+) -> None:
+    """A checkpoint in Git LFS is a pointer in the commit: its object comes from the
+    checkout's LFS store (what `git lfs fetch` fills), checked against the pointer."""
+    workspace, home = tmp_path / "workspace", tmp_path / "home"
+    (workspace / "models").mkdir(parents=True)
+    home.mkdir()
+    git(workspace, "init", "-q")
+    (workspace / "models/baseline.safetensors").write_bytes(lfs_pointer(weights.base))
+    shutil.copyfile(weights.pr, workspace / "models/candidate.safetensors")
+    base = commit_all(workspace, "base")
+    shutil.copyfile(weights.pr, workspace / "models/baseline.safetensors")
+    head = commit_all(workspace, "the PR")
+    repo = Repo(Runner(gh_server, workspace, home), base, head)
+    line = error_line(repo.run())  # the base's LFS object was never fetched
+    assert "Git LFS" in line and f"git lfs fetch origin {base}" in line
+    assert repo.runs() == []
+    oid = sha256(weights.base)
+    store = workspace / ".git/lfs/objects" / oid[:2] / oid[2:4]
+    store.mkdir(parents=True)
+    shutil.copyfile(weights.base, store / oid)
+    report = report_of(repo, repo.run())
+    assert report.baseline.sha256 == oid and report.baseline.checkpoint_ref == base
