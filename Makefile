@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 TORCH_REQUIREMENT := requirements-torch.txt
 TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(TORCH_REQUIREMENT))
 
-.PHONY: install demo test test-fast coverage lint bench simulate schema clean
+.PHONY: install demo test test-fast coverage lint bench simulate schema manifests clean
 
 $(STAMP): pyproject.toml $(TORCH_REQUIREMENT)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ simulate: install
 
 schema: install
 	$(PY) -m regress_action.schema
+
+# run/action.yml (the composite action) from action.yml's inputs and outputs.
+manifests: install
+	$(PY) scripts/composite_action.py
 
 clean:
 	rm -rf $(VENV) regress-demo regress.db regress.db-wal regress.db-shm .pytest_cache .mypy_cache .ruff_cache \
