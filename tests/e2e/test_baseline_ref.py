@@ -166,6 +166,26 @@ def test_worktree_reads_the_checkout_as_before(repo: Repo, weights: Weights) -> 
     assert report.baseline.checkpoint_ref is None
 
 
+def test_mode_evaluate_on_push_reads_a_named_commit(repo: Repo, weights: Weights) -> None:
+    """A push has no base commit: the checkout's file, unless the input names one."""
+    inputs = {
+        "mode": "evaluate",
+        "baseline-checkpoint": "models/baseline.safetensors",
+        "baseline-checkpoint-ref": repo.base,
+        "model-factory": "regress_action.zoo:tiny_lm",
+        "task": "lm",
+        "dataset": "lm_tiny",
+        "max-examples": "16",
+        "device": "cpu",
+        "significance": "off",
+    }
+    result = repo.runner.run("action", inputs=inputs, event="push", payload={})
+    assert result.rc == 0, result.stdout + result.stderr
+    with ExperimentDB(repo.runner.workspace / "regress-action.db") as db:
+        (run,) = db.list_runs()
+    assert run.source.sha256 == sha256(weights.base) and run.git_sha == repo.base
+
+
 def test_a_commit_missing_from_a_shallow_checkout_is_one_line(
     gh_server: FakeGitHub, tmp_path: Path, weights: Weights
 ) -> None:
