@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from regress_action.errors import ConfigError
 from regress_action.action import EVALUATION_OUTPUTS
+from regress_action.errors import ConfigError
 from regress_action.publish import Publication, report_outputs
 from regress_action.settings import ActionInputs, input_names, load_inputs
 from tests.report_factory import make_report
@@ -154,11 +154,14 @@ def _required() -> dict[str, str]:
 
 
 def test_example_workflows_set_only_declared_inputs() -> None:
-    declared = set(load_yaml(ROOT / "action.yml")["inputs"])
+    docker = set(load_yaml(ROOT / "action.yml")["inputs"])
+    composite = set(load_yaml(ROOT / "run" / "action.yml")["inputs"])
     for workflow in WORKFLOWS:
         for job in load_yaml(workflow)["jobs"].values():
             for step in job.get("steps", []):
-                if "regress-action" in str(step.get("uses", "")):
+                uses = str(step.get("uses", ""))
+                if "regress-action" in uses:
+                    declared = composite if "regress-action/run@" in uses else docker
                     unknown = set(step.get("with", {})) - declared
                     assert not unknown, f"{workflow.name}: undeclared inputs {sorted(unknown)}"
 
@@ -169,8 +172,9 @@ def test_example_workflows_set_only_declared_inputs() -> None:
 USES = re.compile(r"^\s*-?\s*uses:\s*(?P<ref>[^\s#]+)\s*(?:#\s*(?P<comment>.*))?$")
 PINNED = re.compile(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}")
 RELEASE = re.compile(r"v\d+\.\d+\.\d+\b")
-# This project's own action is a placeholder (OWNER) in the examples: its users pin it.
-OWN_ACTION = "OWNER/regress-action@"
+# This project's own actions (the Docker one and the composite one in run/) are a placeholder
+# (OWNER) in the examples: their users pin them.
+OWN_ACTIONS = ("OWNER/regress-action@", "OWNER/regress-action/run@")
 
 
 def readme_workflows() -> list[str]:
@@ -205,7 +209,7 @@ def test_example_workflows_pin_actions_to_a_release_commit() -> None:
             if found is None:
                 continue
             ref, comment = found["ref"], found["comment"] or ""
-            if ref.startswith(("./", "docker://", OWN_ACTION)):
+            if ref.startswith(("./", "docker://", *OWN_ACTIONS)):
                 continue
             assert PINNED.fullmatch(ref), f"{name}: {ref} is not pinned to a full commit sha"
             release = RELEASE.match(comment)
@@ -223,3 +227,11 @@ def test_example_workflows_grant_permissions_per_job_with_a_timeout() -> None:
             assert all(v in ("read", "write", "none") for v in job["permissions"].values())
             timeout = job.get("timeout-minutes")
             assert isinstance(timeout, int) and 0 < timeout <= 360, f"{where} has a timeout"
+
+
+def test_the_composite_example_uses_the_composite_action_after_setting_up_python() -> None:
+    steps = load_yaml(ROOT / "docs" / "workflows" / "regress-composite.yml")["jobs"]["regress"]
+    uses = [str(step.get("uses", step.get("name"))) for step in steps["steps"]]
+    composite = uses.index("OWNER/regress-action/run@v1")
+    assert uses.index("Install torch and the project") < composite
+    assert any(use.startswith("actions/setup-python@") for use in uses[:composite])
