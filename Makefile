@@ -46,6 +46,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(PY) scripts/composite_action.py --check
 
 bench: install
 	$(PY) benchmarks/bench_engine.py
