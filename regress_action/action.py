@@ -35,7 +35,14 @@ from .gha import (
 )
 from .gitref import AtRef, baseline_ref, read_at_ref
 from .preflight import check_inputs
-from .publish import TITLE, OpenCommenter, Publication, open_github_commenter, publish_report
+from .publish import (
+    TITLE,
+    Lifecycle,
+    OpenCommenter,
+    Publication,
+    open_github_commenter,
+    publish_report,
+)
 from .settings import ActionInputs, RunnerEnv, input_label, load, name_inputs
 
 if TYPE_CHECKING:
@@ -148,6 +155,7 @@ def run_action(services: Services, commands: Commands) -> int:
         json_path=request.json_path,
         markdown_path=request.markdown_path,
         records_path=request.records_path,
+        lifecycle=Lifecycle.from_inputs(inputs),
     )
     return publish_report(pub, runner, services.open_commenter, commands, event=event)
 

@@ -210,7 +210,7 @@ def cmd_action(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from .publish import publish
+    from .publish import Lifecycle, publish
 
     return publish(
         args.report,
@@ -219,6 +219,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
         comment=args.comment,
         fail_on_regression=args.fail_on_regression,
         pr_number=args.pr_number,
+        lifecycle=Lifecycle(
+            comment_on=args.comment_on,
+            hide_previous=args.hide_previous,
+            on_clean=args.on_clean,
+            artifact_name=args.artifact_name,
+            commit_comment=args.commit_comment,
+        ),
     )
 
 

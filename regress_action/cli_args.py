@@ -580,6 +580,36 @@ def _add_action(sub: Subparsers) -> None:
         help="exit 1 when the report regressed (default true)",
     )
     publish.add_argument("--pr-number", type=_positive_int, help="default: from the event")
+    publish.add_argument(
+        "--comment-on",
+        choices=["always", "change", "regression"],
+        default="always",
+        help="when to write the comment: always (default), change (the verdict or values "
+        "changed since the sticky comment) or regression (only when something regressed)",
+    )
+    publish.add_argument(
+        "--hide-previous",
+        type=_boolean,
+        default=False,
+        metavar="BOOL",
+        help="with --comment create, minimize this report's older comments as outdated",
+    )
+    publish.add_argument(
+        "--on-clean",
+        choices=["keep", "delete", "collapse"],
+        default="keep",
+        help="what a clean run does to an existing sticky comment (default keep)",
+    )
+    publish.add_argument(
+        "--artifact-name", help="the report artifact's name, noted in the comment's footer"
+    )
+    publish.add_argument(
+        "--commit-comment",
+        type=_boolean,
+        default=False,
+        metavar="BOOL",
+        help="on a push event, comment the report on the pushed commit (default false)",
+    )
     _add_config(publish)
     publish.set_defaults(handler="publish")
 

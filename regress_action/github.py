@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
@@ -46,11 +46,39 @@ class CommentNotPosted(GitHubError):
     """The comment could not be created or updated; the report is still in summary and files."""
 
 
+CommentAction = Literal["created", "updated", "unchanged", "skipped", "deleted", "collapsed"]
+
+
 @dataclass(frozen=True)
 class CommentResult:
-    action: Literal["created", "updated"]
+    """What happened to the PR comment; `url` is "" when none is left to link to (skipped,
+    deleted). `warnings` are what failed on the side (hiding older comments)."""
+
+    action: CommentAction
     comment_id: int
     url: str
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CommentPlan:
+    """When and how the comment is written (the comment-on, hide-previous and on-clean inputs).
+
+    `state` is a digest of the verdict and the values, kept in the comment's hidden metadata so
+    `comment_on="change"` can leave an unchanged comment alone; `clean_body` / `clean_state` are
+    the one-line collapsed comment `on_clean="collapse"` edits a sticky comment to."""
+
+    comment_on: Literal["always", "change", "regression"] = "always"
+    hide_previous: bool = False
+    on_clean: Literal["keep", "delete", "collapse"] = "keep"
+    regressed: bool = False
+    state: str = ""
+    clean_body: str = ""
+    clean_state: str = ""
+    graphql_url: str | None = None  # default: PyGithub's, from GITHUB_API_URL
+
+
+STATE_PREFIX = "<!-- regress-action-state:"
 
 
 def marker(report_name: str) -> str:
@@ -58,10 +86,23 @@ def marker(report_name: str) -> str:
     return f"<!-- regress-action:{report_name} -->"
 
 
-def with_marker(body: str, report_name: str) -> str:
+def with_marker(body: str, report_name: str, state: str = "") -> str:
     # At the end: GitHub keeps HTML comments invisible, and a marker at the end cannot be
-    # mistaken for one quoted inside the report text above it.
-    return body.rstrip("\n") + "\n\n" + marker(report_name) + "\n"
+    # mistaken for one quoted inside the report text above it. The state digest, when given,
+    # sits just before it, where only this module writes.
+    meta = f"{STATE_PREFIX}{state} -->\n" if state else ""
+    return body.rstrip("\n") + "\n\n" + meta + marker(report_name) + "\n"
+
+
+def state_of(body: str | None, report_name: str) -> str | None:
+    """The state digest a marked comment was written with; None when it has none."""
+    lines = (body or "").rstrip().splitlines()
+    if len(lines) < 2 or lines[-1] != marker(report_name):
+        return None
+    last = lines[-2]
+    if last.startswith(STATE_PREFIX) and last.endswith(" -->"):
+        return last[len(STATE_PREFIX) : -len(" -->")]
+    return None
 
 
 class BudgetSpent(Exception):
@@ -252,10 +293,20 @@ class PyGithubCommenter:
         *,
         report_name: str,
         mode: Literal["update", "create"] = "update",
+        plan: CommentPlan | None = None,
     ) -> CommentResult:
         return upsert_comment(
-            self._client, self.repository, pr_number, body, report_name=report_name, mode=mode
+            self._client,
+            self.repository,
+            pr_number,
+            body,
+            report_name=report_name,
+            mode=mode,
+            plan=plan,
         )
+
+    def commit_comment(self, sha: str, body: str, *, report_name: str) -> str:
+        return commit_comment(self._client, self.repository, sha, body, report_name=report_name)
 
 
 def open_commenter(
@@ -285,13 +336,18 @@ def upsert_comment(
     *,
     report_name: str,
     mode: Literal["update", "create"] = "update",
+    plan: CommentPlan | None = None,
 ) -> CommentResult:
-    """Edit this report's sticky comment on the PR, or create it; `create` always posts.
+    """Edit this report's sticky comment on the PR, or create it; `create` always posts, as
+    `plan` (the comment's lifecycle) allows.
 
     Only comments written by the token's own user are candidates, so a marker quoted or
-    planted by someone else is never overwritten. Any failure is CommentNotPosted.
+    planted by someone else is never overwritten. Any failure is CommentNotPosted; a failure
+    to hide older comments once the comment is posted is one of the result's warnings.
     """
-    text = with_marker(body, report_name)
+    plan = plan or CommentPlan()
+    text = with_marker(body, report_name, plan.state)
+    clean = not plan.regressed
     where = f"{repository}#{pr_number}"
 
     def upsert() -> CommentResult:
@@ -300,23 +356,143 @@ def upsert_comment(
         logins: list[str | None] = []
         if mode == "update":
             logins.append(token_login(client.gh))
+            mine = logins[0] is not None
             # Issue comments are the PR conversation; pr.get_comments() would be review comments.
             for existing in find_marked(issue.get_comments(), marker(report_name), logins[0]):
-                if _edited(existing, text, mine=logins[0] is not None):
-                    return _result("updated", existing)
+                found = _settle(existing, text, plan, report_name, clean, mine=mine)
+                if found is not None:
+                    return found
                 passed_over.add(existing.id)
+        if plan.comment_on == "regression" and clean:
+            return CommentResult("skipped", 0, "")
 
         def login() -> str | None:
             if not logins:
                 logins.append(token_login(client.gh))
             return logins[0]
 
-        return _create(client, issue, text, report_name, login, passed_over)
+        if mode == "create" and plan.comment_on == "change":
+            marked = list(find_marked(issue.get_comments(), marker(report_name), login()))
+            if marked and plan.state and state_of(marked[-1].body, report_name) == plan.state:
+                return _result("unchanged", marked[-1])
+        result = _create(client, issue, text, report_name, login, passed_over)
+        if mode == "create" and plan.hide_previous:
+            return _hide_previous(client, issue, result, report_name, login(), plan)
+        return result
 
     try:
         return _bounded(client, f"commenting on {where}", upsert)
     except Exception as exc:  # every way GitHub can fail us is a warning, not the job's status
         raise CommentNotPosted(_why_not(exc, f"commenting on {where}", client)) from None
+
+
+def _settle(
+    existing: IssueComment,
+    text: str,
+    plan: CommentPlan,
+    report_name: str,
+    clean: bool,
+    *,
+    mine: bool,
+) -> CommentResult | None:
+    """Bring the sticky comment to the run's state (delete, collapse, edit, or leave it as it
+    is); None when it turns out to be another app's."""
+    if clean and plan.on_clean == "delete":
+        return CommentResult("deleted", existing.id, "") if _deleted(existing, mine=mine) else None
+    action: CommentAction = "updated"
+    state = plan.state
+    if clean and plan.on_clean == "collapse":
+        text, state, action = (
+            with_marker(plan.clean_body, report_name, plan.clean_state),
+            plan.clean_state,
+            "collapsed",
+        )
+    if plan.comment_on == "change" and state and state_of(existing.body, report_name) == state:
+        return _result("unchanged", existing)
+    if _edited(existing, text, mine=mine):
+        return _result(action, existing)
+    return None
+
+
+def _deleted(comment: IssueComment, *, mine: bool) -> bool:
+    """Delete the comment; False when it is another app's (403), as for `_edited`."""
+    try:
+        comment.delete()
+    except GithubException as exc:
+        if mine or exc.status != 403:
+            raise
+        return False
+    return True
+
+
+MINIMIZE = (
+    "mutation($id: ID!) { minimizeComment(input: {subjectId: $id, classifier: OUTDATED}) "
+    "{ minimizedComment { isMinimized } } }"
+)
+
+
+def _hide_previous(
+    client: Client,
+    issue: Issue,
+    result: CommentResult,
+    report_name: str,
+    login: str | None,
+    plan: CommentPlan,
+) -> CommentResult:
+    """Minimize (as outdated) this report's older comments by the same author, through the
+    GraphQL `minimizeComment` mutation; failures are warnings on the posted comment."""
+    try:
+        for older in find_marked(issue.get_comments(), marker(report_name), login):
+            if older.id != result.comment_id:
+                minimize_comment(client, older.node_id, plan.graphql_url)
+    except Exception as exc:  # the comment is posted: hiding the old ones is a side matter
+        why = _why_not(exc, "hiding older comments", client)
+        return replace(result, warnings=(*result.warnings, f"older comments not hidden: {why}"))
+    return result
+
+
+def minimize_comment(client: Client, node_id: str, graphql_url: str | None = None) -> None:
+    """POST the `minimizeComment` mutation (classifier OUTDATED) for one comment's node id."""
+    if not isinstance(node_id, str) or not node_id:
+        raise MalformedAnswer("GitHub's comment has no node_id")
+    requester = client.gh.requester
+    url = graphql_url or requester.graphql_url
+    _, data = requester.requestJsonAndCheck(
+        "POST", url, input={"query": MINIMIZE, "variables": {"id": node_id}}
+    )
+    if not isinstance(data, dict):
+        raise MalformedAnswer("GitHub's GraphQL answer is not a JSON object")
+    if data.get("errors"):
+        first = data["errors"][0] if isinstance(data["errors"], list) else data["errors"]
+        message = first.get("message", first) if isinstance(first, dict) else first
+        raise MalformedAnswer(f"GraphQL error: {str(message)[:200]}")
+    minimized = ((data.get("data") or {}).get("minimizeComment") or {}).get("minimizedComment")
+    if not isinstance(minimized, dict) or minimized.get("isMinimized") is not True:
+        raise MalformedAnswer("GitHub's GraphQL answer does not say the comment is minimized")
+
+
+def commit_comment(
+    client: Client, repository: str, sha: str, body: str, *, report_name: str
+) -> str:
+    """Comment on commit `sha` (a push's report); returns the comment's URL. Posted once: a
+    failure is CommentNotPosted, never a second comment."""
+    what = f"posting the comment on commit {sha[:12]}"
+
+    def post() -> str:
+        _, data = client.gh.requester.requestJsonAndCheck(
+            "POST",
+            f"/repos/{repository}/commits/{sha}/comments",
+            input={"body": with_marker(body, report_name)},
+        )
+        url = data.get("html_url") if isinstance(data, dict) else None
+        if not isinstance(url, str) or not url:
+            raise MalformedAnswer("GitHub's answer has no comment URL")
+        return url
+
+    try:
+        return _bounded(client, what, post)
+    except Exception as exc:  # a warning, never the job's status
+        raise CommentNotPosted(_why_not(exc, what, client)) from None
 
 
 def _create(
@@ -359,7 +535,7 @@ class MalformedAnswer(ValueError):
     """GitHub answered 2xx without the comment's id or URL."""
 
 
-def _result(action: Literal["created", "updated"], comment: IssueComment) -> CommentResult:
+def _result(action: CommentAction, comment: IssueComment) -> CommentResult:
     comment_id, url = comment.id, comment.html_url
     if not isinstance(comment_id, int) or not isinstance(url, str) or not url:
         raise MalformedAnswer("GitHub's answer has no comment id or URL")

@@ -10,6 +10,8 @@ the PyGithub adapter, imported when a comment is posted).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,11 +29,19 @@ from .gha import (
     write_outputs,
 )
 from .report import MetricResult, Report
-from .settings import ClientTuning, CommentMode, RunnerEnv, load
+from .settings import (
+    ActionInputs,
+    ClientTuning,
+    CommentMode,
+    CommentOn,
+    OnClean,
+    RunnerEnv,
+    load,
+)
 from .spec import VerdictConfig
 
 if TYPE_CHECKING:
-    from .github import CommentResult
+    from .github import CommentPlan, CommentResult
 
 TITLE = "regress-action"
 # Room left in a comment for the marker, newlines and GitHub counting emoji differently.
@@ -49,8 +59,16 @@ class Commenter(Protocol):
     def pr_head(self, pr_number: int) -> str: ...
 
     def upsert(
-        self, pr_number: int, body: str, *, report_name: str, mode: Literal["update", "create"]
+        self,
+        pr_number: int,
+        body: str,
+        *,
+        report_name: str,
+        mode: Literal["update", "create"],
+        plan: CommentPlan | None = None,
     ) -> CommentResult: ...
+
+    def commit_comment(self, sha: str, body: str, *, report_name: str) -> str: ...
 
 
 # (GITHUB_API_URL, token, repository) -> a Commenter on that repository.
@@ -62,6 +80,28 @@ def open_github_commenter(api_url: str, token: str, repository: str) -> Commente
     from . import github
 
     return github.open_commenter(api_url, token, repository, load(ClientTuning))
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """When the comment is written and what becomes of it (the comment-on, hide-previous,
+    on-clean, artifact-name and commit-comment inputs)."""
+
+    comment_on: CommentOn = "always"
+    hide_previous: bool = False
+    on_clean: OnClean = "keep"
+    artifact_name: str | None = None
+    commit_comment: bool = False
+
+    @classmethod
+    def from_inputs(cls, inputs: ActionInputs) -> Lifecycle:
+        return cls(
+            comment_on=inputs.comment_on,
+            hide_previous=inputs.hide_previous,
+            on_clean=inputs.on_clean,
+            artifact_name=inputs.artifact_name,
+            commit_comment=inputs.commit_comment,
+        )
 
 
 @dataclass(frozen=True)
@@ -78,6 +118,7 @@ class Publication:
     markdown_path: Path | None = None
     records_path: Path | None = None
     pr_number: int | None = None
+    lifecycle: Lifecycle = Lifecycle()
 
 
 def publish(
@@ -89,6 +130,7 @@ def publish(
     fail_on_regression: bool = True,
     pr_number: int | None = None,
     open_commenter: OpenCommenter = open_github_commenter,
+    lifecycle: Lifecycle | None = None,
 ) -> int:
     """`regress-action publish --report PATH`: summary, outputs, comment and exit code from an
     existing JSON report. The token comes from `INPUT_GITHUB-TOKEN` or `GITHUB_TOKEN`.
@@ -124,6 +166,7 @@ def publish(
             token=token,
             json_path=Path(report_path),
             pr_number=pr_number,
+            lifecycle=lifecycle or Lifecycle(),
         )
         return publish_report(pub, load(RunnerEnv), open_commenter, commands)
 
@@ -153,7 +196,9 @@ def publish_report(
         unset = exc
     summary = True
     try:
-        append_summary(runner.github_step_summary, pub.markdown, hint=_full_report_hint(runner))
+        tail = footer(runner, pub)
+        summary_text = pub.markdown.rstrip("\n") + "\n\n" + tail + "\n" if tail else pub.markdown
+        append_summary(runner.github_step_summary, summary_text, hint=_full_report_hint(runner))
     except GitHubError as exc:
         summary = False
         commands.warning(f"job summary not written: {exc}", title=TITLE)
@@ -223,6 +268,59 @@ def _describe_metric(metric: MetricResult) -> str:
     )
 
 
+def report_state(report: Report) -> str:
+    """A compact digest of the verdict and every metric's values (rounded, so float noise
+    does not count as a change), kept in the comment's hidden metadata."""
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(float(value), 6)
+
+    def metrics(items: dict[str, MetricResult]) -> list[list[object]]:
+        return [
+            [name, m.status, rounded(m.baseline), rounded(m.candidate)]
+            for name, m in sorted(items.items())
+        ]
+
+    data = {
+        "status": report.status,
+        "metrics": metrics(report.metrics),
+        "slices": [[s.name, metrics(s.metrics)] for s in report.slices],
+    }
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_link(runner: RunnerEnv) -> str | None:
+    """This workflow run's page (its attempt's, when the runner says which)."""
+    url = runner.run_url()
+    if url and runner.github_run_attempt and runner.github_run_attempt.isdigit():
+        url += f"/attempts/{runner.github_run_attempt}"
+    return url
+
+
+def footer(runner: RunnerEnv, pub: Publication) -> str:
+    """The line under the report: the workflow run and where its report artifact is."""
+    parts = []
+    url = run_link(runner)
+    if url:
+        parts.append(f"[Workflow run]({url})")
+    name = pub.lifecycle.artifact_name
+    if name:
+        shown = name.replace("`", "'")
+        where = f" of [the run]({url})" if url else ""
+        parts.append(f"full report: artifact `{shown}`{where}")
+    return "<sub>" + " · ".join(parts) + "</sub>" if parts else ""
+
+
+def _collapsed(pub: Publication, body: str, sha: str | None) -> str:
+    """The sticky comment once the regression is resolved: one line, the report folded."""
+    where = f" in {sha[:7]}" if sha else ""
+    return (
+        f"✅ **{TITLE}: resolved{where}** ({pub.report_name})\n\n"
+        f"<details><summary>Full report</summary>\n\n{body.rstrip()}\n\n</details>"
+    )
+
+
 def post_comment(
     pub: Publication,
     runner: RunnerEnv,
@@ -242,14 +340,39 @@ def post_comment(
         )
         return ""
     from .errors import ConfigError
-    from .github import CommentNotPosted, with_marker
+    from .github import CommentNotPosted, CommentPlan, with_marker
     from .render import MAX_COMMENT_CHARS, comment_length, render_markdown
+
+    life = pub.lifecycle
+    tail = footer(runner, pub)
+    state = report_state(pub.report)
+    # Room for the marker and its state, the footer, and the collapsed form's heading.
+    overhead = comment_length(with_marker("", pub.report_name, state) + tail)
+    overhead += comment_length(_collapsed(pub, "", "0" * 40)) + COMMENT_MARGIN
+
+    def render_body() -> str:
+        body = render_markdown(
+            pub.report,
+            max_chars=MAX_COMMENT_CHARS - overhead,
+            full_report_hint=_full_report_hint(runner),
+        )
+        return body.rstrip("\n") + ("\n\n" + tail if tail else "") + "\n"
 
     try:
         commenter = open_commenter(runner.github_api_url, pub.token, runner.github_repository)
         pr_number = pub.pr_number or event.pr_number
         if pr_number is None and event.needs_search and event.head_sha:
             pr_number = commenter.find_pr(event.head_sha)
+        if pr_number is None and event.event_name == "push" and life.commit_comment:
+            sha = event.head_sha or runner.github_sha
+            if sha:
+                try:
+                    url = commenter.commit_comment(sha, render_body(), report_name=pub.report_name)
+                except CommentNotPosted as exc:
+                    commands.warning(f"commit comment not posted: {exc}", title=TITLE)
+                    return ""
+                commands.info(f"created commit comment {url}")
+                return url
         if pr_number is None:
             commands.notice(
                 f"not a pull request ({event.event_name or 'no event'}): no PR comment; "
@@ -257,13 +380,21 @@ def post_comment(
                 title=TITLE,
             )
             return ""
-        budget = MAX_COMMENT_CHARS - comment_length(with_marker("", pub.report_name))
-        body = render_markdown(
-            pub.report,
-            max_chars=budget - COMMENT_MARGIN,
-            full_report_hint=_full_report_hint(runner),
+        body = render_body()
+        regressed = pub.report.status == "regressed"
+        plan = CommentPlan(
+            comment_on=life.comment_on,
+            hide_previous=life.hide_previous,
+            on_clean=life.on_clean,
+            regressed=regressed,
+            state=state,
+            clean_body=_collapsed(pub, body, event.head_sha or runner.github_sha),
+            clean_state=f"{state}-resolved",
+            graphql_url=runner.github_graphql_url,
         )
-        result = commenter.upsert(pr_number, body, report_name=pub.report_name, mode=pub.comment)
+        result = commenter.upsert(
+            pr_number, body, report_name=pub.report_name, mode=pub.comment, plan=plan
+        )
     except CommentNotPosted as exc:
         commands.warning(f"PR comment not posted: {exc}", title=TITLE)
         return ""
@@ -277,6 +408,16 @@ def post_comment(
             title=TITLE,
         )
         return ""
+    for warning in result.warnings:
+        commands.warning(warning, title=TITLE)
+    if result.action in ("skipped", "unchanged", "deleted"):
+        why = {
+            "skipped": f"no regression (comment-on: {life.comment_on}): no PR comment",
+            "unchanged": f"PR comment unchanged since {result.url} (comment-on: change)",
+            "deleted": "no regression (on-clean: delete): deleted the PR comment",
+        }[result.action]
+        commands.info(why)
+        return "" if result.action != "unchanged" else result.url
     commands.info(f"{result.action} PR comment {result.url}")
     return result.url
 

@@ -40,6 +40,8 @@ from .spec import (
 )
 
 CommentMode = Literal["update", "create", "off"]
+CommentOn = Literal["always", "change", "regression"]
+OnClean = Literal["keep", "delete", "collapse"]
 ActionMode = Literal["compare", "evaluate"]
 DEFAULT_DB_URL = "sqlite:///regress-action.db"
 
@@ -130,6 +132,13 @@ class ActionInputs(BaseSettings):
     db_url: str = _input("db-url", default=DEFAULT_DB_URL, min_length=1)
     github_token: SecretStr | None = _input("github-token", default=None)
     comment: CommentMode = _input("comment", default="update")
+    # The comment's lifecycle: when it is written, what happens to older ones and to a sticky
+    # comment once a run is clean, and the artifact its footer points to.
+    comment_on: CommentOn = _input("comment-on", default="always")
+    hide_previous: bool = _input("hide-previous", default=False)
+    on_clean: OnClean = _input("on-clean", default="keep")
+    artifact_name: str | None = _input("artifact-name", default=None, max_length=255)
+    commit_comment: bool = _input("commit-comment", default=False)
     report_name: str = _input("report-name", default="default")
     fail_on_regression: bool = _input("fail-on-regression", default=True)
     # The commit recorded with the runs and the comparison (default: from the event).
@@ -185,7 +194,16 @@ class ActionInputs(BaseSettings):
         return value.strip() if isinstance(value, str) else value
 
     @field_validator(
-        "comment", "significance", "task", "modality", "device", "precision", "mode", mode="before"
+        "comment",
+        "significance",
+        "task",
+        "modality",
+        "device",
+        "precision",
+        "mode",
+        "comment_on",
+        "on_clean",
+        mode="before",
     )
     @classmethod
     def _lower(cls, value: Any) -> Any:
@@ -262,6 +280,8 @@ class RunnerEnv(BaseSettings):
     github_output: Path | None = None
     github_step_summary: Path | None = None
     github_run_id: str | None = None
+    github_run_attempt: str | None = None
+    github_graphql_url: str | None = None  # GHES: https://HOST/api/graphql
     github_workspace: Path | None = None  # the checkout; the current folder when unset
     runner_temp: Path | None = None  # the runner's temporary folder, emptied after each job
 
