@@ -11,6 +11,10 @@ the server's own address, because PyGithub follows them (DESIGN.md §7).
     GET   /api/v3/repos/{o}/{r}/issues/{n}/comments     (per_page / page, Link headers)
     POST  /api/v3/repos/{o}/{r}/issues/{n}/comments     (422 when the body is over 65,536 chars)
     PATCH /api/v3/repos/{o}/{r}/issues/comments/{id}    (403 unless the token's user wrote it)
+    DELETE /api/v3/repos/{o}/{r}/issues/comments/{id}   (403 unless the token's user wrote it)
+    POST  /api/v3/repos/{o}/{r}/commits/{sha}/comments  (recorded in `commit_comments`)
+    POST  /api/graphql  and  /api/v3/graphql            (the minimizeComment mutation only;
+                                                         minimized node ids in `minimized`)
     GET   /api/v3/search/issues?q=<sha> ...             (PRs whose head sha is in the query)
 
 Faults are switchable per method and path: any status with its body and headers (403, 404, 422,
@@ -104,6 +108,9 @@ class FakeGitHub:
         self.comments: list[Comment] = []
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
+        self.graphql: list[dict[str, Any]] = []  # the GraphQL requests' JSON bodies
+        self.minimized: dict[str, str] = {}  # node id -> classifier
+        self.commit_comments: list[tuple[str, str, str, str]] = []  # repo, sha, author, body
         self._next_id = 1000
 
     @property
@@ -146,6 +153,7 @@ class FakeGitHub:
         url = f"{self.api_url}/repos/{c.repo}/issues/comments/{c.id}"
         return {
             "id": c.id,
+            "node_id": node_id(c.id),
             "url": url,
             "html_url": f"{self.base_url}/{c.repo}/pull/{c.issue}#issuecomment-{c.id}",
             "issue_url": f"{self.api_url}/repos/{c.repo}/issues/{c.issue}",
@@ -193,6 +201,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PATCH(self) -> None:
         self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
 
     def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._send_bytes(status, json.dumps(payload).encode(), headers)
@@ -262,10 +273,14 @@ class _Handler(BaseHTTPRequestHandler):
             ("GET", r"/repos/(?P<repo>[^/]+/[^/]+)/issues/(?P<n>\d+)/comments", self._list),
             ("POST", r"/repos/(?P<repo>[^/]+/[^/]+)/issues/(?P<n>\d+)/comments", self._create),
             ("PATCH", r"/repos/(?P<repo>[^/]+/[^/]+)/issues/comments/(?P<id>\d+)", self._edit),
+            ("DELETE", r"/repos/(?P<repo>[^/]+/[^/]+)/issues/comments/(?P<id>\d+)", self._delete),
+            ("POST", r"/repos/(?P<repo>[^/]+/[^/]+)/commits/(?P<sha>\w+)/comments", self._commit),
             ("GET", r"/search/issues", self._search),
+            ("POST", r"(/v3)?/graphql", self._graphql),
         ]
         for route_method, pattern, handler in routes:
-            match = re.fullmatch(API + pattern, path)
+            match = re.fullmatch(r"/api" + pattern, path) if "graphql" in pattern else None
+            match = match or re.fullmatch(API + pattern, path)
             if route_method == method and match:
                 handler(login, match.groupdict(), query, body)
                 return
@@ -347,6 +362,57 @@ class _Handler(BaseHTTPRequestHandler):
                 comment.updated += 1
             self._send(200, state.comment_json(comment))
 
+    def _delete(self, login: str, params: dict[str, str], query: dict[str, str], body: Any) -> None:
+        state = self.server.state
+        comment = next((c for c in state.comments if c.id == int(params["id"])), None)
+        if comment is None or comment.repo != params["repo"]:
+            self._send(404, {"message": "Not Found"})
+        elif comment.author != login:
+            self._send(403, {"message": "Resource not accessible by integration"})
+        else:
+            with state.lock:
+                state.comments.remove(comment)
+            self._send_bytes(204, b"")
+
+    def _commit(self, login: str, params: dict[str, str], query: dict[str, str], body: Any) -> None:
+        state = self.server.state
+        repo, sha, text = params["repo"], params["sha"], str(body.get("body", ""))
+        if len(text) > MAX_BODY_CHARS:
+            self._send(422, _too_long())
+            return
+        with state.lock:
+            state.commit_comments.append((repo, sha, login, text))
+            number = len(state.commit_comments)
+        self._send(201, {"id": number, "body": text, "commit_id": sha,
+                         "user": state.user_json(login),
+                         "html_url": f"{state.base_url}/{repo}/commit/{sha}#commitcomment-{number}",
+                         "url": f"{state.api_url}/repos/{repo}/comments/{number}"})  # fmt: skip
+
+    def _graphql(
+        self, login: str, params: dict[str, str], query: dict[str, str], body: Any
+    ) -> None:
+        """The minimizeComment mutation on one of our comments' node ids, as GitHub answers it
+        (errors come with 200 and an `errors` list)."""
+        state = self.server.state
+        with state.lock:
+            state.graphql.append(body)
+        text = str(body.get("query", "")) if isinstance(body, dict) else ""
+        variables = body.get("variables") or {} if isinstance(body, dict) else {}
+        found = re.search(r"classifier:\s*(\w+)", text)
+        subject = str(variables.get("id", ""))
+        comment = next((c for c in state.comments if node_id(c.id) == subject), None)
+        if "minimizeComment" not in text or found is None:
+            self._send(200, {"errors": [{"message": "unsupported query"}]})
+        elif comment is None:
+            self._send(200, {"errors": [{"type": "NOT_FOUND", "message": "no such node"}]})
+        elif comment.author != login:
+            self._send(200, {"errors": [{"type": "FORBIDDEN", "message": "not yours"}]})
+        else:
+            with state.lock:
+                state.minimized[subject] = found.group(1)
+            minimized = {"isMinimized": True, "minimizedReason": found.group(1).lower()}
+            self._send(200, {"data": {"minimizeComment": {"minimizedComment": minimized}}})
+
     def _search(self, login: str, params: dict[str, str], query: dict[str, str], body: Any) -> None:
         state = self.server.state
         words = query.get("q", "").split()
@@ -363,6 +429,11 @@ class _Handler(BaseHTTPRequestHandler):
         ]
         items = [state.issue_json(p) for p in hits]
         self._send(200, {"total_count": len(items), "incomplete_results": False, "items": items})
+
+
+def node_id(comment_id: int) -> str:
+    """The GraphQL node id GitHub gives an issue comment."""
+    return f"IC_kwDO{comment_id:08d}"
 
 
 def _too_long() -> dict[str, Any]:

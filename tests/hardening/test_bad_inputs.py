@@ -356,6 +356,10 @@ CLI_CASES = [
          ("publish", "--report", "missing.json", "--comment", "off")),
     Case("cli-publish-report-not-json", ("bad_input_models.py",),
          ("publish", "--report", "bad_input_models.py", "--comment", "off")),
+    Case("cli-publish-comment-on", ("argument --comment-on: invalid choice", "sometimes"),
+         ("publish", "--report", "missing.json", "--comment-on", "sometimes")),
+    Case("cli-publish-on-clean", ("argument --on-clean: invalid choice", "purge"),
+         ("publish", "--report", "missing.json", "--on-clean", "purge")),
     # floors and ceilings
     Case("cli-bound-unknown-metric", ("acuracy", "token_accuracy"),
          compare("1", "2", "lm_tiny", "--bound", "acuracy>=0.9")),
@@ -460,6 +464,12 @@ ACTION_CASES = [
          inputs={"metric-bounds": "loss<=1, loss>=2"}),
     Case("action-bound-unknown-metric", ("acuracy", "token_accuracy"),
          inputs={"metric-bounds": "acuracy>=0.9"}),
+    # the comment's lifecycle
+    Case("action-comment-on", ("input comment-on",), inputs={"comment-on": "sometimes"}),
+    Case("action-on-clean", ("input on-clean",), inputs={"on-clean": "purge"}),
+    Case("action-hide-previous", ("input hide-previous",), inputs={"hide-previous": "maybe"}),
+    Case("action-commit-comment", ("input commit-comment",),
+         inputs={"commit-comment": "perhaps"}),
 ]  # fmt: skip
 
 
