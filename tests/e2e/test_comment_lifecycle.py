@@ -22,6 +22,8 @@ import pytest
 
 from regress_action import cli
 from regress_action.report import Report
+from tests.e2e import test_action_e2e as action_e2e
+from tests.e2e.test_action_e2e import LmRuns, new_runner
 from tests.gh_server import BOT_TOKEN, FakeGitHub, node_id, serve
 from tests.report_factory import make_report
 
@@ -49,11 +51,13 @@ def report(worse: float) -> Report:
     metrics = {}
     for name, m in sample.metrics.items():
         factor = (1 - worse) if m.higher_is_better else (1 + worse)
+        assert m.baseline is not None
         metrics[name] = m.model_copy(update={"candidate": m.baseline * factor})
     return sample.model_copy(update={"metrics": metrics})
 
 
 REGRESSED, REGRESSED_MORE, CLEAN = 0.2, 0.3, 0.0
+lm_runs = action_e2e.lm_runs  # two registered lm_tiny models (trained once per module)
 
 
 @dataclass
@@ -337,3 +341,28 @@ def test_a_failed_commit_comment_is_a_warning(server: FakeGitHub, publish: Publi
     result = publish(CLEAN, "--commit-comment", "true", event="push")
     assert result.rc == 0 and result.outputs["comment-url"] == ""
     assert any("commit" in w and "not posted" in w for w in result.warnings), result.stdout
+
+
+# ---------------------------------------------------------------------------- the Action's inputs
+
+
+@pytest.mark.slow
+def test_the_action_inputs_drive_the_lifecycle(
+    server: FakeGitHub, tmp_path: Path, lm_runs: LmRuns
+) -> None:
+    """comment-on, on-clean and artifact-name as a workflow gives them to the Action."""
+    runner = new_runner(server, tmp_path)
+    life = {"comment-on": "regression", "on-clean": "collapse", "artifact-name": "regress-report"}
+    improved = lm_runs.inputs(lm_runs.untrained, lm_runs.trained, **life)
+    regressed = lm_runs.inputs(lm_runs.trained, lm_runs.untrained, **life)
+    first = runner.run("action", inputs=improved)
+    assert first.rc == 0 and bodies(server) == [] and first.outputs["comment-url"] == ""
+    second = runner.run("action", inputs=regressed)
+    assert second.rc == 1 and second.outputs["comment-url"]
+    (body,) = bodies(server)
+    link = f"[Workflow run]({server.base_url}/{REPO}/actions/runs/4242)"
+    assert link in body and "artifact `regress-report`" in body and link in second.summary
+    third = runner.run("action", inputs=improved)
+    assert third.rc == 0
+    (body,) = bodies(server)
+    assert body.startswith(f"✅ **regress-action: resolved in {HEAD[:7]}**")
