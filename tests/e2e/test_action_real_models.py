@@ -239,7 +239,7 @@ def test_a_hugging_face_text_classifier_on_labelled_jsonl(runner: Runner) -> Non
     wrong = report.flips.newly_wrong if report.flips else []
     assert wrong and all(e.key and e.key.startswith("line ") and e.text for e in wrong)
     (body,) = bodies(runner.server)
-    assert "<b>" not in body and "](http" not in body  # user text is escaped
+    assert "<b>" not in body and "](http://x)" not in body  # user text is escaped
     shown = wrong[0].text or ""
     assert shown.split()[0].rstrip(".") in body
 
