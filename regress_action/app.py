@@ -184,6 +184,8 @@ def evaluate_models(
         name=eval_cfg.dataset_name,
         options=options,
     )
+    if options.slice_fn is not None:
+        eval_set.columns = slice_column(eval_set, options.slice_fn)
     check_gated_slices(eval_set, context.verdict)  # a wrong name fails before the models run
     verdict = lm_verdict(eval_set, task, context.verdict) if task.task == "lm" else None
     result, world_size = (_run_pass if cache is None else cache.run_pass)(
@@ -352,6 +354,41 @@ def lm_verdict(eval_set: EvalSet, task: TaskSpec, verdict: VerdictConfig) -> Ver
 
 
 CLUSTER_COLUMNS = ("group", "doc")  # data columns naming an example's cluster, first wins
+
+
+SLICE_FN = "--slice-fn / slice-fn"
+
+
+def slice_column(eval_set: EvalSet, spec: str) -> dict[str, Any]:
+    """The eval set's columns with a `slice` column of `spec`'s results: the user's
+    `fn(index, input, target)` (imported from the working directory) called on every example.
+    A `slice` column the data already has, a function that raises or a result that is not a
+    slice name is one UserError line naming --slice-fn."""
+    from .checkpoints import import_callable
+    from .errors import DataError
+    from .slices import slice_labels
+    from .tasks.base import first_line
+
+    columns = dict(eval_set.columns or {})
+    if SLICE_COLUMN in columns:
+        raise ConfigError(
+            f"{SLICE_FN} {spec!r} and the slice key of {eval_set.name} both name the slices; "
+            "drop the data's slice key or the slice function"
+        )
+    fn = import_callable(spec, Path.cwd(), ConfigError, SLICE_FN)
+    values = []
+    for index in range(eval_set.n):
+        example = eval_set.dataset[index]
+        pair = isinstance(example, tuple | list) and len(example) == 2
+        try:
+            values.append(fn(index, *(example if pair else (example, None))))
+        except Exception as exc:
+            raise DataError(
+                f"{SLICE_FN} {spec!r} raised {type(exc).__name__} on example {index}: "
+                f"{first_line(exc)}; fix the slice function"
+            ) from None
+    columns[SLICE_COLUMN] = slice_labels(values, f"{SLICE_FN} {spec!r}")
+    return columns
 
 
 def check_gated_slices(eval_set: EvalSet, verdict: VerdictConfig) -> None:

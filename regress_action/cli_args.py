@@ -313,6 +313,12 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--dataset-kwargs", type=_json_object, default={}, metavar="JSON")
     group.add_argument(
+        "--slice-fn",
+        metavar="MODULE:CALLABLE",
+        help="a function importable from the working directory, called as fn(index, input, "
+        "target) on every example, returning its slice name (instead of the data's slice key)",
+    )
+    group.add_argument(
         "--tokenizer",
         default="bytes",
         help="text: bytes (default, UTF-8 bytes), model (the tokenizer in the baseline's "

@@ -206,6 +206,7 @@ Normalize = Annotated[
     ),
 ]
 DatasetFactory = Annotated[str, _data_option("dataset_factory")]
+SliceFn = Annotated[str, _data_option("slice_fn")]
 Tokenizer = Annotated[str, _data_option("tokenizer")]
 
 
@@ -255,6 +256,9 @@ class ConfigFile(BaseModel):
     """'package.module:callable' returning the eval set (a torch Dataset)."""
     dataset_kwargs: dict[str, Any] | None = None
     """Keyword arguments of dataset_factory."""
+    slice_fn: SliceFn | None = None
+    """'package.module:callable' called as fn(index, input, target) on every example, returning
+    its slice name; instead of the data's slice key."""
     tokenizer: Tokenizer | None = None
     """Text: bytes (default), model, or the path of a tokenizer.json."""
     context_length: int | None = Field(default=None, ge=2)

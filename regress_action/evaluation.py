@@ -269,7 +269,10 @@ def records_key(
         "checkpoint": {k: source.get(k) for k in ("sha256", "format", "factory", "factory_kwargs")},
         "dataset": {"fingerprint": dataset.fingerprint, "n": dataset.n},
         "task": task.model_dump(mode="json"),
-        "data": data.model_dump(mode="json", exclude={"dataset_factory", "dataset_kwargs"})
+        # slice_fn only names slices: the records are the same with or without it
+        "data": data.model_dump(
+            mode="json", exclude={"dataset_factory", "dataset_kwargs", "slice_fn"}
+        )
         | {"factory": data.dataset_factory, "factory_kwargs": data.dataset_kwargs},
         "tokenizer": dataset.tokenizer,
         "engine": engine_version,

@@ -108,6 +108,7 @@ class ActionInputs(BaseSettings):
     dataset: str | None = _input("dataset", default=None)
     dataset_factory: str | None = _input("dataset-factory", default=None)
     dataset_kwargs: dict[str, Any] = _input("dataset-kwargs", default_factory=dict)
+    slice_fn: str | None = _input("slice-fn", default=None)
     tokenizer: str = _input("tokenizer", default="bytes")
     context_length: int | None = _input("context-length", default=None, ge=2)
     stride: int | None = _input("stride", default=None, ge=1)

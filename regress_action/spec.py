@@ -76,6 +76,10 @@ class DataOptions(BaseModel):
     - `normalize` (images): per-channel (mean, std) applied after scaling to [0, 1].
     - `dataset_factory` / `dataset_kwargs`: "package.module:callable" importable from the
       working directory, called with the kwargs, returning the eval set (a torch Dataset).
+    - `slice_fn`: "package.module:callable" importable from the working directory, called as
+      `fn(index, input, target)` on every example; its results (names) are the eval set's
+      `slice` column (`regress_action.slices`). Slices do not change records, so the baseline
+      cache key leaves it out.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -88,6 +92,7 @@ class DataOptions(BaseModel):
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     dataset_factory: str | None = None
     dataset_kwargs: dict[str, Any] = Field(default_factory=dict)
+    slice_fn: str | None = None
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -138,6 +143,16 @@ class DataOptions(BaseModel):
         if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
             raise ValueError(
                 f"{value!r} is not 'package.module:callable' (a function returning the Dataset)"
+            )
+        return value
+
+    @field_validator("slice_fn")
+    @classmethod
+    def _slice_fn(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError(
+                f"{value!r} is not 'package.module:callable' (a function of (index, input, "
+                "target) returning the example's slice name)"
             )
         return value
 
