@@ -63,6 +63,14 @@ def raises():
 
 def drops_a_row():
     return DropsARow(256, 64, 32, 2)
+
+
+def slice_raises(index, input, target):
+    raise KeyError("weather")
+
+
+def slice_none(index, input, target):
+    return None
 """
 
 HUGE = "9223372036854775808"  # 2**63: one past SQLite's and PostgreSQL's largest integer
@@ -370,6 +378,15 @@ CLI_CASES = [
     Case("cli-evaluate-bound-unknown-metric", ("accuracy", "token_accuracy"),
          ("evaluate", "--run-id", "1", "--dataset", "lm_tiny", "--device", "cpu",
           "--bound", "accuracy>=0.5")),
+    # slices computed by the user's function
+    Case("cli-slice-fn-misspelt", ("--slice-fn", "package.module:callable"),
+         compare("1", "2", "lm_tiny", "--slice-fn", "bad_input_models.slice_none")),
+    Case("cli-slice-fn-raises", ("--slice-fn", "example 0", "KeyError", "weather"),
+         compare("1", "2", "lm_tiny", "--slice-fn", "bad_input_models:slice_raises")),
+    Case("cli-slice-fn-returns-none", ("--slice-fn", "example 0", "None"),
+         compare("1", "2", "lm_tiny", "--slice-fn", "bad_input_models:slice_none")),
+    Case("cli-slice-fn-missing-module", ("--slice-fn", "cannot import", "no_such_slicing"),
+         compare("1", "2", "lm_tiny", "--slice-fn", "no_such_slicing:fn")),
 ]  # fmt: skip
 
 ACTION_INPUTS = {
@@ -470,6 +487,11 @@ ACTION_CASES = [
     Case("action-hide-previous", ("input hide-previous",), inputs={"hide-previous": "maybe"}),
     Case("action-commit-comment", ("input commit-comment",),
          inputs={"commit-comment": "perhaps"}),
+    # slices computed by the user's function
+    Case("action-slice-fn-misspelt", ("slice-fn", "package.module:callable"),
+         inputs={"slice-fn": "bad_input_models.slice_none"}),
+    Case("action-slice-fn-raises", ("slice-fn", "example 0", "KeyError"),
+         inputs={"slice-fn": "bad_input_models:slice_raises"}),
 ]  # fmt: skip
 
 
