@@ -189,14 +189,28 @@ def _backend() -> str:
     return "cpu:gloo,cuda:nccl"
 
 
+_LEAVE_KEY = "regress-action/left"
+
+
 def _leave_together() -> None:
     """Every rank reaches the end before any tears the group down: a gloo rank whose peer has
     already closed its connections can abort at exit ("terminate called without an active
-    exception"). Bounded, so a peer that died cannot hold the others (they have its error)."""
+    exception"). The barrier's own last message may still be in flight when a rank returns
+    from it, so the ranks then meet once more through the rendezvous store, which carries no
+    gloo traffic: once every rank has counted itself there, no gloo message is in flight and
+    each may close its connections. Bounded, so a peer that died cannot hold the others (they
+    have its error)."""
+    import time
+
     if dist.get_backend() != "gloo":
         return
     with suppress(RuntimeError):
         dist.monitored_barrier(timeout=timedelta(seconds=60))
+        store = dist.distributed_c10d._get_default_store()
+        store.add(_LEAVE_KEY, 1)
+        deadline = time.monotonic() + 60
+        while store.add(_LEAVE_KEY, 0) < dist.get_world_size() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 @contextmanager
