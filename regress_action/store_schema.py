@@ -601,7 +601,28 @@ def older_readonly(display: str, version: int, problem: str) -> StoreError:
 
 
 def ensure_schema(engine: Engine, display: str) -> None:
-    """Create or upgrade the schema; a no-op (one cheap read) when it is already current."""
+    """Create or upgrade the schema; a no-op (one cheap read) when it is already current.
+
+    Processes opening one new SQLite file at once race to switch it to WAL, and SQLite answers
+    a connection caught in that switch "database is locked" without waiting out its busy
+    timeout: such an attempt is made again (every step re-reads the version), within the busy
+    timeout."""
+    import time
+
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            _ensure_schema(engine, display)
+            return
+        except sa_exc.OperationalError as exc:
+            locked = engine.dialect.name == "sqlite" and "database is locked" in str(exc)
+            if not locked or time.monotonic() > deadline:
+                raise
+            engine.dispose()  # no connection of the failed attempt is reused
+            time.sleep(0.05)
+
+
+def _ensure_schema(engine: Engine, display: str) -> None:
     with engine.connect() as conn:
         version = read_version(conn)
         conn.rollback()
