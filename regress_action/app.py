@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from .data import EvalSet
     from .engine import EngineResult, PassOptions
-    from .evaluation import RecordsCache
+    from .evaluation import EvaluateRequest, RecordsCache
     from .records import Columns, PairedRecords
     from .report import EvaluationReport
     from .store import ExperimentDB
@@ -694,15 +694,7 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
         )
         for run in (baseline_run, candidate_run)
     )
-    eval_cfg = EvalConfig(
-        dataset=request.dataset or None,  # None: built by the dataset factory
-        batch_size=request.batch_size,
-        max_examples=request.max_examples,
-        device=request.device,
-        precision=request.precision,
-        workers=request.workers,
-        **request.data.model_dump(),
-    )
+    eval_cfg = eval_config(request)
     context = ReportContext(
         task=baseline_run.task,
         dataset=DatasetInfo(name=request.dataset, fingerprint="", n=0),
@@ -729,6 +721,19 @@ def run_compare(request: CompareRequest, db: ExperimentDB) -> CompareOutcome:
         evaluations=cache.evaluations(compared.report) if request.record else (),
     )
     return finish(compared, outputs)
+
+
+def eval_config(request: CompareRequest | EvaluateRequest) -> EvalConfig:
+    """How a comparison's or an evaluation's pass reads and runs its eval set."""
+    return EvalConfig(
+        dataset=request.dataset or None,  # None: built by the dataset factory
+        batch_size=request.batch_size,
+        max_examples=request.max_examples,
+        device=request.device,
+        precision=request.precision,
+        workers=request.workers,
+        **request.data.model_dump(),
+    )
 
 
 def run_folder(run: RunRecord) -> Path | None:

@@ -28,6 +28,7 @@ from .app import (
     check_outputs,
     data_columns,
     dataset_info,
+    eval_config,
     lm_verdict,
     pass_options,
     run_folder,
@@ -104,15 +105,7 @@ def run_evaluate(request: EvaluateRequest, db: ExperimentDB) -> EvaluateOutcome:
         trust_remote_code=request.trust_remote_code,
         task=run.task,
     )
-    eval_cfg = EvalConfig(
-        dataset=request.dataset or None,  # None: built by the dataset factory
-        batch_size=request.batch_size,
-        max_examples=request.max_examples,
-        device=request.device,
-        precision=request.precision,
-        workers=request.workers,
-        **request.data.model_dump(),
-    )
+    eval_cfg = eval_config(request)
     verdict = VerdictConfig(
         metrics=request.metrics, metrics_module=request.metrics_module, bounds=request.bounds
     )

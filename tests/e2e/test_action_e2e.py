@@ -28,6 +28,7 @@ from regress_action import cli
 from regress_action.records_file import read_table
 from regress_action.report import MetricResult, Report
 from regress_action.store import ExperimentDB
+from tests.composite_runner import parse_outputs
 from tests.gh_server import BOT_LOGIN, BOT_TOKEN, MAX_BODY_CHARS, FakeGitHub
 from tests.report_factory import make_report
 
@@ -135,25 +136,6 @@ def _in_process(args: list[str], environ: dict[str, str], cwd: Path) -> tuple[in
         os.environ.clear()
         os.environ.update(saved)
     return rc, stdout.getvalue(), stderr.getvalue()
-
-
-def parse_outputs(text: str) -> dict[str, str]:
-    """GITHUB_OUTPUT as the runner reads it (name=value and name<<DELIMITER blocks)."""
-    outputs: dict[str, str] = {}
-    lines = iter(text.splitlines())
-    for line in lines:
-        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
-            name, delimiter = line.split("<<", 1)
-            block: list[str] = []
-            for inner in lines:
-                if inner == delimiter:
-                    break
-                block.append(inner)
-            outputs[name] = "\n".join(block)
-        elif "=" in line:
-            name, value = line.split("=", 1)
-            outputs[name] = value
-    return outputs
 
 
 def new_runner(server: FakeGitHub, tmp_path: Path) -> Runner:
