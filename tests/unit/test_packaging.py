@@ -132,7 +132,7 @@ def test_the_torch_version_lives_in_requirements_torch_txt() -> None:
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert "TORCH_REQUIREMENT := requirements-torch.txt" in makefile
-    assert "pip install -r requirements-torch.txt" in dockerfile
+    assert "pip install --require-hashes --no-deps -r requirements.lock" in dockerfile
     # Any other pin (docs, example workflows) names the same version.
     for path in _text_files():
         if path == TORCH_PIN:
@@ -142,6 +142,7 @@ def test_the_torch_version_lives_in_requirements_torch_txt() -> None:
         except UnicodeDecodeError:
             continue
         for other in re.findall(r"torch==([0-9][\w.+]*)", text):
+            other = other.partition("+")[0]  # requirements.lock: the CPU build, 2.13.0+cpu
             assert other == version, f"{path.relative_to(ROOT)} pins torch=={other}, not {version}"
 
 
@@ -154,3 +155,17 @@ def test_the_package_accepts_the_pinned_torch() -> None:
         return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
 
     assert release(minimum.group(1)) <= release(_pinned_torch())
+
+
+def test_every_subpackage_ships_in_the_wheel() -> None:
+    """A regular install (the image's `pip install .`) holds only the listed packages: a folder
+    with an __init__.py left off the list imports in the editable checkout and nowhere else."""
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(path.parent.relative_to(ROOT).parts)
+        for path in (ROOT / "regress_action").rglob("__init__.py")
+        if "__pycache__" not in path.parts
+    }
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
