@@ -31,6 +31,7 @@ from .gha import (
     event_context,
     guarded,
     read_event,
+    run_as_workspace_owner,
     write_outputs,
 )
 from .gitref import AtRef, baseline_ref, read_at_ref
@@ -91,6 +92,7 @@ class Services:
 
 def main() -> int:
     """`regress-action action`: everything from the environment the runner gives a container."""
+    run_as_workspace_owner()  # before anything is written
     commands = Commands()
     return guarded(
         commands, lambda: _naming_inputs(Services(), commands), title=TITLE, file_of=workspace_file

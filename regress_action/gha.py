@@ -13,8 +13,9 @@ import json
 import os
 import secrets
 import sys
+import tempfile
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -24,6 +25,39 @@ from .errors import EXIT_INTERNAL, GitHubError, RegressActionError, UserError
 # GitHub rejects a step summary over 1 MiB ("$GITHUB_STEP_SUMMARY upload aborted").
 SUMMARY_LIMIT_BYTES = 1024 * 1024
 _SUMMARY_NOTE = "\n\n> **Note:** the summary was truncated at GitHub's 1 MiB limit; {hint}\n"
+
+
+def run_as_workspace_owner(
+    environ: MutableMapping[str, str] | None = None,
+) -> tuple[int, int] | None:
+    """Run on as the workspace's owner when started as root in a workspace that is not root's.
+
+    The runner starts a Docker action's container as root, with the checkout (owned by the
+    runner's user) mounted as the workspace: files written as root there (reports, the
+    ExperimentDB, a records file) could not be changed or removed by the job's next steps or the
+    next job. Taking the owner's uid and gid first gives every file the action leaves the
+    checkout's owner, whatever step writes it, a failed or killed one included. HOME moves to a
+    fresh folder when the owner cannot write the one set (`docker run` as root leaves /root).
+    Returns the (uid, gid) taken, or None when nothing changed (not root, not POSIX, a workspace
+    owned by root: a self-hosted runner as root, `docker run` on a root-owned folder).
+    """
+    environ = os.environ if environ is None else environ
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    workspace = environ.get("GITHUB_WORKSPACE") or os.getcwd()
+    try:
+        owner = os.stat(workspace)
+    except OSError:
+        return None  # the settings name the missing workspace
+    if owner.st_uid == 0:
+        return None
+    os.setgroups([])
+    os.setgid(owner.st_gid)
+    os.setuid(owner.st_uid)
+    home = environ.get("HOME")
+    if not home or not os.access(home, os.W_OK | os.X_OK):
+        environ["HOME"] = tempfile.mkdtemp(prefix="regress-action-home-")
+    return owner.st_uid, owner.st_gid
 
 
 def escape_data(value: str) -> str:
