@@ -60,6 +60,7 @@ def test_a_pull_request_after_the_default_branch_job_evaluates_only_its_candidat
     report = Report.load(runner.workspace / pr.outputs["report-json"])
     assert report.baseline_source is not None
     assert report.baseline_source.evaluation_id == evaluation_id
+    assert [point.comparison_id for point in report.trend] == [int(pr.outputs["comparison-id"])]
     (body,) = bodies(runner.server)
     assert f"Baseline records** from evaluation #{evaluation_id} (" in body
     with ExperimentDB(runner.workspace / "regress-action.db") as db:
