@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 TORCH_REQUIREMENT := requirements-torch.txt
 TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(TORCH_REQUIREMENT))
 
-.PHONY: install demo test test-fast coverage lint bench simulate schema manifests clean
+.PHONY: install demo test test-fast coverage lint bench simulate schema manifests lock image-test release clean
 
 $(STAMP): pyproject.toml $(TORCH_REQUIREMENT)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) scripts/composite_action.py --check
+	$(PY) scripts/lock.py --check
 
 bench: install
 	$(PY) benchmarks/bench_engine.py
@@ -66,6 +67,26 @@ schema: install
 # run/action.yml (the composite action) from action.yml's inputs and outputs.
 manifests: install
 	$(PY) scripts/composite_action.py
+
+# requirements.lock: the image's packages pinned with their hashes, resolved again from
+# pyproject.toml and requirements-torch.txt (pip-compile keeps the pins the inputs allow).
+lock: install
+	$(PY) scripts/lock.py
+
+# The action's image built from the Dockerfile and run the way the Actions runner runs it (not
+# part of `make test`: it needs a Docker engine, started here from Debian's docker.io when none
+# runs, and a Python base image, made with debootstrap when the pinned one cannot be pulled).
+image-test: install
+	command -v dockerd >/dev/null || (apt-get update && apt-get install -y --no-install-recommends docker.io)
+	command -v docker >/dev/null || apt-get install -y --no-install-recommends docker.io
+	command -v debootstrap >/dev/null || apt-get install -y --no-install-recommends debootstrap
+	REGRESS_IMAGE_TEST=1 $(PY) -m pytest tests/image -p no:cacheprovider -s -q
+
+# A release: a tagged commit whose action.yml runs the image the release workflow pushes to
+# GHCR, then a commit building from the Dockerfile again (scripts/release.py). Push both after.
+#   make release VERSION=1.2.0 IMAGE=ghcr.io/OWNER/regress-action
+release:
+	$(PYTHON) scripts/release.py prepare $(VERSION) --image $(IMAGE)
 
 clean:
 	rm -rf $(VENV) regress-demo regress.db regress.db-wal regress.db-shm .pytest_cache .mypy_cache .ruff_cache \

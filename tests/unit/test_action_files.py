@@ -5,6 +5,7 @@ writes."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -25,6 +26,8 @@ from tests.report_factory import make_report
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 WORKFLOWS = sorted((ROOT / "docs" / "workflows").glob("*.yml"))
+# This repository's own workflows (the release); hardened like the examples.
+REPOSITORY_WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 
 
 def load_yaml(path: Path) -> Any:
@@ -59,6 +62,11 @@ def test_example_workflows_validate() -> None:
     check_schema("vendor.github-workflows", *WORKFLOWS)
 
 
+def test_repository_workflows_validate() -> None:
+    assert {path.name for path in REPOSITORY_WORKFLOWS} >= {"release.yml"}
+    check_schema("vendor.github-workflows", *REPOSITORY_WORKFLOWS)
+
+
 def test_dockerfile_is_hadolint_clean() -> None:
     result = subprocess.run(
         [tool("hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=120
@@ -89,10 +97,63 @@ def test_dockerfile_copies_only_what_the_build_context_has() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".venv", ".git", "tests"} <= ignored  # never shipped in the image
     for name, args in _instructions():
-        if name == "COPY":
+        if name == "COPY" and not args.startswith("--from="):
             for source in args.split()[:-1]:
+                if source == "pip-buil[d]":  # optional: a build context's own pip settings
+                    assert "pip-build/" in (ROOT / ".gitignore").read_text().split()
+                    continue
                 assert (ROOT / source).exists(), source
                 assert source.rstrip("/") not in ignored, source
+
+
+def test_the_image_installs_the_lock_on_a_pinned_base() -> None:
+    instructions = _instructions()
+    base = [args for name, args in instructions if name == "ARG" and args.startswith("BASE_")]
+    assert re.fullmatch(r"BASE_IMAGE=[\w./:-]+@sha256:[0-9a-f]{64}", base[0]), base
+    assert [args for name, args in instructions if name == "FROM"] == [
+        "${BASE_IMAGE} AS build",
+        "${BASE_IMAGE}",
+    ]
+    runs = " ".join(args for name, args in instructions if name == "RUN")
+    assert "pip install --require-hashes --no-deps -r requirements.lock" in runs
+    assert "pip install --no-deps --no-build-isolation ." in runs  # nothing unpinned fetched
+
+
+def test_the_lock_is_current() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "lock.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_lock_check_fails_when_a_requirement_changes(tmp_path: Path) -> None:
+    for name in ("pyproject.toml", "requirements-torch.txt", "requirements.lock"):
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('"scipy>=1.11"', '"scipy>=99"'))
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "lock.py"),
+        "--check",
+        "--root",
+        str(tmp_path),
+    ]
+    stale = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert stale.returncode == 1 and "make lock" in stale.stderr
+    # Made from these inputs, but a pin outside a requirement: named.
+    spec = importlib.util.spec_from_file_location("lock_script", ROOT / "scripts" / "lock.py")
+    assert spec is not None and spec.loader is not None
+    lock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lock)
+    text = (tmp_path / "requirements.lock").read_text()
+    line = f"# inputs: sha256:{lock.fingerprint(tmp_path)}"
+    fresh = re.sub(r"^# inputs: sha256:[0-9a-f]+$", line, text, flags=re.MULTILINE)
+    (tmp_path / "requirements.lock").write_text(fresh)
+    outside = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert outside.returncode == 1 and "scipy==" in outside.stderr and "scipy>=99" in outside.stderr
 
 
 def test_action_runs_the_dockerfile() -> None:
@@ -186,6 +247,10 @@ def readme_workflows() -> list[str]:
 
 def all_workflows() -> list[tuple[str, str]]:
     files = [(path.name, path.read_text(encoding="utf-8")) for path in WORKFLOWS]
+    files += [
+        (str(path.relative_to(ROOT)), path.read_text(encoding="utf-8"))
+        for path in REPOSITORY_WORKFLOWS
+    ]
     readme = [(f"README.md workflow {i}", text) for i, text in enumerate(readme_workflows(), 1)]
     assert readme, "the README shows a workflow"
     return files + readme
@@ -235,3 +300,36 @@ def test_the_composite_example_uses_the_composite_action_after_setting_up_python
     composite = uses.index("OWNER/regress-action/run@v1")
     assert uses.index("Install torch and the project") < composite
     assert any(use.startswith("actions/setup-python@") for use in uses[:composite])
+
+
+def test_the_release_workflow_publishes_the_checked_tag_with_the_docker_cli() -> None:
+    path = ROOT / ".github" / "workflows" / "release.yml"
+    text = path.read_text(encoding="utf-8")
+    workflow = load_yaml(path)
+    assert workflow["on"] == {"push": {"tags": ["v[0-9]+.[0-9]+.[0-9]+"]}}
+    jobs = workflow["jobs"]
+    assert jobs["image"]["permissions"] == {"contents": "read", "packages": "write"}
+    assert jobs["major-tag"]["permissions"] == {"contents": "write"}
+    assert jobs["major-tag"]["needs"] == "image"
+    # The checkout pinned as in the examples; no other action (no docker/* ones).
+    checkout = next(
+        line.strip().removeprefix("- ")
+        for line in (ROOT / "docs" / "workflows" / "regress.yml").read_text().splitlines()
+        if "actions/checkout@" in line
+    )
+    for job in jobs.values():
+        uses = [step["uses"] for step in job["steps"] if "uses" in step]
+        assert uses == [checkout.split()[1]], uses
+    assert text.count(checkout) == len(jobs)
+    runs = "\n".join(step.get("run", "") for job in jobs.values() for step in job["steps"])
+    # No ${{ }} expression inside a script: values reach it through the environment.
+    assert "${{" not in runs
+    assert 'python3 scripts/release.py check "$GITHUB_REF_NAME"' in runs
+    assert '--image "ghcr.io/${GITHUB_REPOSITORY,,}"' in runs
+    assert "--password-stdin" in runs
+    for label in ("source", "revision", "version"):
+        assert f'--label "org.opencontainers.image.{label}=' in runs
+    assert 'docker run --rm --entrypoint regress-action "$IMAGE" --version' in runs
+    assert '"$VERSION" "${VERSION%.*}" "${VERSION%%.*}"' in runs  # X.Y.Z, X.Y and X
+    assert "{{index .RepoDigests 0}}" in runs and "$GITHUB_STEP_SUMMARY" in runs
+    assert 'git push --force origin "refs/tags/$major"' in runs
