@@ -74,6 +74,41 @@ def test_a_pull_request_after_the_default_branch_job_evaluates_only_its_candidat
     assert report.model_dump(exclude=volatile) == uncached.model_dump(exclude=volatile)
 
 
+def test_the_default_branch_job_starts_every_pull_requests_trend(
+    runner: Runner, lm_runs: LmRuns
+) -> None:
+    """regress-default-branch.yml's two steps on a push (the model evaluated and stored, then
+    compared with the previous push's model, no comment), then a pull request: its baseline comes
+    from the store and its trend starts with the default branch's comparison."""
+    main = runner.run("action", inputs=_evaluate_inputs(runner, lm_runs), **PUSH)
+    assert main.rc == 0, main.stdout + main.stderr
+    inputs = lm_runs.checkpoint_inputs(runner.workspace, dataset="lm_tiny")
+    history = runner.run(
+        "action",
+        inputs={
+            **inputs,
+            # the previous push's model (trained) against this push's (untrained)
+            "baseline-checkpoint": inputs["candidate-checkpoint"],
+            "candidate-checkpoint": inputs["baseline-checkpoint"],
+            "comment": "off",
+            "fail-on-regression": "false",
+        },
+        **PUSH,
+    )
+    assert history.rc == 0, history.stdout + history.stderr
+    assert history.outputs["status"] == "regressed" and bodies(runner.server) == []
+    pr = runner.run("action", inputs=inputs)
+    assert pr.rc == 0, pr.stdout + pr.stderr
+    report = Report.load(runner.workspace / pr.outputs["report-json"])
+    assert report.baseline_source is not None  # this push's model, evaluated on main
+    assert [point.comparison_id for point in report.trend] == [
+        int(history.outputs["comparison-id"]),
+        int(pr.outputs["comparison-id"]),
+    ]
+    (body,) = bodies(runner.server)
+    assert "Trend: last 2 comparisons" in body
+
+
 @pytest.mark.parametrize(
     ("bad", "named"),
     [
