@@ -9,6 +9,9 @@ default branch keeps building the action from the Dockerfile.
     python3 scripts/release.py check v1.2.0 --image ghcr.io/OWNER/regress-action
         (the release workflow, on the tag): pyproject's version and action.yml's image are the
         tag's; prints the image reference the workflow builds and pushes.
+    python3 scripts/release.py moving-tags v1.2.0
+        (the release workflow): of 1.2 and 1, those that v1.2.0 is the newest release of, a
+        line each: the image tags and the v1 git tag that move to it.
 
 Bad input is one line on stderr naming the input and the fix, exit 2. Standard library only:
 the release workflow runs it with the runner's python3, before anything is installed.
@@ -51,10 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     check_parser = commands.add_parser("check", help="verify the checkout is release vX.Y.Z")
     check_parser.add_argument("tag", help="vX.Y.Z, e.g. $GITHUB_REF_NAME")
     check_parser.add_argument("--image", required=True, help="ghcr.io/OWNER/NAME, no tag")
+    moving_parser = commands.add_parser(
+        "moving-tags", help="the X.Y and X names release vX.Y.Z is the newest of, a line each"
+    )
+    moving_parser.add_argument("tag", help="vX.Y.Z, e.g. $GITHUB_REF_NAME")
     args = parser.parse_args(argv)
     try:
         if args.command == "prepare":
             prepare(args.version, args.image)
+        elif args.command == "moving-tags":
+            tags = git("tag", "--list", "v*", cwd=Path.cwd()).splitlines()
+            print("\n".join(moving_tags(args.tag, tags)))
         else:
             print(check(args.tag, args.image))
     except ReleaseError as error:
@@ -133,6 +143,21 @@ def check(tag: str, image: str) -> str:
             f"`make release VERSION={version} IMAGE={image}` made"
         )
     return reference
+
+
+def moving_tags(tag: str, tags: list[str]) -> list[str]:
+    """Of X.Y and X, the names release `tag` (vX.Y.Z) is the newest release of among `tags`:
+    the ones that move to it. A patch to an older line (1.1.5 after 1.2.0) moves 1.1, not 1."""
+    found = TAG.fullmatch(tag)
+    if found is None:
+        raise ReleaseError(f"tag {tag!r}: give the release tag vX.Y.Z, e.g. v1.2.0")
+    version = parse(found[1])
+    releases = [parse(m[1]) for m in map(TAG.fullmatch, tags) if m is not None]
+    return [
+        ".".join(map(str, version[:width]))
+        for width in (2, 1)
+        if all(other <= version for other in releases if other[:width] == version[:width])
+    ]
 
 
 def project_version(pyproject: str) -> str:

@@ -330,6 +330,9 @@ def test_the_release_workflow_publishes_the_checked_tag_with_the_docker_cli() ->
     for label in ("source", "revision", "version"):
         assert f'--label "org.opencontainers.image.{label}=' in runs
     assert 'docker run --rm --entrypoint regress-action "$IMAGE" --version' in runs
-    assert '"$VERSION" "${VERSION%.*}" "${VERSION%%.*}"' in runs  # X.Y.Z, X.Y and X
+    # X.Y.Z, and X.Y and X where it is the newest release (scripts/release.py moving-tags)
+    assert 'for tag in "$VERSION" $moving; do' in runs
+    assert runs.count('scripts/release.py moving-tags "$GITHUB_REF_NAME"') == 2
+    assert all(job["steps"][0]["with"]["fetch-depth"] == 0 for job in jobs.values())  # the tags
     assert "{{index .RepoDigests 0}}" in runs and "$GITHUB_STEP_SUMMARY" in runs
     assert 'git push --force origin "refs/tags/$major"' in runs

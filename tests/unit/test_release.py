@@ -204,3 +204,22 @@ def test_the_makefile_target_calls_prepare() -> None:
     )
     phony = next(line for line in makefile.splitlines() if line.startswith(".PHONY:"))
     assert "release" in phony.split()
+
+
+def test_moving_tags_follow_the_newest_release_of_each_line(clone: Path) -> None:
+    for tag in ("v1.1.4", "v1.2.0", "v0.9.0", "v2.0.0-rc1", "v10.0.0"):
+        git(clone, "tag", tag)
+
+    def moving(tag: str) -> list[str]:
+        result = release(clone, "moving-tags", tag)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    assert moving("v1.2.1") == ["1.2", "1"]
+    # A patch to an older line moves that line alone; v10 is not a v1 release.
+    assert moving("v1.1.5") == ["1.1"]
+    assert moving("v1.1.3") == []
+    assert moving("v10.0.1") == ["10.0", "10"]
+    refused = release(clone, "moving-tags", "latest")
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
+    assert "vX.Y.Z" in refused.stderr
