@@ -53,7 +53,7 @@ def docker_daemon() -> Iterator[None]:
         raise RuntimeError(
             "no Docker engine runs and dockerd is missing: apt-get install docker.io"
         )
-    log = open(tempfile.mktemp(prefix="dockerd-", suffix=".log"), "w")  # noqa: SIM115
+    log = tempfile.NamedTemporaryFile("w", prefix="dockerd-", suffix=".log", delete=False)  # noqa: SIM115
     daemon = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60

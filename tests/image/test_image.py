@@ -67,9 +67,10 @@ def run_job(image: str, temp: Path, server: FakeGitHub, inputs: dict[str, str]) 
     event = workflow / "event.json"
     event.write_text(json.dumps({"pull_request": {"number": PR, "head": {"sha": HEAD}}}))
     output, summary = files / "set_output", files / "step_summary"
-    output.write_text("")
-    summary.write_text("")
-    _owned(output), _owned(summary), _owned(event)
+    for path in (output, summary):
+        path.write_text("")
+    for path in (output, summary, event):
+        _owned(path)
     environ = {
         "HOME": "/github/home",
         "GITHUB_ACTIONS": "true",
